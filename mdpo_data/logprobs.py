@@ -4,18 +4,31 @@ A reference log-prob stored in a shard is only comparable with the policy's log-
 come from the same inputs and the same reduction. So the scorer (`mdpo_data.score`) and the
 trainer (`mdpo_train`) both call `encode` then `response_logps`; nothing else builds inputs.
 
-What counts as a response token (the exact rule):
-    Render the prompt messages (`schema.prompt_messages(question)`: the image block, then the
-    question; no image block when the image is None) with the processor's chat template and
-    `add_generation_prompt=True` -> P, and the same messages followed by the assistant turn
-    (`schema.response_messages(response)`) -> F. Tokenize both text-only with the same special-
-    token rule (no extra special tokens when the template already starts with BOS, as
-    `processor.apply_chat_template(tokenize=True)` does). The response tokens are the tokens
-    of F after the longest common token prefix of P and F: the response text plus whatever
-    the template appends after it (typically the end-of-turn token, e.g. `</s>` or
-    `<|im_end|>\\n`). Prompt, image and padding tokens are masked out. The model input is
-    F processed with the image by the processor (image placeholders expanded), right-padded;
-    images first go through `to_rgb` (transparency composited on white).
+What counts as a response token (the exact rule, `RESPONSE_RULE`):
+    The response is the assistant's text followed by its end-of-turn token, nothing else.
+    1. Render the prompt messages (`schema.prompt_messages(question, system)`: the system
+       message if any, then one user turn holding the image block and the question; no image
+       block when the image is None) with the chat template and `add_generation_prompt=True`
+       -> P, and the same messages plus the assistant turn -> F. P must be a prefix of F.
+    2. Locate the assistant's text in F: inside the template's `{% generation %}` block where
+       it has one, else in what F adds after P; the first occurrence of the response (or of
+       the response stripped of surrounding whitespace, for templates that `trim` it).
+    3. The end-of-turn token (`end_of_turn`) is the first of `<|im_end|>`, `<end_of_utterance>`,
+       `<end_of_turn>`, `<|eot_id|>`, `<|end|>` that the template uses and the tokenizer knows,
+       else the tokenizer's EOS (`</s>` for Vicuna/LLaVA/Mistral). It is appended whether or
+       not the template emits it; whitespace a template puts around the turn (LLaVA-1.5's
+       trailing space, ChatML's newline) and anything after the end-of-turn are dropped.
+    4. The sequence is S = F[:text start] + text + end-of-turn. Tokenize S and A = F[:text
+       start] with the same special-token rule (no extra BOS when the template starts with
+       it, as `processor.apply_chat_template(tokenize=True)`). The response tokens are the
+       tokens of S after their longest common prefix with A's: a token that merges template
+       whitespace with the text (SentencePiece `▁The`, BPE `ĠThe`) is a response token; a
+       whitespace-only token before the text stays in the prompt and is not scored.
+    So the LAST n_response tokens of every encoded sequence are the response, and nothing
+    follows them. Prompt, image and padding tokens are masked out. The model input is S
+    processed with the image by the processor (image placeholders expanded), right-padded;
+    images first go through `to_rgb` (transparency composited on white). The processor must
+    tokenize the response exactly as the tokenizer did, else the sequence is refused.
 
 `prefix_response_logps` is a scorer-only fast path (y_w and y_l share one cached prefix);
 it must and is tested to give the same values as `encode` + `response_logps`.
@@ -28,6 +41,7 @@ caller counts it as a skip.
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,9 +51,25 @@ from mdpo_data import schema
 from mdpo_data.images import to_rgb  # one RGB rule for build, scorer and trainer
 
 TRUNCATION_RULE = "drop-if-longer-than-max-length:v1"  # see the module docstring
+# Bump when the response rule changes: the trainer refuses data scored under another rule.
+RESPONSE_RULE = "text+end-of-turn:v2"  # v1 (unrecorded): template tail after the prompt
+END_OF_TURN_TOKENS = ("<|im_end|>", "<end_of_utterance>", "<end_of_turn>", "<|eot_id|>", "<|end|>")
 
 # Rows of logits upcast to fp32 at once: bounds the fp32 copy to CHUNK x vocab floats.
 _LOGSUMEXP_CHUNK = 1024
+
+
+def response_rule_problems(fingerprint: dict[str, Any]) -> list[str]:
+    """Why log-probs with this scorer fingerprint can't be trained against now ([] if they can)."""
+    if not fingerprint:
+        return []
+    scored = fingerprint.get("response_rule")
+    if scored == RESPONSE_RULE:
+        return []
+    was = repr(scored) if scored else "v1 (the template's tail: no end-of-turn token appended, template whitespace scored)"
+    return [f"the reference log-probs were scored under response rule {was}; this version scores "
+            f"{RESPONSE_RULE!r} (the response text then its end-of-turn token). Re-score the data: "
+            "`mdpo-data score DIR --ref-model MODEL --force`"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +79,7 @@ class Sequence:
     image: Any  # PIL.Image.Image, or None to score without the image ("No Image" diagnostic)
     question: str
     response: str
+    system: str | None = None  # the system message of the stored prompt, if any
 
 
 def decode_image(data: bytes):
@@ -75,17 +106,17 @@ def row_sequences(row: dict[str, Any], *, no_image: bool = False) -> dict[str, S
 
     Works on storage-form rows (image bytes) and on `datasets` rows (decoded PIL images).
     """
-    question = schema.question_of(row["prompt"])
+    question, system = schema.question_of(row["prompt"]), schema.system_of(row["prompt"])
     chosen, rejected = schema.text_of(row["chosen"]), schema.text_of(row["rejected"])
     image, rejected_image = _cell_image(row["images"]), _cell_image(row["rejected_images"])
     sequences = {
-        schema.REF_CHOSEN: Sequence(image, question, chosen),
-        schema.REF_REJECTED: Sequence(image, question, rejected),
-        schema.REF_CHOSEN_REJECTED_IMAGE: Sequence(rejected_image, question, chosen),
+        schema.REF_CHOSEN: Sequence(image, question, chosen, system),
+        schema.REF_REJECTED: Sequence(image, question, rejected, system),
+        schema.REF_CHOSEN_REJECTED_IMAGE: Sequence(rejected_image, question, chosen, system),
     }
     if no_image:
-        sequences[schema.REF_CHOSEN_NO_IMAGE] = Sequence(None, question, chosen)
-        sequences[schema.REF_REJECTED_NO_IMAGE] = Sequence(None, question, rejected)
+        sequences[schema.REF_CHOSEN_NO_IMAGE] = Sequence(None, question, chosen, system)
+        sequences[schema.REF_REJECTED_NO_IMAGE] = Sequence(None, question, rejected, system)
     return sequences
 
 
@@ -93,26 +124,86 @@ def row_sequences(row: dict[str, Any], *, no_image: bool = False) -> dict[str, S
 
 
 def _prompt_messages(seq: Sequence) -> list[dict[str, Any]]:
-    messages = schema.prompt_messages(seq.question)
+    messages = schema.prompt_messages(seq.question, system=seq.system)
     if seq.image is None:
         for message in messages:
             message["content"] = [block for block in message["content"] if block["type"] != "image"]
     return messages
 
 
-def render(processor, seq: Sequence) -> tuple[str, str]:
-    """(prompt text with the generation prompt, full conversation text) from the chat template."""
-    if getattr(processor, "chat_template", None) is None:
+def _template(processor) -> str:
+    template = getattr(processor, "chat_template", None)
+    if template is None:
         raise ValueError(
             f"{type(processor).__name__} has no chat template: the response boundary is defined "
             "by the template. Use a chat/instruct checkpoint or set processor.chat_template."
         )
+    return template
+
+
+def render(processor, seq: Sequence) -> tuple[str, str]:
+    """(prompt text with the generation prompt, full conversation text) from the chat template."""
+    _template(processor)
     messages = _prompt_messages(seq)
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     full = processor.apply_chat_template(
         messages + schema.response_messages(seq.response), tokenize=False
     )
     return prompt, full
+
+
+def end_of_turn(processor) -> str:
+    """The token that ends an assistant turn for this model (rule step 3 of the docstring)."""
+    template, tokenizer = _template(processor), processor.tokenizer
+    vocab = tokenizer.get_vocab()
+    for token in END_OF_TURN_TOKENS:
+        if token in template and token in vocab:
+            return token
+    if tokenizer.eos_token is None:
+        raise ValueError(f"{type(tokenizer).__name__} has no EOS token and the chat template uses "
+                         f"none of {', '.join(END_OF_TURN_TOKENS)}: no end-of-turn token to score")
+    return tokenizer.eos_token
+
+
+_GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
+
+
+def _generation_span(processor, seq: Sequence, full: str) -> tuple[int, int] | None:
+    """(start, end) in `full` of the assistant turn's `{% generation %}` block, if the template has one."""
+    template = _template(processor)
+    if not _GENERATION_TAG.search(template):
+        return None
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    messages = _prompt_messages(seq) + schema.response_messages(seq.response)
+    clean = [{**m, "content": [{k: v for k, v in b.items() if v is not None} for b in m["content"]]}
+             for m in messages]  # as apply_chat_template normalizes (drops None values)
+    rendered, indices = render_jinja_template(
+        conversations=[clean], chat_template=template, return_assistant_tokens_mask=True,
+        **processor.tokenizer.special_tokens_map,
+    )
+    if rendered[0] != full or not indices[0]:
+        return None
+    return indices[0][-1]
+
+
+def sequence_text(processor, seq: Sequence) -> tuple[str, str]:
+    """(the prompt part A, the scored sequence S = A + text + end-of-turn); see the docstring."""
+    prompt, full = render(processor, seq)
+    if not full.startswith(prompt):
+        raise ValueError("the chat template's generation prompt is not a prefix of the rendered "
+                         "conversation; cannot place the response after it")
+    span = _generation_span(processor, seq, full) or (len(prompt), len(full))
+    region = full[span[0]:span[1]]
+    for text in (seq.response, seq.response.strip()):
+        at = region.find(text) if text.strip() else -1
+        if at >= 0:
+            break
+    else:
+        raise ValueError(f"cannot find the response {seq.response[:60]!r} in the chat template's "
+                         "output (empty, or changed by the template)")
+    head = full[: span[0] + at]
+    return head, head + text + end_of_turn(processor)
 
 
 def _add_special_tokens(tokenizer, text: str) -> bool:
@@ -130,7 +221,7 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 
 @dataclass(frozen=True)
 class _Rendered:
-    full: str
+    full: str  # the sequence text S: prompt + response + end-of-turn, nothing after
     add_special: bool
     text_ids: list[int]  # tokenizer ids of `full` (image placeholders not expanded)
     n_response: int  # response tokens: the tail of text_ids after the prompt
@@ -140,17 +231,18 @@ def _render_all(processor, seqs: list[Sequence]) -> list[_Rendered]:
     tokenizer = processor.tokenizer
     out = []
     for index, seq in enumerate(seqs):
-        prompt, full = render(processor, seq)
+        try:
+            head, full = sequence_text(processor, seq)
+        except ValueError as error:
+            raise ValueError(f"sequence {index}: {error}") from None
         add_special = _add_special_tokens(tokenizer, full)
-        prompt_ids = tokenizer(prompt, add_special_tokens=add_special)["input_ids"]
+        head_ids = tokenizer(head, add_special_tokens=add_special)["input_ids"]
         full_ids = tokenizer(full, add_special_tokens=add_special)["input_ids"]
-        n_response = len(full_ids) - _common_prefix(prompt_ids, full_ids)
-        if n_response <= 0 or _common_prefix(prompt_ids, full_ids) == 0:
-            raise ValueError(
-                f"sequence {index}: cannot find the response after the prompt in the chat "
-                f"template's output (response {seq.response!r}); is the response empty?"
-            )
-        out.append(_Rendered(full, add_special, full_ids, n_response))
+        shared = _common_prefix(head_ids, full_ids)
+        if shared == 0:
+            raise ValueError(f"sequence {index}: the response shares no token with the prompt "
+                             f"(response {seq.response!r}); is the prompt empty?")
+        out.append(_Rendered(full, add_special, full_ids, len(full_ids) - shared))
     return out
 
 
@@ -321,9 +413,10 @@ class PrefixGroup:
     image: Any
     question: str
     responses: tuple[str, ...]
+    system: str | None = None
 
     def sequences(self) -> list[Sequence]:
-        return [Sequence(self.image, self.question, r) for r in self.responses]
+        return [Sequence(self.image, self.question, r, self.system) for r in self.responses]
 
 
 def prefix_reuse_support(model) -> tuple[bool, str]:

@@ -175,12 +175,16 @@ def fingerprint(
     max_length: int | None,
     truncation_rule: str,
     revision: str | None = None,
+    response_rule: str | None = None,
+    system_prompt: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """What produced a set of log-probs, plus two keys.
 
     `model_key` hashes the model's identity (weights, processor, chat template): the trainer
     compares it to refuse data scored by another model. `key` adds dtype, max length and the
-    truncation rule: the scorer's resume markers compare it. Library versions are recorded
+    truncation and response rules: the scorer's resume markers compare it, and the trainer
+    refuses data whose `response_rule` is not the current one. `system_prompt` (what the
+    build put in the prompts) is recorded, not keyed: the prompts themselves are the data. Library versions are recorded
     but not keyed (a patch release moves values by rounding, not meaning). The model id as
     given is recorded, not keyed, so a moved folder still matches its weights.
     """
@@ -191,6 +195,8 @@ def fingerprint(
         "chat_template_sha256": _sha256_text(template),
     }
     settings = {"dtype": dtype, "max_length": max_length, "truncation_rule": truncation_rule}
+    if response_rule is not None:
+        settings["response_rule"] = response_rule
     return {
         "model": model_id_or_path,
         "revision": revision,
@@ -198,6 +204,7 @@ def fingerprint(
         "smoke_test": tiny.is_smoke_test_model(getattr(model, "module", model)),
         **identity,
         **settings,
+        **({"system_prompt": system_prompt} if system_prompt is not None else {}),
         "versions": library_versions("transformers", "torch"),
         "model_key": _key(identity),
         "key": _key({**identity, **settings}),

@@ -73,9 +73,11 @@ def arrow_schema() -> pa.Schema:
     return FEATURES.arrow_schema
 
 
-def prompt_messages(question: str) -> list[dict[str, Any]]:
-    """TRL conversational prompt: one user turn holding the image then the question."""
-    return [
+def prompt_messages(question: str, system: str | None = None) -> list[dict[str, Any]]:
+    """TRL conversational prompt: the system message if any, then one user turn holding the
+    image then the question."""
+    messages = [] if system is None else [system_message(system)]
+    return messages + [
         {
             "role": "user",
             "content": [{"type": "image", "text": None}, {"type": "text", "text": question}],
@@ -83,23 +85,39 @@ def prompt_messages(question: str) -> list[dict[str, Any]]:
     ]
 
 
+def system_message(text: str) -> dict[str, Any]:
+    return {"role": "system", "content": [{"type": "text", "text": text}]}
+
+
 def response_messages(text: str) -> list[dict[str, Any]]:
     return [{"role": "assistant", "content": [{"type": "text", "text": text}]}]
 
 
-def question_of(prompt: list[dict[str, Any]]) -> str:
-    """The question text of a stored prompt (inverse of `prompt_messages`)."""
+def _texts(messages: list[dict[str, Any]], roles: tuple[str, ...] | None = None) -> str:
     return "".join(
         block["text"] or ""
-        for message in prompt
+        for message in messages
+        if roles is None or message["role"] in roles
         for block in message["content"]
         if block["type"] == "text"
     )
 
 
+def question_of(prompt: list[dict[str, Any]]) -> str:
+    """The question text of a stored prompt (its user turn; inverse of `prompt_messages`)."""
+    return _texts(prompt, ("user",))
+
+
+def system_of(prompt: list[dict[str, Any]]) -> str | None:
+    """The system message of a stored prompt, or None when it has none."""
+    if not any(message["role"] == "system" for message in prompt):
+        return None
+    return _texts(prompt, ("system",))
+
+
 def text_of(messages: list[dict[str, Any]]) -> str:
     """The response text of a stored `chosen`/`rejected` column."""
-    return question_of(messages)
+    return _texts(messages)
 
 
 def image_bytes(images: list[dict[str, Any]]) -> bytes:
@@ -124,6 +142,7 @@ def make_row(
     rejected_image_strategy: str,
     rejected_response_strategy: str = "source",
     metadata: dict[str, Any] | None = None,
+    system: str | None = None,
 ) -> dict[str, Any]:
     """One shard row in storage form (images as raw bytes, reference columns null)."""
     row = {
@@ -136,7 +155,7 @@ def make_row(
         "rejected_response_strategy": rejected_response_strategy,
         "metadata": json.dumps(metadata or {}, sort_keys=True, ensure_ascii=False),
         "images": [{"bytes": image, "path": None}],
-        "prompt": prompt_messages(question),
+        "prompt": prompt_messages(question, system),
         "chosen": response_messages(chosen),
         "rejected": response_messages(rejected),
         "rejected_images": [{"bytes": rejected_image, "path": None}],

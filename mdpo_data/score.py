@@ -32,6 +32,7 @@ import pyarrow as pa
 
 from mdpo_data import schema
 from mdpo_data.logprobs import (
+    RESPONSE_RULE,
     TRUNCATION_RULE,
     PrefixGroup,
     PrefixReuseError,
@@ -397,7 +398,8 @@ def score_build(
     )
     resolved_dtype = str(model.dtype).removeprefix("torch.")
     fp = fingerprint(ref_model, model, processor, dtype=resolved_dtype, max_length=max_length,
-                     truncation_rule=TRUNCATION_RULE, revision=revision)
+                     truncation_rule=TRUNCATION_RULE, revision=revision,
+                     response_rule=RESPONSE_RULE, system_prompt=manifest.get("system_prompt"))
     _check_previous(directory, manifest, jobs, fp, force)
     batch_size = batch_size or auto_batch_size(model, max_length)
     scorer = Scorer(model, processor, batch_size=batch_size, max_length=max_length,

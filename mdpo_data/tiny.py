@@ -110,11 +110,15 @@ def build_tiny_llava(
     patch_size: int = 8,
     hidden_size: int = 128,
     num_layers: int = 2,
+    tokens: dict | None = None,
+    chat_template: str | None = None,
 ) -> Path:
     """Write a tiny LLaVA (processor + weights) to `path`; the same seed gives the same files.
 
     Defaults: 16 image tokens, ~0.6M parameters (fast on CPU, large enough for a loss to fall).
     The score benchmark uses image_size=128, patch_size=16 (64 image tokens).
+    `tokens` ({"special": [...], "bos", "eos", "pad", "image"}) and `chat_template` give it
+    another model family's special tokens and template (the template tests use them).
     """
     import torch
     from transformers import (
@@ -127,8 +131,11 @@ def build_tiny_llava(
     )
 
     path = Path(path)
-    tokenizer = _tokenizer(["<unk>", "<s>", "</s>", "<pad>", "<image>"], bos="<s>", eos="</s>", pad="<pad>")
-    tokenizer.unk_token = "<unk>"
+    tokens = tokens or {"special": ["<unk>", "<s>", "</s>", "<pad>", "<image>"], "bos": "<s>",
+                        "eos": "</s>", "pad": "<pad>", "image": "<image>", "unk": "<unk>"}
+    tokenizer = _tokenizer(tokens["special"], bos=tokens["bos"], eos=tokens["eos"], pad=tokens["pad"])
+    if tokens.get("unk"):
+        tokenizer.unk_token = tokens["unk"]
     image_processor = CLIPImageProcessor(
         size={"shortest_edge": image_size},
         crop_size={"height": image_size, "width": image_size},
@@ -139,7 +146,8 @@ def build_tiny_llava(
         patch_size=patch_size,
         vision_feature_select_strategy="default",
         num_additional_image_tokens=1,  # CLIP's CLS token, dropped by the "default" strategy
-        chat_template=_LLAVA_TEMPLATE,
+        chat_template=chat_template or _LLAVA_TEMPLATE,
+        image_token=tokens["image"],
     )
     vision = CLIPVisionConfig(
         hidden_size=64,
@@ -166,7 +174,7 @@ def build_tiny_llava(
     config = LlavaConfig(
         vision_config=vision,
         text_config=text,
-        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        image_token_id=tokenizer.convert_tokens_to_ids(tokens["image"]),
         vision_feature_select_strategy="default",
     )
     torch.manual_seed(seed)

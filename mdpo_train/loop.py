@@ -27,6 +27,7 @@ from typing import Any
 import torch
 import yaml
 
+from mdpo_data.logprobs import response_rule_problems
 from mdpo_train import checkpoint
 from mdpo_train.checkpoint import Position
 from mdpo_train.config import (
@@ -57,6 +58,7 @@ class MDPORecipe:
         fp = self.source.fingerprint if self.source else {}
         self.model_id = cfg.model or fp.get("model")
         problems += _model_choice_problems(cfg, fp)
+        problems += response_rule_problems(fp)
         self.dtype = canonical_dtype(cfg.dtype or fp.get("dtype")) or "fp32"
         self.max_length = cfg.max_length or fp.get("max_length")
         if cfg.max_length and fp.get("max_length") and cfg.max_length < fp["max_length"]:

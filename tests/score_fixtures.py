@@ -90,25 +90,35 @@ def load(path):
     return AutoModelForImageTextToText.from_pretrained(path).eval(), AutoProcessor.from_pretrained(path)
 
 
-def manual_logp(model, processor, image, question: str, response: str) -> tuple[float, int]:
-    """Independent reference: one unbatched forward, full log_softmax in fp32.
+def manual_logp(model, processor, image, question: str, response: str, *, system=None,
+                end_of_turn=None) -> tuple[float, int]:
+    """Independent reference: one unbatched forward over prompt + response + end-of-turn,
+    full log_softmax in fp32.
 
-    The response boundary is found by processing the prompt (with its image) on its own and
-    requiring it to be an exact token prefix of the full conversation.
+    The text is the template's generation prompt P, the template's own characters between P
+    and the response text (e.g. LLaVA's space), the response, then `end_of_turn` (default:
+    the tokenizer's EOS). The response tokens are those after the longest common token prefix
+    of (P + those characters) and the whole text, both processed with the image.
     """
     import torch
 
-    prompt_messages = schema.prompt_messages(question)
+    prompt_messages = schema.prompt_messages(question, system)
     if image is None:
-        prompt_messages[0]["content"] = [b for b in prompt_messages[0]["content"] if b["type"] == "text"]
+        for message in prompt_messages:
+            message["content"] = [b for b in message["content"] if b["type"] != "image"]
     prompt = processor.apply_chat_template(prompt_messages, add_generation_prompt=True)
-    full = processor.apply_chat_template(prompt_messages + schema.response_messages(response))
+    conversation = processor.apply_chat_template(prompt_messages + schema.response_messages(response))
+    assert conversation.startswith(prompt)
+    at = conversation.index(response.strip(), len(prompt))
+    head = conversation[:at]
+    text = head + response.strip() + (end_of_turn or processor.tokenizer.eos_token)
     images = None if image is None else [image]  # the processor converts to RGB itself
-    full_inputs = processor(text=[full], images=images, return_tensors="pt")
-    prompt_ids = processor(text=[prompt], images=images, return_tensors="pt")["input_ids"][0]
+    full_inputs = processor(text=[text], images=images, return_tensors="pt")
+    head_ids = processor(text=[head], images=images, return_tensors="pt")["input_ids"][0]
     ids = full_inputs["input_ids"][0]
-    n = len(prompt_ids)
-    assert torch.equal(ids[:n], prompt_ids), "prompt is not a token prefix of the conversation"
+    n = 0
+    while n < min(len(ids), len(head_ids)) and ids[n] == head_ids[n]:
+        n += 1
     with torch.no_grad():
         logits = model(**full_inputs).logits[0].float()
     logp = torch.log_softmax(logits, dim=-1)
