@@ -194,3 +194,16 @@ def test_two_ddp_processes_match_one_process_with_accumulation(demo, tmp_path):
         assert ddp[step] == pytest.approx(single[step], rel=1e-4), step
     states = sorted(p.name for p in (tmp_path / "ddp" / "checkpoints" / "checkpoint-2").iterdir())
     assert {"random_states_0.pkl", "random_states_1.pkl", "trainable.safetensors"} <= set(states)
+
+
+def test_data_scored_under_the_old_response_rule_is_refused(demo, tmp_path):
+    from mdpo_data.manifest import read_manifest, write_manifest
+
+    old = tmp_path / "old"
+    shutil.copytree(demo, old)
+    manifest = read_manifest(old)
+    del manifest["reference"]["fingerprint"]["response_rule"]  # scored before the rule was recorded
+    write_manifest(old, manifest)
+    options = {**BASE, "shards": str(old), "output_dir": str(tmp_path / "run")}
+    with pytest.raises(ConfigError, match=r"response rule v1 .* Re-score the data: `mdpo-data score"):
+        MDPORecipe(load_config(None, options))
