@@ -301,10 +301,11 @@ def _row_groups(rows: list[dict], no_image: bool) -> list[Item]:
         if no_image:
             pairs.append((schema.REF_CHOSEN_NO_IMAGE, schema.REF_REJECTED_NO_IMAGE, None))
         for col_w, col_l, image in pairs:
-            group = PrefixGroup(image, chosen.question, (chosen.response, rejected.response))
+            group = PrefixGroup(image, chosen.question, (chosen.response, rejected.response),
+                                chosen.system)
             groups.append((group, [(i, col_w), (i, col_l)]))
         flipped = seqs[schema.REF_CHOSEN_REJECTED_IMAGE]
-        group = PrefixGroup(flipped.image, flipped.question, (flipped.response,))
+        group = PrefixGroup(flipped.image, flipped.question, (flipped.response,), flipped.system)
         groups.append((group, [(i, schema.REF_CHOSEN_REJECTED_IMAGE)]))
     return groups
 

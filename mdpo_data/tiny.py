@@ -10,6 +10,8 @@ only that the code computes them the same way everywhere.
   `AutoProcessor` / `AutoModelForImageTextToText` like a Hub checkpoint.
 - `build_tiny_qwen2_vl`: a tiny Qwen2-VL, whose image-token count depends on the image size
   (and whose rotary positions are 3-D), to test the size-dependent paths.
+- `build_tiny_qwen2_5_vl`, `build_tiny_idefics3`: the Qwen2.5-VL and Idefics3 (SmolVLM)
+  architectures, for the end-to-end tests of other model families.
 - `tiny_model_path`: the tiny LLaVA cached on disk, built once, atomically.
 """
 
@@ -23,7 +25,7 @@ from pathlib import Path
 
 SMOKE_TEST_NAME = "mdpo-tiny-llava-smoke-test"
 SMOKE_TEST_FLAG = "mdpo_smoke_test"  # set to true in the config.json of every tiny model
-TINY_LLAVA_VERSION = "v2"  # bump when the build below changes, so caches rebuild
+TINY_LLAVA_VERSION = "v3"  # bump when the build below changes, so caches rebuild
 
 _COLORS = "red green blue yellow orange purple pink brown black white gray".split()
 _SHAPES = "circle square triangle star hexagon diamond ellipse rectangle cross heart".split()
@@ -43,9 +45,11 @@ _CORPUS = [
     " ".join(str(n) for n in range(100)),
 ] + [f"The {c} {s} is number {n}." for c in _COLORS for s in _SHAPES for n in _NUMBERS[:3]]
 
-_LLAVA_TEMPLATE = (
+_LLAVA_TEMPLATE = (  # Vicuna v1 layout: "{system} USER: <image>\n{question} ASSISTANT: {answer}</s>"
     "{% for message in messages %}"
-    "{% if message['role'] == 'user' %}USER: "
+    "{% if message['role'] == 'system' %}"
+    "{% for block in message['content'] %}{% if block['type'] == 'text' %}{{ block['text'] }}{% endif %}{% endfor %} "
+    "{% elif message['role'] == 'user' %}USER: "
     "{% for block in message['content'] %}{% if block['type'] == 'image' %}<image>\n{% endif %}{% endfor %}"
     "{% for block in message['content'] %}{% if block['type'] == 'text' %}{{ block['text'] }}{% endif %}{% endfor %} "
     "{% elif message['role'] == 'assistant' %}ASSISTANT: "
@@ -244,6 +248,105 @@ def build_tiny_qwen2_vl(path: str | Path, seed: int = 0) -> Path:
     model.save_pretrained(path)
     processor.save_pretrained(path)
     _mark_smoke_test(path, "mdpo-tiny-qwen2-vl-smoke-test", seed)
+    return path
+
+
+def build_tiny_qwen2_5_vl(path: str | Path, seed: int = 0) -> Path:
+    """Write a tiny Qwen2.5-VL: the Qwen2-VL tokenizer and processor rules, Qwen2.5's windowed
+    vision tower and 3-D RoPE (4 image tokens per 56x56 px)."""
+    import torch
+    from transformers import (
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2_5_VLProcessor,
+        Qwen2VLImageProcessor,
+        Qwen2VLVideoProcessor,
+    )
+
+    path = Path(path)
+    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+               "<|image_pad|>", "<|video_pad|>"]
+    tokenizer = _tokenizer(special, bos=None, eos="<|im_end|>", pad="<|endoftext|>")
+    processor = Qwen2_5_VLProcessor(
+        image_processor=Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=112 * 112),
+        tokenizer=tokenizer,
+        video_processor=Qwen2VLVideoProcessor(),
+        chat_template=_CHATML_TEMPLATE,
+    )
+    ids = {name: tokenizer.convert_tokens_to_ids(name) for name in special}
+    config = Qwen2_5_VLConfig(
+        text_config={
+            "vocab_size": len(tokenizer), "hidden_size": 64, "intermediate_size": 128,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "max_position_embeddings": 4096,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+            "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"],
+            "pad_token_id": ids["<|endoftext|>"],
+        },
+        vision_config={"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2,
+                       "out_hidden_size": 64, "window_size": 56, "fullatt_block_indexes": [1]},
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+    )
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    _mark_smoke_test(path, "mdpo-tiny-qwen2.5-vl-smoke-test", seed)
+    return path
+
+
+_IDEFICS3_TEMPLATE = (  # SmolVLM's published template (Idefics3 architecture)
+    "<|im_start|>{% for message in messages %}{{message['role'] | capitalize}}"
+    "{% if message['content'][0]['type'] == 'image' %}{{':'}}{% else %}{{': '}}{% endif %}"
+    "{% for line in message['content'] %}{% if line['type'] == 'text' %}{{line['text']}}"
+    "{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}<end_of_utterance>\n"
+    "{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+)
+
+
+def build_tiny_idefics3(path: str | Path, seed: int = 0) -> Path:
+    """Write a tiny Idefics3 (SmolVLM's architecture and template): one 32x32 px image, no
+    splitting, pixel-shuffled to 4 image tokens between <fake_token_around_image> marks."""
+    import torch
+    from transformers import (
+        Idefics3Config,
+        Idefics3ForConditionalGeneration,
+        Idefics3ImageProcessor,
+        Idefics3Processor,
+    )
+
+    path = Path(path)
+    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<fake_token_around_image>", "<image>",
+               "<end_of_utterance>", "<global-img>"]
+    tokenizer = _tokenizer(special, bos="<|im_start|>", eos="<end_of_utterance>", pad="<|im_end|>")
+    image_processor = Idefics3ImageProcessor(
+        size={"longest_edge": 32}, max_image_size={"longest_edge": 32}, do_image_splitting=False
+    )
+    processor = Idefics3Processor(image_processor=image_processor, tokenizer=tokenizer, image_seq_len=4,
+                                  chat_template=_IDEFICS3_TEMPLATE)
+    ids = {name: tokenizer.convert_tokens_to_ids(name) for name in special}
+    config = Idefics3Config(
+        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                       "num_attention_heads": 2, "image_size": 32, "patch_size": 8},
+        text_config={"model_type": "llama", "vocab_size": len(tokenizer), "hidden_size": 64,
+                     "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+                     "num_key_value_heads": 2, "max_position_embeddings": 4096,
+                     "bos_token_id": ids["<|im_start|>"], "eos_token_id": ids["<end_of_utterance>"],
+                     "pad_token_id": ids["<|im_end|>"], "tie_word_embeddings": False},
+        scale_factor=2,
+        image_token_id=ids["<image>"],
+        pad_token_id=ids["<|im_end|>"],
+    )
+    torch.manual_seed(seed)
+    model = Idefics3ForConditionalGeneration(config).eval()
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    _mark_smoke_test(path, "mdpo-tiny-idefics3-smoke-test", seed)
     return path
 
 

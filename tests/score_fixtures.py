@@ -53,8 +53,10 @@ def make_row(i: int, *, long: bool = False, size=(48, 40)) -> dict:
     )
 
 
-def make_build(directory: Path, shard_rows=(3, 2), eval_rows=(2,), long_rows=(), sizes=None) -> Path:
-    """A build folder: train shards of `shard_rows` rows, eval shards, manifest; unscored."""
+def make_build(directory: Path, shard_rows=(3, 2), eval_rows=(2,), long_rows=(), sizes=None,
+               edit=None) -> Path:
+    """A build folder: train shards of `shard_rows` rows, eval shards, manifest; unscored.
+    `edit(row) -> row` changes each row before it is written."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     splits, i = {}, 0
@@ -64,7 +66,8 @@ def make_build(directory: Path, shard_rows=(3, 2), eval_rows=(2,), long_rows=(),
             rows = []
             for _ in range(count):
                 size = sizes[i % len(sizes)] if sizes else (48, 40)
-                rows.append(make_row(i, long=i in long_rows, size=size))
+                row = make_row(i, long=i in long_rows, size=size)
+                rows.append(edit(row) if edit else row)
                 i += 1
             name = shards.shard_name(split, index, len(counts))
             shards.write_shard(directory / name, [rows])
