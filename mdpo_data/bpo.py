@@ -305,7 +305,7 @@ class _Weaken:
         self.t, self.seed, self.max_pixels = strategy.t, seed, max_pixels
 
     def input_digest(self, c: Candidate) -> str:
-        return _sha(c.image.key, c.question)
+        return _sha(c.image.key, c.question, *([c.system] if c.system else []))
 
     def sort_key(self, c: Candidate) -> int:
         return len(c.question)
@@ -338,7 +338,8 @@ class _Weaken:
             return []
         tokenizer = self.processor.tokenizer
         render = self.processor.apply_chat_template
-        prompts = [render(schema.prompt_messages(c.question), add_generation_prompt=True, tokenize=False)
+        prompts = [render(schema.prompt_messages(c.question, c.system), add_generation_prompt=True,
+                          tokenize=False)
                    for c in kept]
         batch_inputs = self.processor(
             text=prompts, images=pictures, padding=True, padding_side="left",

@@ -60,6 +60,8 @@ class BuildConfig:
     rejected_response_model: str | None = None  # generates weakened answers (default: --ref-model)
     inject_model: str | None = None  # text LLM that rewrites gold answers for "inject"
     rejected_response_max_new_tokens: int = 256  # longer generations are counted skips
+    system_prompt: str = "auto"  # auto | none | TEXT (see mdpo_data.system_prompts)
+    system_prompt_family: str | None = None  # the model family `auto` falls back to (set from --ref-model)
 
     def key(self) -> str:
         """Hash of the config and of the libraries whose output bytes it fixes."""
@@ -232,6 +234,7 @@ def run_build(
     splits, pool, strategy, partners = plan(config)
     _prepare_out(directory, key, overwrite)
     result = BuildResult(directory=directory, manifest={})
+    splits, system_record = _system_prompts(config, splits)
     response_record: dict[str, Any] = {"strategy": "source"}
     bpo_skipped: Counter = Counter()
     sampled = sum(len(rows) for rows in splits.values())
@@ -310,6 +313,7 @@ def run_build(
             "description": strategy.describe(),
         },
         "rejected_response": response_record,
+        "system_prompt": system_record,
         "counts": {
             "read": pool.read,
             "candidates": len(pool.candidates),
@@ -332,6 +336,18 @@ def run_build(
         write_manifest(directory, manifest)
     result.manifest = manifest
     return result
+
+
+def _system_prompts(config: BuildConfig, splits: dict[str, list[Candidate]]):
+    """Set each sampled pair's system prompt (`--system-prompt`); -> (splits, manifest record)."""
+    from mdpo_data import system_prompts
+
+    flat = [c for rows in splits.values() for c in rows]
+    chosen, record = system_prompts.apply(config.system_prompt, config.system_prompt_family, flat)
+    out, start = {}, 0
+    for split, rows in splits.items():
+        out[split], start = chosen[start : start + len(rows)], start + len(rows)
+    return out, record
 
 
 def _previous_manifest(directory: Path) -> dict | None:

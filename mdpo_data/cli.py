@@ -96,6 +96,8 @@ def main() -> None:
 @click.option("--inject-model", help="Text LLM for --rejected-response inject.")
 @click.option("--rejected-response-max-new-tokens", type=int, help="Longer bootstrapped answers are counted skips [256].")
 @click.option("--seed", type=int, help="Build seed: same seed + config = byte-identical output [0].")
+@click.option("--system-prompt", help="System message in each prompt: auto | none | TEXT [auto: the source's "
+              "own, else the --ref-model family's training prompt (LLaVA-1.5: Vicuna v1), else none].")
 @click.option("--pairing", type=click.Choice(["best-worst", "all", "best-random"]), help="Silkie pairing rule [best-worst].")
 @click.option("--subset", type=click.Choice(["llava"]), help="Silkie: keep ids starting with llava- (the paper).")
 @click.option("--id-prefix", help="Silkie: keep ids with this prefix.")
@@ -136,6 +138,10 @@ def build(pipeline, quiet, **flags) -> None:
         config = build_config(options)
         if config.rejected_response and not config.rejected_response_model:
             config.rejected_response_model = options.get("ref_model")  # recorded in the config key
+        if config.system_prompt == "auto" and not config.system_prompt_family:
+            from mdpo_data.system_prompts import model_family
+
+            config.system_prompt_family = model_family(config.rejected_response_model or options.get("ref_model"))
     except PipelineError as error:
         raise click.UsageError(str(error)) from None
     try:

@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from mdpo_data.build import BuildConfig
+from mdpo_data.system_prompts import FAMILIES
 
 # Options that change how the build runs but not what it writes; allowed in a pipeline file.
 RUNTIME_KEYS = {
@@ -89,6 +90,11 @@ def build_config(options: dict[str, Any]) -> BuildConfig:
         problems.append(f"shard-size: must be at least 1, got {config.shard_size}")
     if not 0.0 <= config.eval_fraction < 1.0:
         problems.append(f"eval-fraction: must be in [0, 1), got {config.eval_fraction}")
+    if not config.system_prompt.strip():
+        problems.append("system-prompt: expected auto, none or a non-empty text")
+    if config.system_prompt_family is not None and config.system_prompt_family not in FAMILIES:
+        problems.append(f"system-prompt-family: unknown {config.system_prompt_family!r}; known: "
+                        f"{', '.join(FAMILIES)}")
     if config.max_pixels < 1:
         problems.append(f"max-pixels: must be positive, got {config.max_pixels}")
     if problems:

@@ -176,6 +176,7 @@ class Candidate:
     rejected: str | None
     pair: str = "0"
     meta: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    system: str | None = None  # the source's own system prompt; `--system-prompt` may replace it
 
     @property
     def example_id(self) -> str:

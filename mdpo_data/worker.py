@@ -77,6 +77,7 @@ def make_example(task: Task) -> tuple[str, Any]:
         rejected_image_strategy=strategy.resolved,
         rejected_response_strategy=task.response_strategy,
         metadata=c.meta,
+        system=c.system,
     )
     return "row", row
 

@@ -21,6 +21,7 @@ from fixtures import (
 from PIL import Image
 from test_build import run_cli
 
+from mdpo_data import schema
 from mdpo_data.manifest import read_manifest
 from mdpo_data.shards import read_shard, shard_files
 
@@ -103,7 +104,11 @@ def test_mdpo_json_with_bad_paths(tmp_path):
     manifest = read_manifest(out)
     assert manifest["counts"]["skipped"].get("image_path_escapes_root", 0) >= 1
     rows = rows_of(out)
-    assert rows and not any("ASSISTANT:" in r["prompt"][0]["content"][1]["text"] for r in rows)
+    assert rows and not any("ASSISTANT:" in schema.question_of(r["prompt"]) for r in rows)
+    # --system-prompt auto keeps the json's own system prompt as a system message
+    assert all(r["prompt"][0]["role"] == "system" and schema.system_of(r["prompt"]).startswith("A chat")
+               for r in rows)
+    assert set(read_manifest(out)["system_prompt"]["rows_by_origin"]) == {"source"}
     for r in rows:
         assert r["images"][0]["bytes"] != r["rejected_images"][0]["bytes"]
 

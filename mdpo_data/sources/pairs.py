@@ -42,7 +42,7 @@ COLUMN_KEYS = ("image", "question", "chosen", "rejected", "id")
 COLUMNS_SYNTAX = "--columns image=COL,question=COL,chosen=COL[,rejected=COL][,id=COL]"
 _USER, _ASSISTANT = ("user", "human"), ("assistant", "gpt")
 # "A chat between ... USER: <image>\n{question} ASSISTANT:" (LLaVA-1.5 / mDPO template)
-_TEMPLATE = re.compile(r"^(?:.*?\s)?USER:\s*(?P<question>.*?)\s*ASSISTANT:\s*$", re.S)
+_TEMPLATE = re.compile(r"^(?:(?P<system>.*?)\s)?USER:\s*(?P<question>.*?)\s*ASSISTANT:\s*$", re.S)
 
 
 @dataclass(frozen=True)
@@ -148,6 +148,15 @@ def clean_question(text: str) -> str:
     """The bare question: chat template (`... USER: <image>\\n{q} ASSISTANT:`) and tags removed."""
     match = _TEMPLATE.match(text.strip())
     return strip_image_tag(match.group("question") if match else text)
+
+
+def system_of(value: Any) -> str | None:
+    """The system prompt a prompt cell carries: a system message, or the text before `USER:`
+    in a baked-in LLaVA/Vicuna template (the mDPO json); None if it has none."""
+    if isinstance(value, str):
+        match = _TEMPLATE.match(value.strip())
+        return (match.group("system") or "").strip() or None if match else None
+    return (message_text(value, ("system",)) or "").strip() or None
 
 
 class _ImagePaths:
@@ -268,6 +277,7 @@ def _candidates(root: Path, planned: list[_File]) -> Iterator[Candidate | Skip]:
 def _candidate(record: Record, file: _File) -> Candidate:
     data, layout = record.data or {}, file.layout
     question = message_text(data.get(layout.question), _USER)
+    system = system_of(data.get(layout.question))
     chosen = message_text(data.get(layout.chosen), _ASSISTANT)
     rejected = message_text(data.get(layout.rejected), _ASSISTANT) if layout.rejected else None
     if question is None:
@@ -293,4 +303,4 @@ def _candidate(record: Record, file: _File) -> Candidate:
         source_id = str(record.row)
     meta = {"layout": layout.name}
     meta.update({k: data[k] for k in ("ds_name", "origin_dataset") if isinstance(data.get(k), str)})
-    return Candidate(NAME, record.row, source_id, image, question, chosen, rejected, "0", meta)
+    return Candidate(NAME, record.row, source_id, image, question, chosen, rejected, "0", meta, system)
