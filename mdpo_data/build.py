@@ -48,7 +48,7 @@ class BuildConfig:
     seed: int = 0
     source_path: str | None = None
     image_root: str | None = None
-    pairing: str = "best-worst"
+    pairing: str = "all"  # VLFeedback's own DPO pairing (see sources/silkie.py)
     subset: str | None = None
     id_prefix: str | None = None
     columns: dict[str, str] | None = None

@@ -98,7 +98,7 @@ def main() -> None:
 @click.option("--seed", type=int, help="Build seed: same seed + config = byte-identical output [0].")
 @click.option("--system-prompt", help="System message in each prompt: auto | none | TEXT [auto: the source's "
               "own, else the --ref-model family's training prompt (LLaVA-1.5: Vicuna v1), else none].")
-@click.option("--pairing", type=click.Choice(["best-worst", "all", "best-random"]), help="Silkie pairing rule [best-worst].")
+@click.option("--pairing", type=click.Choice(["best-worst", "all", "best-random"]), help="Silkie pairing rule [all: every pair of completions, as VLFeedback's authors pair it].")
 @click.option("--subset", type=click.Choice(["llava"]), help="Silkie: keep ids starting with llava- (the paper).")
 @click.option("--id-prefix", help="Silkie: keep ids with this prefix.")
 @click.option("--columns", help="pairs: map columns, e.g. image=img,question=q,chosen=good,rejected=bad.")

@@ -12,12 +12,15 @@ import pyarrow.parquet as pq
 import pytest
 from fixtures import jpeg_bytes, make_vlfeedback_jsonl, make_vlfeedback_parquet, vlfeedback_record
 
+from mdpo_data.build import BuildConfig
 from mdpo_data.records import Candidate, Skip
 from mdpo_data.sources import SourceError, open_source
 from mdpo_data.sources.silkie import choose_pairs, clean_response, parse_rating
 
 
 def run(built_or_path, **options):
+    """The layout and filter tests read one pair per row: best-worst unless a test says otherwise."""
+    options.setdefault("pairing", "best-worst")
     path = str(built_or_path if isinstance(built_or_path, (str, Path)) else built_or_path.root)
     items = list(open_source("silkie", path=path, **options))
     candidates = [c for c in items if isinstance(c, Candidate)]
@@ -125,7 +128,7 @@ def test_errors_surface_when_the_source_is_opened_not_while_iterating(tmp_path):
 
 def test_iterating_never_reads_image_bytes(tmp_path):
     built = make_vlfeedback_jsonl(tmp_path, rows=5)
-    stream = open_source("silkie", path=str(built.root))
+    stream = open_source("silkie", path=str(built.root), pairing="best-worst")
     built.images.unlink()  # the member list was read when the source was opened
     assert len([c for c in stream if isinstance(c, Candidate)]) == 5
 
@@ -162,6 +165,14 @@ def test_best_worst_uses_the_mean_of_the_three_aspects(tmp_path):
     }
     assert c.meta["rejected_model"] == "fuyu-8b" and c.meta["chosen_model"] == "qwen-vl-chat"
     assert c.meta["chosen_mean"] == pytest.approx(13 / 3) and c.meta["rejected_mean"] == 1.0
+
+
+def test_the_default_pairing_is_all_as_vlfeedbacks_authors_pair_it(tmp_path):
+    record = rated("llava-0", (5, 5, 5), (1, 1, 1), (3, 3, 3), (2, 2, 2))
+    built = make_vlfeedback_jsonl(tmp_path, records=[record])
+    default = [c for c in open_source("silkie", path=str(built.root)) if isinstance(c, Candidate)]
+    assert len(default) == 6  # every pair of the four completions (no ties here)
+    assert BuildConfig().pairing == "all"
 
 
 def test_all_pairing_is_the_official_silkie_rule_with_ties_counted(tmp_path):

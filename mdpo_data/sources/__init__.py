@@ -76,7 +76,7 @@ def open_source(
     *,
     path: str | None = None,
     seed: int = 0,
-    pairing: str = "best-worst",
+    pairing: str = "all",
     subset: str | None = None,
     id_prefix: str | None = None,
     image_root: str | None = None,
@@ -98,7 +98,7 @@ def open_source(
         "columns": columns,
         "demo_size": demo_size,
     }
-    defaults = {"pairing": "best-worst", "demo_size": 2000}
+    defaults = {"pairing": "all", "demo_size": 2000}
     ignored = [
         key
         for key, value in given.items()

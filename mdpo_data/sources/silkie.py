@@ -6,8 +6,10 @@ embedded `image` column or an `img_path` column pointing into the same zip/folde
 
 A completion's score is the MEAN of its three aspect ratings (stored as strings; a
 non-numeric or missing one excludes the completion, counted). Pairing rules:
-  best-worst   one pair per prompt: best vs worst mean (the default)
-  all          the official Silkie rule: every pair of completions with different means
+  all          the default, as the dataset's authors pair it for DPO (Silkie): every pair of
+               the four completions with different means; the paper samples its 10K from
+               such pairs
+  best-worst   one pair per prompt: best vs worst mean (the largest margin: easier pairs)
   best-random  best vs one random completion with a lower mean (per-row seed)
 Equal means are ties and are dropped (counted). Ids are NOT unique in VLFeedback, so
 nothing here is keyed by id: a candidate is identified by its stream row and pair tag.
