@@ -60,6 +60,7 @@ class BuildConfig:
     rejected_response_model: str | None = None  # generates weakened answers (default: --ref-model)
     inject_model: str | None = None  # text LLM that rewrites gold answers for "inject"
     rejected_response_max_new_tokens: int = 256  # longer generations are counted skips
+    noise_input: str | None = None  # `noise`: the model's input space (ModelInput JSON; None = LLaVA-1.5's)
     system_prompt: str = "auto"  # auto | none | TEXT (see mdpo_data.system_prompts)
     system_prompt_family: str | None = None  # the model family `auto` falls back to (set from --ref-model)
 
@@ -86,12 +87,19 @@ class BuildResult:
 # ---------------------------------------------------------------------------------------------
 
 
+def model_input(config: BuildConfig):
+    """The ModelInput `noise` works in, or None for its default (LLaVA-1.5's)."""
+    from mdpo_data.contrast import ModelInput
+
+    return ModelInput.from_json(config.noise_input) if config.noise_input else None
+
+
 def plan(config: BuildConfig):
     """Sample the examples and their swap partners -> (splits, pool, strategy, partners)."""
     from mdpo_data.contrast import parse_spec, pick_partner
     from mdpo_data.sources import open_source
 
-    strategy = parse_spec(config.rejected)
+    strategy = parse_spec(config.rejected, model_input(config))
     pool = collect(
         open_source(
             config.source,
@@ -196,7 +204,7 @@ def _results(tasks: list[Task], workers: int, pool) -> Iterator[tuple[str, Any]]
     return pool.imap(make_example, tasks, chunksize=max(1, min(16, len(tasks) // (4 * workers))))
 
 
-def _write_one_shard(path: Path, tasks, workers, pool, skipped: Counter, on_row) -> int:
+def _write_one_shard(path: Path, tasks, workers, pool, skipped: Counter, on_row, stats: Counter) -> int:
     def batches():
         batch = []
         for kind, value in _results(tasks, workers, pool):
@@ -205,6 +213,7 @@ def _write_one_shard(path: Path, tasks, workers, pool, skipped: Counter, on_row)
                 reason, _detail = value
                 skipped[reason] += 1
                 continue
+            stats.update(value.pop("_stats", {}))
             batch.append(schema.make_row(**value))
             if len(batch) == WRITE_BATCH:
                 yield batch
@@ -245,6 +254,7 @@ def run_build(
     response_strategy = response_record["strategy"]
 
     contrast_skipped: Counter = Counter()
+    image_stats: Counter = Counter()
     entries: dict[str, list[dict[str, Any]]] = {}
     total = sum(len(rows) for rows in splits.values())
     bar = tqdm(total=total, unit="row", desc="build", disable=not progress, dynamic_ncols=True)
@@ -267,12 +277,14 @@ def run_build(
                             seed=example_seed(config.seed, c.example_id),
                             max_pixels=config.max_pixels,
                             response_strategy=response_strategy,
+                            model_input=config.noise_input,
                         )
                         for c in chunk
                     ]
                     skipped: Counter = Counter()
+                    stats: Counter = Counter()
                     n_rows = _write_one_shard(
-                        directory / name, tasks, workers, worker_pool, skipped, lambda: bar.update()
+                        directory / name, tasks, workers, worker_pool, skipped, lambda: bar.update(), stats
                     )
                     done = {
                         "config_key": key,
@@ -280,6 +292,8 @@ def run_build(
                         "sha256": sha256_file(directory / name),
                         "skipped": dict(sorted(skipped.items())),
                     }
+                    if stats:
+                        done["image_stats"] = dict(sorted(stats.items()))
                     write_bytes_atomic(_marker_path(directory, name), json.dumps(done).encode())
                     result.shards_written += 1
                     if after_shard:
@@ -288,6 +302,7 @@ def run_build(
                     bar.update(len(chunk))
                     result.shards_reused += 1
                 contrast_skipped.update(done["skipped"])
+                image_stats.update(done.get("image_stats", {}))
                 entries[split].append({"file": name, "rows": done["rows"], "sha256": done["sha256"]})
     finally:
         bar.close()
@@ -311,6 +326,7 @@ def run_build(
             "spec": config.rejected,
             "resolved": strategy.resolved,
             "description": strategy.describe(),
+            **_noise_record(strategy, image_stats),
         },
         "rejected_response": response_record,
         "system_prompt": system_record,
@@ -336,6 +352,15 @@ def run_build(
         write_manifest(directory, manifest)
     result.manifest = manifest
     return result
+
+
+def _noise_record(strategy, stats: Counter) -> dict[str, Any]:
+    """`noise`: the model input it was added at, and the share of values clipped to 0-255."""
+    if not hasattr(strategy, "space"):
+        return {}
+    values = stats.get("noise_values", 0)
+    return {"model_input": strategy.space.to_json(),
+            "clipped_share": round(stats.get("noise_clipped", 0) / values, 6) if values else None}
 
 
 def _system_prompts(config: BuildConfig, splits: dict[str, list[Candidate]]):

@@ -142,6 +142,8 @@ def build(pipeline, quiet, **flags) -> None:
             from mdpo_data.system_prompts import model_family
 
             config.system_prompt_family = model_family(config.rejected_response_model or options.get("ref_model"))
+        if config.rejected.strip().lower().startswith("noise") and not config.noise_input and options.get("ref_model"):
+            config.noise_input = _model_input(options["ref_model"], options)  # recorded in the config key
     except PipelineError as error:
         raise click.UsageError(str(error)) from None
     try:
@@ -195,6 +197,23 @@ def build(pipeline, quiet, **flags) -> None:
     if options.get("ref_model"):
         _score(out, options, quiet)
     _write_card(out)
+
+
+def _model_input(model: str, options: dict[str, Any]) -> str:
+    """The reference model's image input space (for `--rejected noise:T`), as JSON."""
+    from transformers import AutoProcessor
+
+    from mdpo_data.contrast import ModelInput
+    from mdpo_data.models import resolve_model
+
+    try:
+        processor = AutoProcessor.from_pretrained(
+            resolve_model(model), revision=options.get("revision"),
+            trust_remote_code=bool(options.get("trust_remote_code")))
+    except Exception as error:  # noqa: BLE001 - reported as one line
+        _fail(f"--rejected noise: cannot load the image processor of --ref-model {model!r} to add the "
+              f"noise at its input resolution ({type(error).__name__}: {error})")
+    return ModelInput.of(getattr(processor, "image_processor", processor)).to_json()
 
 
 def _score(out, options: dict[str, Any], quiet: bool, force: bool = False) -> None:

@@ -11,7 +11,9 @@ Strategies (paper Table 3):
               the released code), aspect ratio 3/4-4/3, resized back to the original size
   swap        the image of another example of the same sample (`pick_partner`)
   moco        the MoCo v2 augmentation recipe
-  noise:T     BPO forward diffusion noise at step T of 1000 (1-based)
+  noise:T     BPO forward diffusion noise at step T of 1000 (1-based), added as BPO adds it:
+              at the model's input resolution, in its normalized input space (`ModelInput`;
+              LLaVA-1.5's 336 px CLIP input when no model is given), stored as lossless PNG
 
 Everything runs on PIL + numpy with `numpy.random.Generator(PCG64(seed))`: no global RNG is
 read or changed, and workers never import torch for image work.
@@ -54,6 +56,97 @@ def _rng(seed: int) -> np.random.Generator:
     return np.random.Generator(np.random.PCG64(seed))
 
 
+# --------------------------------------------------------------------------- model input
+
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP, LLaVA-1.5's vision tower
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    """Where a model's image processor puts an image: its resize rule and its normalization.
+
+    `size` is the processor's size dict as plain pairs; `factor` (patch x merge size) is set for
+    Qwen-VL style pixel-budget processors, whose size holds min/max pixels. Plain fields, so
+    the build config records it as JSON and workers need no transformers import.
+    """
+
+    size: tuple[tuple[str, int], ...] = (("shortest_edge", 336),)
+    mean: tuple[float, float, float] = CLIP_MEAN
+    std: tuple[float, float, float] = CLIP_STD
+    factor: int | None = None
+
+    def describe(self) -> str:
+        rule = ", ".join(f"{k} {v}" for k, v in self.size)
+        return rule + (f", multiple of {self.factor}" if self.factor else "")
+
+    def to_json(self) -> str:
+        import json
+
+        return json.dumps({"size": dict(self.size), "mean": self.mean, "std": self.std,
+                           "factor": self.factor}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelInput:
+        import json
+
+        data = json.loads(text)
+        return cls(tuple(sorted((k, int(v)) for k, v in data["size"].items())),
+                   tuple(data["mean"]), tuple(data["std"]), data.get("factor"))
+
+    @classmethod
+    def of(cls, image_processor) -> ModelInput:
+        """The input space of a transformers image processor."""
+        size = getattr(image_processor, "size", None) or {}
+        size = size if isinstance(size, dict) else {k: getattr(size, k) for k in
+                                                    ("shortest_edge", "longest_edge", "height", "width")
+                                                    if getattr(size, k, None) is not None}
+        mean = getattr(image_processor, "image_mean", None) or CLIP_MEAN
+        std = getattr(image_processor, "image_std", None) or CLIP_STD
+        merge = getattr(image_processor, "merge_size", None)
+        factor = merge * image_processor.patch_size if merge else None
+        if factor:  # Qwen-VL: size is {shortest_edge: min_pixels, longest_edge: max_pixels}
+            size = {"min_pixels": size.get("shortest_edge", getattr(image_processor, "min_pixels", 0)),
+                    "max_pixels": size.get("longest_edge", getattr(image_processor, "max_pixels", 0))}
+        pairs = tuple(sorted((k, int(v)) for k, v in size.items() if v is not None))
+        return cls(pairs, tuple(float(x) for x in mean), tuple(float(x) for x in std), factor)
+
+    def resize_to(self, width: int, height: int) -> tuple[int, int]:
+        """The (width, height) the processor resizes this image to (up or down)."""
+        size = dict(self.size)
+        if self.factor:
+            return _budget_size(width, height, self.factor, size.get("min_pixels", 0),
+                                size.get("max_pixels", width * height))
+        if "height" in size and "width" in size:
+            return size["width"], size["height"]
+        if "shortest_edge" in size:  # as transformers' get_resize_output_image_size rounds
+            short, long = sorted((width, height))
+            new_short, new_long = size["shortest_edge"], int(size["shortest_edge"] * long / short)
+            return (new_short, new_long) if width <= height else (new_long, new_short)
+        if "longest_edge" in size:
+            scale = size["longest_edge"] / max(width, height)
+            return max(1, round(width * scale)), max(1, round(height * scale))
+        return width, height
+
+
+def _budget_size(width: int, height: int, factor: int, min_pixels: int, max_pixels: int):
+    """Qwen-VL's `smart_resize`: sides multiples of `factor`, area within the pixel budget."""
+    h = max(factor, round(height / factor) * factor)
+    w = max(factor, round(width / factor) * factor)
+    if h * w > max_pixels:
+        beta = math.sqrt(height * width / max_pixels)
+        h = max(factor, math.floor(height / beta / factor) * factor)
+        w = max(factor, math.floor(width / beta / factor) * factor)
+    elif h * w < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h, w = math.ceil(height * beta / factor) * factor, math.ceil(width * beta / factor) * factor
+    return w, h
+
+
+LLAVA_15_INPUT = ModelInput()  # the default when no model is given: 336 px CLIP (LLaVA-1.5)
+
+
 # --------------------------------------------------------------------------- strategies
 
 
@@ -64,12 +157,17 @@ class Strategy:
     spec: str
     resolved: str
     needs_partner: ClassVar[bool] = False
+    lossless: ClassVar[bool] = False  # store m_l as PNG whatever the source format
 
     def describe(self) -> str:
         raise NotImplementedError
 
     def apply(self, image: Image.Image, seed: int) -> Image.Image:
         raise NotImplementedError
+
+    def apply_with_stats(self, image: Image.Image, seed: int) -> tuple[Image.Image, dict[str, int]]:
+        """`apply`, plus counts the manifest sums (e.g. clipped values of `noise`)."""
+        return self.apply(image, seed), {}
 
 
 @dataclass(frozen=True)
@@ -120,20 +218,37 @@ class Moco(Strategy):
 @dataclass(frozen=True)
 class Noise(Strategy):
     t: int = 900
+    model_input: ModelInput | None = None  # None: LLAVA_15_INPUT
+    lossless: ClassVar[bool] = True  # JPEG would smooth the noise away
+
+    @property
+    def space(self) -> ModelInput:
+        return self.model_input or LLAVA_15_INPUT
 
     def describe(self) -> str:
         abar = float(_ABAR[self.t - 1])
         return (
-            f"forward diffusion noise at step {self.t} of {NOISE_STEPS} (BPO schedule) on pixels "
-            f"scaled to [-1, 1]: x_t = {math.sqrt(abar):.3f} x_0 + {math.sqrt(1 - abar):.3f} eps"
+            f"forward diffusion noise at step {self.t} of {NOISE_STEPS} (BPO schedule) added as BPO "
+            f"adds it: the image resized to the model's input size ({self.space.describe()}), "
+            f"x_t = {math.sqrt(abar):.3f} x_0 + {math.sqrt(1 - abar):.3f} eps on the normalized "
+            "input, stored as PNG (values outside 0-255 clip; the share is in the manifest)"
         )
 
     def apply(self, image: Image.Image, seed: int) -> Image.Image:
-        return diffusion_noise(image, self.t, seed)
+        return self.apply_with_stats(image, seed)[0]
+
+    def apply_with_stats(self, image: Image.Image, seed: int) -> tuple[Image.Image, dict[str, int]]:
+        size = self.space.resize_to(*image.size)
+        if size != image.size:
+            image = image.resize(size, Image.Resampling.BICUBIC)
+        out, clipped = normalized_diffusion_noise(image, self.t, seed, self.space.mean, self.space.std)
+        return out, {"noise_clipped": clipped, "noise_values": out.width * out.height * 3}
 
 
-def parse_spec(spec: str) -> Strategy:
-    """Parse a strategy spec; bare `crop` and `noise` mean the paper's crop:0-0.2 and noise:900."""
+def parse_spec(spec: str, model_input: ModelInput | None = None) -> Strategy:
+    """Parse a strategy spec; bare `crop` and `noise` mean the paper's crop:0-0.2 and noise:900.
+
+    `model_input` is the reference model's input space, used by `noise` (default LLaVA-1.5)."""
     if not isinstance(spec, str):
         raise SpecError(repr(spec), "expected a string")
     name, sep, arg = spec.strip().partition(":")
@@ -146,7 +261,7 @@ def parse_spec(spec: str) -> Strategy:
         return Crop(spec, f"crop:{effective_lo:g}-{hi:g}", effective_lo, hi)
     if name == "noise":
         t = _parse_step(spec, arg) if sep else 900
-        return Noise(spec, f"noise:{t}", t)
+        return Noise(spec, f"noise:{t}", t, model_input)
     if name in ("swap", "moco"):
         if sep:
             raise SpecError(spec, f"{name} takes no argument")
@@ -356,3 +471,29 @@ def diffusion_noise(image: Image.Image, t: int, seed: int) -> Image.Image:
     np.rint(out, out=out)
     np.clip(out, 0, 255, out=out)
     return Image.fromarray(out.astype(np.uint8), "RGB")
+
+
+def normalized_diffusion_noise(image: Image.Image, t: int, seed: int, mean, std) -> tuple[Image.Image, int]:
+    """BPO/VCD's x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps on the NORMALIZED input
+    x = (p/255 - mean) / std, written back as uint8 pixels; -> (image, values clipped to 0-255).
+
+    In pixels: p_t = sqrt(abar) p + 255 mean (1 - sqrt(abar)) + 255 std sqrt(1 - abar) eps, per
+    channel. Noise std seen by the model at t=900: 0.931 before clipping (about 0.87-0.89 after
+    clipping 5-8% of values on photos; see tests/test_contrast.py).
+    """
+    if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or not 1 <= t <= NOISE_STEPS:
+        raise ValueError(f"diffusion step t must be an int in 1..{NOISE_STEPS}, got {t!r}")
+    if image.mode != "RGB":
+        raise ValueError(f"diffusion noise expects an RGB image, got mode {image.mode}")
+    abar = float(_ABAR[t - 1])
+    signal, noise = math.sqrt(abar), math.sqrt(1.0 - abar)
+    mean32 = np.asarray(mean, dtype=np.float32) * np.float32(255.0)
+    std32 = np.asarray(std, dtype=np.float32) * np.float32(255.0 * noise)
+    out = _rng(seed).standard_normal((image.height, image.width, 3), dtype=np.float32)
+    out *= std32
+    out += np.asarray(image, dtype=np.float32) * np.float32(signal)
+    out += mean32 * np.float32(1.0 - signal)
+    np.rint(out, out=out)
+    clipped = int(np.count_nonzero((out < 0) | (out > 255)))
+    np.clip(out, 0, 255, out=out)
+    return Image.fromarray(out.astype(np.uint8), "RGB"), clipped

@@ -22,17 +22,19 @@ class Task:
     seed: int
     max_pixels: int
     response_strategy: str
+    model_input: str | None = None  # ModelInput JSON for `noise` (None: LLaVA-1.5's)
 
 
-_STRATEGIES: dict[str, Any] = {}
+_STRATEGIES: dict[tuple[str, str | None], Any] = {}
 
 
-def _strategy(spec: str):
-    from mdpo_data.contrast import parse_spec
+def _strategy(spec: str, model_input: str | None = None):
+    from mdpo_data.contrast import ModelInput, parse_spec
 
-    if spec not in _STRATEGIES:
-        _STRATEGIES[spec] = parse_spec(spec)
-    return _STRATEGIES[spec]
+    if (spec, model_input) not in _STRATEGIES:
+        space = ModelInput.from_json(model_input) if model_input else None
+        _STRATEGIES[spec, model_input] = parse_spec(spec, space)
+    return _STRATEGIES[spec, model_input]
 
 
 def make_example(task: Task) -> tuple[str, Any]:
@@ -49,7 +51,8 @@ def make_example(task: Task) -> tuple[str, Any]:
         data = c.image.load()
         image, fmt = images.load_image(data, max_pixels=task.max_pixels, where=where)
         chosen_bytes = images.stored_bytes(data, image, fmt)
-        strategy = _strategy(task.rejected)
+        strategy = _strategy(task.rejected, task.model_input)
+        stats: dict[str, int] = {}
         if strategy.needs_partner:
             try:
                 pdata = task.partner.load()
@@ -60,7 +63,8 @@ def make_example(task: Task) -> tuple[str, Any]:
             if rejected_bytes == chosen_bytes:
                 return "skip", ("swap_same_image", where)
         else:
-            rejected_bytes = images.encode(strategy.apply(image, task.seed), fmt)
+            rejected, stats = strategy.apply_with_stats(image, task.seed)
+            rejected_bytes = images.encode(rejected, "PNG" if strategy.lossless else fmt)
     except BadRow as error:
         return "skip", (error.reason, f"{where}: {error.detail}")
     row = dict(
@@ -79,6 +83,8 @@ def make_example(task: Task) -> tuple[str, Any]:
         metadata=c.meta,
         system=c.system,
     )
+    if stats:
+        row["_stats"] = stats  # summed into the manifest by the build, not stored in the row
     return "row", row
 
 

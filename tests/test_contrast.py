@@ -105,6 +105,7 @@ def test_describe_is_one_sentence_per_strategy():
     assert "MoCo v2" in parse_spec("moco").describe()
     noise = parse_spec("noise:900").describe()
     assert "step 900 of 1000" in noise and "0.366 x_0 + 0.931 eps" in noise
+    assert "shortest_edge 336" in noise and "normalized input" in noise
 
 
 def test_strategies_are_frozen():
@@ -185,7 +186,7 @@ def test_deterministic_for_a_seed_and_different_across_seeds(spec):
     assert len(others) == 8
 
 
-@pytest.mark.parametrize("spec", ["crop:0-0.2", "moco", "noise:900"])
+@pytest.mark.parametrize("spec", ["crop:0-0.2", "moco"])
 def test_same_size_rgb_and_input_untouched(spec):
     image = coordinates(77, 41)
     before = np.asarray(image).copy()
@@ -343,3 +344,82 @@ def test_pick_partner_all_same_image_is_a_clear_error():
         pick_partner(0, ["x", "y"], 1, exclude={1})
     with pytest.raises(IndexError):
         pick_partner(5, ["x", "y"], 1)
+
+
+# ------------------------------------------------------------------ noise:T at BPO's level
+
+
+def photo(width=640, height=480, seed=0):
+    """A photo-like test image: a coloured background with 30 random filled ellipses."""
+    from PIL import ImageDraw
+
+    rng = np.random.default_rng(seed)
+    image = Image.new("RGB", (width, height), tuple(int(v) for v in rng.integers(0, 256, 3)))
+    draw = ImageDraw.Draw(image)
+    for _ in range(30):
+        x, y = int(rng.integers(0, width)), int(rng.integers(0, height))
+        draw.ellipse([x, y, x + int(rng.integers(20, 200)), y + int(rng.integers(20, 200))],
+                     fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
+    return image
+
+
+def test_noise_is_added_at_the_models_input_size_and_stored_lossless():
+    strategy = parse_spec("noise:900")
+    assert strategy.lossless and strategy.space == contrast.LLAVA_15_INPUT
+    assert strategy.apply(photo(640, 480), 1).size == (448, 336)  # LLaVA-1.5: short side 336
+    assert strategy.apply(coordinates(77, 41), 1).size == (631, 336)  # up too, as the processor
+    qwen = contrast.ModelInput((("max_pixels", 112 * 112), ("min_pixels", 56 * 56)), factor=28)
+    assert parse_spec("noise:900", qwen).apply(photo(640, 480), 1).size == (112, 84)
+
+
+def test_noise_is_bpos_formula_on_the_normalized_input():
+    image, t, seed = photo(336, 336, 3), 700, 11
+    out, clipped = contrast.normalized_diffusion_noise(image, t, seed, contrast.CLIP_MEAN, contrast.CLIP_STD)
+    mean, std = np.array(contrast.CLIP_MEAN), np.array(contrast.CLIP_STD)
+    abar = noise_schedule()[t - 1]
+    eps = np.random.Generator(np.random.PCG64(seed)).standard_normal((336, 336, 3), dtype=np.float32)
+    x0 = (np.asarray(image, dtype=np.float64) / 255 - mean) / std
+    x_t = math.sqrt(abar) * x0 + math.sqrt(1 - abar) * eps  # BPO/VCD on the processed tensor
+    pixels = np.rint((x_t * std + mean) * 255)
+    assert clipped == int(((pixels < 0) | (pixels > 255)).sum())
+    assert np.abs(np.asarray(out) - np.clip(pixels, 0, 255)).max() <= 1  # float32, rounding ties
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_noise_900_reaches_the_model_at_bpos_level(seed):
+    """Measured as the issue asks: the stored m_l through a 336 px CLIP processor, minus BPO's
+    signal part sqrt(abar) x_0, has a std within 10% of BPO's sqrt(1 - abar_900) = 0.931. The
+    old rule (pixel-space noise at the source resolution, JPEG) reached about 0.55."""
+    from transformers import CLIPImageProcessor
+
+    from mdpo_data import images
+    from mdpo_data.logprobs import decode_image as decode
+
+    processor = CLIPImageProcessor(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336})
+    image = photo(640, 480, seed)
+    x0 = processor(image, return_tensors="np")["pixel_values"][0]
+    abar = noise_schedule()[899]
+    stored = images.encode(parse_spec("noise:900").apply(image, seed), "PNG")
+    x = processor(decode(stored), return_tensors="np")["pixel_values"][0]
+    seen = float(np.std(x - math.sqrt(abar) * x0))
+    assert seen == pytest.approx(math.sqrt(1 - abar), rel=0.10)
+    old = images.encode(diffusion_noise(image, 900, seed), "JPEG")
+    old_seen = float(np.std(processor(decode(old), return_tensors="np")["pixel_values"][0]
+                            - math.sqrt(abar) * x0))
+    assert old_seen < 0.8 * seen
+
+
+def test_model_input_of_real_processors_predicts_their_resize(tmp_path):
+    from transformers import AutoProcessor
+
+    from mdpo_data.tiny import build_tiny_llava, build_tiny_qwen2_vl
+
+    llava = AutoProcessor.from_pretrained(build_tiny_llava(tmp_path / "l")).image_processor
+    space = contrast.ModelInput.of(llava)
+    assert space.resize_to(640, 480) == (42, 32) and space.mean == contrast.CLIP_MEAN
+    assert contrast.ModelInput.from_json(space.to_json()) == space
+    qwen = AutoProcessor.from_pretrained(build_tiny_qwen2_vl(tmp_path / "q")).image_processor
+    space = contrast.ModelInput.of(qwen)
+    for size in [(640, 480), (50, 50), (120, 60)]:
+        grid = qwen(Image.new("RGB", size), return_tensors="np")["image_grid_thw"][0]
+        assert space.resize_to(*size) == (grid[2] * 14, grid[1] * 14)

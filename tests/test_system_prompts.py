@@ -75,3 +75,4 @@ def test_cli_text_none_and_pipeline_yaml(tmp_path):
     bad = run_cli("build", "--source", "demo", "--n", 2, "--system-prompt", " ", "--out",
                   tmp_path / "bad", "--quiet", check=False)
     assert bad.returncode != 0 and "system-prompt" in bad.stderr and "Traceback" not in bad.stderr
+
