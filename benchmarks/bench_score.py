@@ -1,6 +1,7 @@
 """Scoring throughput: our scorer path vs the naive one, in the same run, on the same rows.
 
-    ours   length-bucketed batches; y_w and y_l run on ONE cached image+question prefix
+    ours   length-bucketed batches; y_w and y_l packed after ONE copy of the image+question
+           prefix (one forward, 4-D attention mask, no KV cache)
     naive  rows in arrival order, each sequence padded to its batch's longest and run on its
            own full prefix (what online DPO does for the reference at every step)
 

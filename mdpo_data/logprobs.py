@@ -30,7 +30,8 @@ What counts as a response token (the exact rule, `RESPONSE_RULE`):
     images first go through `to_rgb` (transparency composited on white). The processor must
     tokenize the response exactly as the tokenizer did, else the sequence is refused.
 
-`prefix_response_logps` is a scorer-only fast path (y_w and y_l share one cached prefix);
+`prefix_response_logps` is a scorer-only fast path (y_w and y_l packed after one copy of
+their shared prefix, in one forward with a 4-D mask; no KV cache, so no deprecated API);
 it must and is tested to give the same values as `encode` + `response_logps`.
 
 Truncation rule (`TRUNCATION_RULE`): nothing is ever truncated. A sequence whose full length
@@ -403,7 +404,7 @@ def sequence_logps(
 
 
 class PrefixReuseError(RuntimeError):
-    """This batch cannot share a prefix KV cache; score it with `encode`/`response_logps`."""
+    """This batch cannot share its prefixes; score it with `encode`/`response_logps`."""
 
 
 @dataclass(frozen=True)
@@ -422,15 +423,46 @@ class PrefixGroup:
 def prefix_reuse_support(model) -> tuple[bool, str]:
     """Whether `prefix_response_logps` can be exact for this architecture (static check).
 
-    It feeds continuation tokens with explicit 1-D position ids after a cached prefix; models
-    with 3-D multimodal RoPE (Qwen2-VL family) derive positions from the image grid instead.
+    It packs a group's responses after ONE copy of their prefix, with explicit 1-D position
+    ids and a custom 4-D attention mask: models with 3-D multimodal RoPE (Qwen2-VL family)
+    derive positions from the image grid, and flash-attention kernels take no custom mask.
     """
-    config = _unwrap(model).config
+    inner = _unwrap(model)
+    config = inner.config
     text = getattr(config, "text_config", None) or config
     rope = getattr(text, "rope_parameters", None) or getattr(text, "rope_scaling", None) or {}
     if isinstance(rope, dict) and "mrope_section" in rope:
         return False, f"{config.model_type}: 3-D multimodal rotary positions (M-RoPE)"
-    return True, f"{config.model_type}: 1-D positions, dynamic KV cache"
+    attention = str(getattr(config, "_attn_implementation", None) or "")
+    if "flash" in attention:
+        return False, f"{config.model_type}: {attention} takes no custom attention mask"
+    return True, f"{config.model_type}: 1-D positions, shared prefix packed with a 4-D mask"
+
+
+def _group_layout(rendered: list[_Rendered], groups: list[PrefixGroup]) -> list[tuple[int, int]]:
+    """Per group: (index of its first sequence, shared text-token prefix length of its sequences)."""
+    layout, start = [], 0
+    for g, group in enumerate(groups):
+        items = rendered[start : start + len(group.responses)]
+        shared = min(_common_prefix(items[0].text_ids, r.text_ids) for r in items)
+        shared = min([shared] + [len(r.text_ids) - r.n_response for r in items])
+        if shared < 1:
+            raise PrefixReuseError(f"group {g}: its responses share no prefix")
+        layout.append((start, shared))
+        start += len(group.responses)
+    return layout
+
+
+def _packed_mask(segments: torch.Tensor, valid: torch.Tensor, dtype) -> torch.Tensor:
+    """Additive [B, 1, T, T] mask: a token sees earlier tokens of the prefix (segment 0) and of
+    its own response segment, never another response's; padding sees only itself."""
+    T = segments.shape[1]
+    causal = torch.ones(T, T, dtype=torch.bool, device=segments.device).tril()
+    seg_q, seg_k = segments.unsqueeze(2), segments.unsqueeze(1)
+    allowed = causal & ((seg_k == 0) | (seg_k == seg_q)) & valid.unsqueeze(1) & valid.unsqueeze(2)
+    allowed |= torch.eye(T, dtype=torch.bool, device=segments.device)
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=segments.device)
+    return mask.masked_fill(~allowed, torch.finfo(dtype).min).unsqueeze(1)
 
 
 def prefix_response_logps(
@@ -441,67 +473,71 @@ def prefix_response_logps(
     Returns ((log-prob, response tokens) per response per group, {"tokens": real tokens of
     all sequences, "slots": token positions run through the model, padding included}).
 
-    The prefix (image + question + generation prompt) is run once per group with a KV cache;
-    the cache rows are then gathered for every response and the responses run on top, with
-    explicit positions. Scorer-only (inference); raises PrefixReuseError when a group's
-    responses do not share the exact prefix tokens or a sequence is longer than max_length.
+    One forward, no KV cache: each group becomes one row, its shared prefix (image + question
+    + generation prompt, up to the longest common token prefix of its sequences) followed by
+    every sequence's remaining tokens, each with the positions it has in its own sequence and
+    a 4-D mask that hides the other responses (`_packed_mask`). Scorer-only (inference);
+    raises PrefixReuseError when a group cannot be packed (an image token after the shared
+    prefix) or a sequence is longer than max_length.
     """
     seqs = [seq for group in groups for seq in group.sequences()]
     rendered = _render_all(processor, seqs)
-    owner, first_of_group, start = [], [], 0
-    for g, group in enumerate(groups):
-        first_of_group.append(start)
-        head = rendered[start].text_ids[: -rendered[start].n_response]
-        for item in rendered[start : start + len(group.responses)]:
-            if item.text_ids[: -item.n_response] != head:
-                raise PrefixReuseError(f"group {g}: responses tokenize with different prefixes")
-            owner.append(g)
-        start += len(group.responses)
-
-    # Prefix pass: the first full sequence of each group, cut at its response.
-    heads = [rendered[i] for i in first_of_group]
+    layout = _group_layout(rendered, groups)
+    heads = [rendered[first] for first, _ in layout]
     batch = _process(processor, heads, [to_rgb(g.image) for g in groups if g.image is not None])
     inputs = model_inputs(model, batch)
     device = inputs["input_ids"].device
-    prefix_len = inputs["attention_mask"].sum(1) - torch.tensor([h.n_response for h in heads], device=device)
-    response_lens = torch.tensor([r.n_response for r in rendered], device=device)
-    if max_length is not None and bool(((prefix_len[owner] + response_lens) > max_length).any()):
-        raise PrefixReuseError("a sequence is longer than max_length")
-    width = int(prefix_len.max())
-    positions = torch.arange(width, device=device)
-    prefix_mask = (positions.unsqueeze(0) < prefix_len.unsqueeze(1)).long()
-    for key, value in list(inputs.items()):
-        if isinstance(value, torch.Tensor) and value.dim() == 2 and value.shape == batch["input_ids"].shape:
-            inputs[key] = value[:, :width]
+    rows, scored = [], []  # per group: (ids, segments, positions, extra-2D-prefix-len); scored targets
+    lengths = batch["attention_mask"].sum(1).tolist()
+    image_token = getattr(processor, "image_token_id", None)
+    for g, ((first, shared), group) in enumerate(zip(layout, groups)):
+        head = rendered[first]
+        prefix_len = int(lengths[g]) - (len(head.text_ids) - shared)  # expanded prefix tokens
+        ids = inputs["input_ids"][g, :prefix_len].tolist()
+        segments, positions = [0] * prefix_len, list(range(prefix_len))
+        for k, item in enumerate(rendered[first : first + len(group.responses)]):
+            tail = item.text_ids[shared:]
+            if image_token is not None and image_token in tail:
+                raise PrefixReuseError(f"group {g}: an image token after the shared prefix")
+            if max_length is not None and prefix_len + len(tail) > max_length:
+                raise PrefixReuseError("a sequence is longer than max_length")
+            start = len(ids)
+            ids += tail
+            segments += [k + 1] * len(tail)
+            positions += range(prefix_len, prefix_len + len(tail))
+            # token j of the tail is predicted at the previous position of ITS sequence
+            for j in range(len(tail) - item.n_response, len(tail)):
+                scored.append((g, prefix_len - 1 if j == 0 else start + j - 1, ids[start + j]))
+        rows.append((ids, segments, positions, prefix_len))
+    width = max(len(r[0]) for r in rows)
     pad_id = processor.tokenizer.pad_token_id or 0
-    inputs["input_ids"] = inputs["input_ids"].masked_fill(prefix_mask == 0, pad_id)
-    inputs["attention_mask"] = prefix_mask
-    keep = width - int(prefix_len.min()) + 1
-    out = model(**inputs, use_cache=True, logits_to_keep=keep)
-    logits = out.logits[:, -keep:] if out.logits.shape[1] != keep else out.logits
-    last = logits[torch.arange(len(groups), device=device), prefix_len - 1 - (width - keep)]  # [G, V]
-
-    # Continuations: every response on top of its group's cached prefix.
-    owner_t = torch.tensor(owner, device=device)
-    cache = out.past_key_values
-    cache.batch_select_indices(owner_t)
-    tail = int(response_lens.max())
-    ids = torch.full((len(rendered), tail), pad_id, dtype=torch.long, device=device)
-    for row, item in enumerate(rendered):
-        ids[row, : item.n_response] = torch.tensor(item.text_ids[-item.n_response :], device=device)
-    tail_mask = (torch.arange(tail, device=device).unsqueeze(0) < response_lens.unsqueeze(1))
-    cont = model(
-        input_ids=ids,
-        attention_mask=torch.cat([prefix_mask[owner_t], tail_mask.long()], dim=1),
-        position_ids=prefix_len[owner_t].unsqueeze(1) + torch.arange(tail, device=device),
-        past_key_values=cache,
-        use_cache=True,
-    ).logits
-    step_logits = torch.cat([last[owner_t].unsqueeze(1), cont[:, :-1]], dim=1)  # predicts ids
-    per_token = token_logps(step_logits[tail_mask], ids[tail_mask])
-    rows = torch.nonzero(tail_mask, as_tuple=True)[0]
-    sums = torch.zeros(len(rendered), dtype=torch.float32, device=device).index_add(0, rows, per_token)
-    values = [(float(s), int(n)) for s, n in zip(sums.tolist(), response_lens.tolist())]
-    counts = {"tokens": int((prefix_len[owner_t] + response_lens).sum()),
-              "slots": inputs["input_ids"].numel() + ids.numel()}
-    return [values[first : first + len(g.responses)] for first, g in zip(first_of_group, groups)], counts
+    ids_t = torch.full((len(rows), width), pad_id, dtype=torch.long, device=device)
+    seg_t = torch.full((len(rows), width), -1, dtype=torch.long, device=device)
+    pos_t = torch.zeros((len(rows), width), dtype=torch.long, device=device)
+    for g, (ids, segments, positions, _) in enumerate(rows):
+        ids_t[g, : len(ids)] = torch.tensor(ids, device=device)
+        seg_t[g, : len(ids)] = torch.tensor(segments, device=device)
+        pos_t[g, : len(ids)] = torch.tensor(positions, device=device)
+    for key, value in list(inputs.items()):  # other per-token inputs (e.g. token_type_ids): prefix only
+        if key not in ("input_ids", "attention_mask") and isinstance(value, torch.Tensor) \
+                and value.shape == batch["input_ids"].shape:
+            packed = torch.zeros((len(rows), width), dtype=value.dtype, device=device)
+            for g, (_, _, _, prefix_len) in enumerate(rows):
+                packed[g, :prefix_len] = value[g, :prefix_len]
+            inputs[key] = packed
+    inputs["input_ids"], inputs["position_ids"] = ids_t, pos_t
+    inputs["attention_mask"] = _packed_mask(seg_t, seg_t >= 0, _unwrap(model).dtype)
+    keep = width - min(r[3] for r in rows) + 1  # logits from the earliest last-prefix position on
+    logits = _forward_logits(model, inputs, keep)
+    g_idx = torch.tensor([s[0] for s in scored], device=device)
+    p_idx = torch.tensor([s[1] for s in scored], device=device) - (width - keep)
+    targets = torch.tensor([s[2] for s in scored], device=device)
+    per_token = token_logps(logits[g_idx, p_idx], targets)
+    owner = torch.tensor([i for i, r in enumerate(rendered) for _ in range(r.n_response)], device=device)
+    sums = torch.zeros(len(rendered), dtype=torch.float32, device=device).index_add(0, owner, per_token)
+    values = [(float(v), r.n_response) for v, r in zip(sums.tolist(), rendered)]
+    tokens = sum(int(lengths[g]) - len(rendered[first].text_ids) + len(r.text_ids)
+                 for g, ((first, _), group) in enumerate(zip(layout, groups))
+                 for r in rendered[first : first + len(group.responses)])
+    counts = {"tokens": tokens, "slots": ids_t.numel()}
+    return [values[first : first + len(g.responses)] for (first, _), g in zip(layout, groups)], counts

@@ -203,7 +203,7 @@ class Scorer:
 
     @property
     def method(self) -> str:
-        return "prefix-kv-cache" if self.prefix_reuse else "plain"
+        return "prefix-packed" if self.prefix_reuse else "plain"
 
     def score_groups(self, items: list[Item]) -> dict[tuple[int, str], tuple[float, int] | None]:
         """Every response's (log-prob, tokens), or None when it exceeds max_length."""
@@ -383,8 +383,8 @@ def score_build(
     """Score every shard of a build folder with `ref_model`; update the manifest; return stats.
 
     dtype "auto" is float32 on CPU and bf16 (else fp16) on GPU; batch_size None picks one
-    (see `scoring.auto_batch_size`); prefix_reuse "auto" shares the image+question KV cache
-    between y_w and y_l where the architecture allows it and a first-batch check agrees.
+    (see `scoring.auto_batch_size`); prefix_reuse "auto" runs the image+question prefix once
+    for y_w and y_l (one packed forward, no KV cache) where the architecture allows it and a first-batch check agrees.
     """
     import torch
 
