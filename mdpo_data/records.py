@@ -31,6 +31,7 @@ class Skip:
     reason: str  # short snake_case key, e.g. "non_numeric_rating"
     where: str  # e.g. "vlfeedback_80k.jsonl:1234"
     detail: str = ""
+    row: int | None = None  # the source row it belongs to, when a row can yield several items
 
 
 def resolve_under(root: str | Path, relpath: str) -> Path:
