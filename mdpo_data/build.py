@@ -269,7 +269,7 @@ def _prepare_out(directory: Path, key: str, overwrite: bool) -> None:
                 f"{directory} already holds a build with a different config (key {previous}, "
                 f"this one {key}); use another --out or pass --overwrite"
             )
-    elif any(SHARD_RE.match(e.name) for e in directory.iterdir()):
+    elif not overwrite and any(SHARD_RE.match(e.name) for e in directory.iterdir()):
         raise BuildError(f"{directory} holds shards of an unknown build; pass --overwrite")
     for folder in (directory, state):  # half-written files of a killed run (we hold the lock)
         for stale in folder.glob(".*.tmp"):

@@ -87,10 +87,11 @@ class _Group(click.Group):
 
     def invoke(self, ctx):
         from mdpo_data.folder import FolderError
+        from mdpo_data.integrity import IntegrityError
 
         try:
             return super().invoke(ctx)
-        except (FolderError, _manifest_error()) as error:
+        except (FolderError, IntegrityError, _manifest_error()) as error:
             raise click.ClickException(str(error)) from None
         except OSError as error:
             where = f" ({error.filename})" if getattr(error, "filename", None) else ""
@@ -335,7 +336,8 @@ def inspect(directory, n_rows) -> None:
     """Summarize a build: config, counts, shards, reference fingerprint, image reliance, rows."""
     from mdpo_data import schema
     from mdpo_data.manifest import is_scored, read_manifest
-    from mdpo_data.shards import read_shard, shard_files
+    from mdpo_data.integrity import verified_shards
+    from mdpo_data.shards import read_shard
 
     try:
         manifest = read_manifest(directory)
@@ -366,7 +368,7 @@ def inspect(directory, n_rows) -> None:
         rows.append(("reference", "not scored (run `mdpo-data score DIR --ref-model ...`)"))
     click.echo(_table(rows))
 
-    files = shard_files(directory, "train")
+    files = list(verified_shards(directory, manifest, "train"))
     if is_scored(manifest) and files:
         import pyarrow as pa
 

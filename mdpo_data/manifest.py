@@ -76,9 +76,20 @@ class Counts:
 
 
 @dataclass(frozen=True)
+class Fingerprint:
+    """The scorer's identity (other keys it records are kept as they are)."""
+
+    model: str
+    key: str | None = None
+    revision: str | None = None
+    dtype: str | None = None
+    max_length: int | None = None
+
+
+@dataclass(frozen=True)
 class Reference:
     scored: bool = False
-    fingerprint: dict[str, Any] = field(default_factory=dict)
+    fingerprint: Fingerprint | None = None
     no_image_logps: bool = False
     columns: list[str] = field(default_factory=list)
     rows_scored: int | None = None
@@ -136,7 +147,7 @@ def _describe(hint: Any) -> str:
     if origin in (typing.Union, types.UnionType):
         return " or ".join("null" if a is type(None) else _describe(a) for a in args)
     if origin is dict:
-        return f"an object of {_describe(args[1])}"
+        return "an object" if args[1] is Any else f"an object of {_describe(args[1])}"
     if origin is list:
         return f"a list of {_describe(args[0])}"
     if dataclasses.is_dataclass(hint):
