@@ -7,6 +7,7 @@ setup and resume only.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -47,21 +48,28 @@ def resume_problems(saved_config: dict[str, Any], source: Source | None) -> list
     return problems
 
 
+@contextmanager
+def stored_data_errors(where: str):
+    """Inside: an image (or text) of the stored rows that cannot be decoded/encoded becomes a
+    DataError naming `where` and pointing at `mdpo-data validate`, not an OSError deep in PIL."""
+    try:
+        yield
+    except DataError:
+        raise
+    except (OSError, ValueError, SyntaxError) as error:
+        raise DataError(f"{where}: a stored image or text cannot be decoded ({type(error).__name__}: "
+                        f"{' '.join(str(error).split())[:200]}); run `mdpo-data validate` on the "
+                        "data folder") from None
+
+
 class GuardedCollate:
-    """Wraps a collate function: a stored image that does not decode becomes a DataError naming
-    the examples and pointing at `mdpo-data validate`, not an OSError deep in PIL. (A class,
+    """A collate function under `stored_data_errors`, naming the batch's examples. (A class,
     not a closure, so DataLoader worker processes can pickle it.)"""
 
     def __init__(self, collate):
         self.collate = collate
 
     def __call__(self, rows):
-        try:
+        ids = ", ".join(str(r.get("example_id")) for r in rows[:4])
+        with stored_data_errors(f"example(s) {ids}"):
             return self.collate(rows)
-        except DataError:
-            raise
-        except (OSError, ValueError, SyntaxError) as error:
-            ids = ", ".join(str(r.get("example_id")) for r in rows[:4])
-            raise DataError(f"a stored image or text of example(s) {ids} cannot be encoded "
-                            f"({type(error).__name__}: {' '.join(str(error).split())[:200]}); "
-                            "run `mdpo-data validate` on the data folder") from None

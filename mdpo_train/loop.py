@@ -134,7 +134,8 @@ class MDPORecipe:
         self.smoke_test = is_smoke_test_model(model)
         self.collate = integrity.GuardedCollate(Collate(self.processor, self.sequences, self.max_length))
         # 4. Before training, policy == reference: recompute a few stored log-probs.
-        self.spot_check = self._spot_check(model)
+        with integrity.stored_data_errors("the spot-check rows"):
+            self.spot_check = self._spot_check(model)
         # 5. The policy: LoRA on (or all of) the language model; vision tower/projector frozen.
         model = make_policy(model, cfg)
         self.trainable, self.total_params = count_parameters(model)
