@@ -1,7 +1,7 @@
 """Output folders: whose they are, whether we may write there, and who is writing now.
 
 A folder is OURS only when it holds our manifest (a JSON object with `format_version` and
-`splits`) or our state dir (`.state/build.json`). Commands that write (build, score, push
+`splits`) or our state dir (`.state/build.json` or `.state/lock`). Commands that write (build, score, push
 --dry-run) refuse any other non-empty folder, and `--overwrite` removes only what our
 manifest and state list. One writer at a time: `hold(DIR)` takes DIR/.state/lock (filelock);
 a second writer gets "DIR is in use by pid N". Every check runs before anything is created.
@@ -37,7 +37,8 @@ def has_our_manifest(directory: Path) -> bool:
 
 def is_ours(directory: str | Path) -> bool:
     directory = Path(directory)
-    return has_our_manifest(directory) or (directory / STATE_DIR / "build.json").is_file()
+    state = directory / STATE_DIR
+    return has_our_manifest(directory) or (state / "build.json").is_file() or (state / LOCK_NAME).is_file()
 
 
 def check_target(directory: str | Path, what: str = "--out") -> Path:

@@ -68,7 +68,7 @@ def test_scored_card_describes_the_build(tmp_path):
     assert "| non_numeric_rating | 3 |" in text and "| tie | 5 |" in text
     assert "| train | 5 |" in text and "| eval | 2 |" in text
     assert manifest["rejected_image"]["description"] in text
-    assert "model: /cache/tiny-llava-v1" in text  # the fingerprint
+    assert "model: tiny-llava-v1" in text and "/cache/" not in text  # the fingerprint, no local path
     assert "smoke-test reference" in text
     assert "| too_long | 1 |" in text  # the scorer's skips
     # example text is escaped and cut, never raw HTML

@@ -385,3 +385,29 @@ def test_12_a_build_with_no_train_rows_exits_nonzero_and_does_not_validate(tmp_p
     assert code == 1 and "wrote 0 train rows" in one_error(output)
     code, output = cli("validate", tmp_path / "o")
     assert code == 1 and "split train has 0 rows" in output
+
+
+# ------------------------------------------------------------------ 6: a mistyped manifest is one error in every reader
+
+
+@pytest.mark.parametrize("field, value, named", [
+    ("reference", "yes", "field reference"),
+    ("config", None, "field config"),
+    ("counts", [], "field counts"),
+    ("config.max_pixels", "big", "field config.max_pixels"),
+    ("counts.skipped", {"image_corrupt": "many"}, "field counts.skipped.image_corrupt"),
+])
+def test_6_a_mistyped_manifest_is_one_error_naming_the_field(built, tmp_path, field, value, named):
+    directory = copy_build(built, tmp_path / "b")
+    manifest = json.loads((directory / "manifest.json").read_text())
+    *parents, last = field.split(".")
+    target = manifest
+    for key in parents:
+        target = target[key]
+    target[last] = value
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    for command in (["inspect"], ["card"], ["preview"], ["score", "--ref-model", "tiny"]):
+        code, output = cli(*command, directory)
+        assert code == 1 and named in one_error(output), (command, output)
+    code, output = cli("validate", directory)
+    assert code == 1 and named in output
