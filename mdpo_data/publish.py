@@ -173,8 +173,10 @@ def _check_out(directory: Path, out: Path) -> None:
         if not any(target.iterdir()):
             return
         if not has_our_manifest(target):
-            raise PublishError(f"{out} is not empty and is not an mdpo-data export (no manifest.json "
-                               "of ours); refusing to replace it: pick an empty or new folder")
+            names = ", ".join(sorted(p.name for p in target.iterdir())[:5])
+            raise PublishError(f"{out} is not empty and is not an mdpo-data export (it holds {names} "
+                               "and no manifest.json of ours); refusing to replace it: pick an "
+                               "empty or new folder")
         extra = _foreign_files(target)
         if extra:
             raise PublishError(f"{out} holds files that are not part of a Hub export "

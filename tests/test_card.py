@@ -10,6 +10,7 @@ from huggingface_hub import DatasetCard
 
 from mdpo_data import card
 from mdpo_data.card import render_card, resolve_license, size_category, uses_bpo, write_card
+from mdpo_data.integrity import IntegrityError
 from mdpo_data.manifest import ManifestError, read_manifest, write_manifest
 from mdpo_data.sources import LICENSES
 from card_fixtures import REAL_FINGERPRINT, write_build
@@ -145,5 +146,5 @@ def test_not_a_build_folder(tmp_path):
     write_build(tmp_path / "b")
     for shard in (tmp_path / "b").glob("*.arrow"):
         shard.unlink()
-    with pytest.raises(FileNotFoundError, match="no mdpo-data shards"):
+    with pytest.raises(IntegrityError, match="listed in manifest.json but missing"):
         card.render_card(tmp_path / "b")
