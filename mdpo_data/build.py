@@ -3,8 +3,10 @@
 Read top to bottom: `BuildConfig` holds every option that shapes the output (its hash keys
 resume markers); `run_build` plans the sample (cheap, text only, recomputed on every run),
 then writes each shard atomically from worker processes, skipping shards a previous run
-finished with the same config. The manifest is written last, so a folder with a manifest
-is a finished build.
+finished with the same config AND the same candidate rows (each shard's marker records a
+fingerprint of the rows' content, so an edited source re-makes the shards it touches). The
+manifest is written last, so a folder with a manifest is a finished build. The output folder
+must be new, empty or ours (`mdpo_data.folder`), and is locked while the build runs.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import dataclasses
 import hashlib
 import json
 import multiprocessing
+import re
 import shutil
 import sys
 import warnings
@@ -23,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from mdpo_data import schema
+from mdpo_data.folder import STATE_DIR, check_target, has_our_manifest, hold, owned_files
 from mdpo_data.manifest import MANIFEST_NAME, library_versions, manifest_path, write_manifest
 from mdpo_data.records import Candidate
 from mdpo_data.sampling import collect, sample, split_eval
@@ -30,7 +34,6 @@ from mdpo_data.seeds import example_seed
 from mdpo_data.shards import SHARD_RE, sha256_file, shard_name, write_bytes_atomic, write_shard
 from mdpo_data.worker import Task, make_example, worker_init
 
-STATE_DIR = ".state"
 WRITE_BATCH = 64  # rows per Arrow record batch: bounds memory while a shard is written
 
 
@@ -65,13 +68,42 @@ class BuildConfig:
     system_prompt_family: str | None = None  # the model family `auto` falls back to (set from --ref-model)
 
     def key(self) -> str:
-        """Hash of the config and of the libraries whose output bytes it fixes."""
+        """Hash of the config and of the libraries whose output bytes it fixes.
+
+        Local paths enter as their portable form (see `public`): where the source lives is
+        not what it holds; the shards' markers fingerprint the rows themselves.
+        """
         versions = library_versions("pillow", "albumentations", "torch", "torchvision", "numpy")
         payload = json.dumps(
-            {"config": dataclasses.asdict(self), "format": schema.FORMAT_VERSION, "libs": versions},
+            {"config": self.public(), "format": schema.FORMAT_VERSION, "libs": versions},
             sort_keys=True,
         )
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    def public(self) -> dict[str, Any]:
+        """The config as the manifest records it: absolute local paths cut to their name."""
+        values = dataclasses.asdict(self)
+        for name in PATH_OPTIONS:
+            values[name] = portable_path(values[name])
+        return values
+
+
+PATH_OPTIONS = ("source_path", "image_root", "rejected_response_model", "inject_model")
+
+
+def portable_path(value: str | None) -> str | None:
+    """An absolute local path -> its last component (a manifest is published as is)."""
+    if isinstance(value, str) and Path(value).is_absolute():
+        return Path(value).name or value
+    return value
+
+
+def portable_text(text: str, roots: list[str]) -> str:
+    """`text` with paths under `roots` made relative to them and other absolute paths cut to
+    their file name (skip examples quote source locations)."""
+    for root in sorted({str(Path(r).resolve()) for r in roots if r}, key=len, reverse=True):
+        text = text.replace(root.rstrip("/") + "/", "")
+    return re.sub(r"(?<![\w.])/(?:[^\s:'\"/]+/)*([^\s:'\"/]+)", r"\1", text)
 
 
 @dataclass
@@ -128,7 +160,7 @@ def plan(config: BuildConfig):
         candidates = [c for c in candidates if c.rejected is not None]
     if not candidates:
         raise BuildError(
-            f"source {config.source!r} yielded no usable pairs ({pool.read} rows read; "
+            f"source {config.source!r} yielded no usable pairs ({pool.rows} source rows read; "
             f"skipped: {dict(pool.skipped) or 'none'})"
         )
     sampled = sample(candidates, config.n, config.seed)
@@ -156,46 +188,118 @@ def _marker_path(directory: Path, name: str) -> Path:
     return directory / STATE_DIR / f"{name}.json"
 
 
-def _finished(directory: Path, name: str, key: str) -> dict | None:
-    """The marker of a shard a previous run completed with this config, if its bytes check out."""
-    marker = _marker_path(directory, name)
-    if not marker.is_file() or not (directory / name).is_file():
+def read_json(path: Path) -> Any:
+    """A state file's JSON, or None when it is missing, torn or not JSON (never raises)."""
+    try:
+        return json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError):
         return None
-    info = json.loads(marker.read_text())
-    if info.get("config_key") != key:
+
+
+def _image_identity(ref) -> list[Any]:
+    """What identifies an image's content without reading it: kind, name, and for a local file
+    (or the archive holding it) its size and mtime."""
+    if ref is None:
+        return []
+    ident: list[Any] = [ref.kind, ref.path, ref.index]
+    if ref.kind in ("bytes", "demo"):
+        ident.append(hashlib.sha256(ref.data).hexdigest())
+    else:
+        target = Path(ref.root) / ref.path if ref.kind == "file" else Path(ref.root)
+        try:
+            stat = target.stat()
+            ident += [stat.st_size, stat.st_mtime_ns]
+        except OSError:
+            ident.append("missing")
+    return ident
+
+
+def rows_fingerprint(tasks: list[Task]) -> str:
+    """sha256 of exactly what goes into a shard: each candidate's text, ids, metadata, image
+    identity, swap partner and per-example seed. A resumed build reuses a shard only when
+    this matches the fingerprint its marker recorded."""
+    digest = hashlib.sha256()
+    for task in tasks:
+        c = task.candidate
+        content = [c.example_id, c.source_id, c.question, c.chosen, c.rejected, c.meta,
+                   _image_identity(c.image), _image_identity(task.partner), task.seed,
+                   task.response_strategy]
+        digest.update(json.dumps(content, sort_keys=True, default=str).encode() + b"\n")
+    return digest.hexdigest()
+
+
+def _finished(directory: Path, name: str, key: str, rows_key: str) -> dict | None:
+    """The marker of a shard a previous run completed from these rows with this config, if
+    its bytes check out. A torn or foreign marker counts as no marker (the shard is re-made)."""
+    marker = read_json(_marker_path(directory, name))
+    if not (directory / name).is_file() or not isinstance(marker, dict):
+        return None
+    if marker.get("config_key") != key or marker.get("rows_key") != rows_key:
+        return None
+    if not isinstance(marker.get("rows"), int) or not isinstance(marker.get("skipped"), dict):
         return None
     current = sha256_file(directory / name)
-    if current != info.get("sha256"):
+    if current != marker.get("sha256"):
         # The score stage rewrites finished shards in place; its marker vouches for them.
         from mdpo_data.score import marker_path
 
-        scored = marker_path(directory, directory / name)
-        if not scored.is_file() or json.loads(scored.read_text()).get("sha256") != current:
+        scored = read_json(marker_path(directory, directory / name))
+        if not isinstance(scored, dict) or scored.get("sha256") != current:
             return None
-    return {**info, "sha256": current}
+    return {**marker, "sha256": current}
+
+
+_TEMP = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]+\.tmp$")
+_OUR_FILES = (MANIFEST_NAME, "README.md", "preview.png", "preview.html")
+
+
+def _clear_ours(directory: Path) -> None:
+    """--overwrite: remove only what our manifest and markers list, and our state."""
+    for path in owned_files(directory, read_json(manifest_path(directory))):
+        path.unlink()
+    if has_our_manifest(directory):
+        manifest_path(directory).unlink()
+    state = directory / STATE_DIR
+    for entry in state.iterdir() if state.is_dir() else []:
+        if entry.name not in ("lock", "lock.pid"):
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
 
 
 def _prepare_out(directory: Path, key: str, overwrite: bool) -> None:
-    """Refuse to mix two different builds in one folder; clear it when asked to."""
+    """Refuse to mix two different builds in one folder; clear ours when asked to."""
     state = directory / STATE_DIR
     build_file = state / "build.json"
-    if overwrite and directory.exists():
-        for entry in directory.iterdir():
-            if SHARD_RE.match(entry.name) or entry.name in (MANIFEST_NAME, STATE_DIR, "README.md"):
-                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    if overwrite:
+        _clear_ours(directory)
     if build_file.is_file():
-        previous = json.loads(build_file.read_text()).get("config_key")
+        info = read_json(build_file)
+        previous = info.get("config_key") if isinstance(info, dict) else "unreadable"
         if previous != key:
             raise BuildError(
                 f"{directory} already holds a build with a different config (key {previous}, "
                 f"this one {key}); use another --out or pass --overwrite"
             )
-    elif directory.is_dir() and any(SHARD_RE.match(e.name) for e in directory.iterdir()):
+    elif not overwrite and any(SHARD_RE.match(e.name) for e in directory.iterdir()):
         raise BuildError(f"{directory} holds shards of an unknown build; pass --overwrite")
-    state.mkdir(parents=True, exist_ok=True)
-    for stale in list(directory.glob(".*.tmp")) + list(state.glob(".*.tmp")):
-        stale.unlink(missing_ok=True)  # half-written files of a killed run
+    for folder in (directory, state):  # half-written files of a killed run (we hold the lock)
+        for stale in folder.glob(".*.tmp"):
+            match = _TEMP.match(stale.name)
+            if folder == state or (match and (SHARD_RE.match(match["name"])
+                                              or match["name"] in _OUR_FILES)):
+                stale.unlink(missing_ok=True)
     write_bytes_atomic(build_file, json.dumps({"config_key": key}).encode())
+
+
+def _drop_stale(directory: Path, keep: set[str]) -> None:
+    """Remove our shards (and their markers) that this build no longer lists, e.g. after the
+    source changed the shard count."""
+    from mdpo_data.score import marker_path
+
+    for path in owned_files(directory, read_json(manifest_path(directory))):
+        if path.name not in keep:
+            path.unlink(missing_ok=True)
+            _marker_path(directory, path.name).unlink(missing_ok=True)
+            marker_path(directory, path).unlink(missing_ok=True)
 
 
 def _results(tasks: list[Task], workers: int, pool) -> Iterator[tuple[str, Any]]:
@@ -235,13 +339,32 @@ def run_build(
     after_shard: Callable[[str], None] | None = None,
     runtime: dict[str, Any] | None = None,
 ) -> BuildResult:
-    """Build (or resume building) `out` from `config`. Returns the manifest written."""
-    from tqdm.auto import tqdm
+    """Build (or resume building) `out` from `config`. Returns the manifest written.
 
-    directory = Path(out)
+    Every check (target folder, options, source) runs before anything is created; then the
+    folder is created and locked for the rest of the build.
+    """
+    directory = check_target(out)
+    if workers < 1:
+        raise BuildError(f"--workers must be at least 1, got {workers}")
+    if config.rejected_response:
+        from mdpo_data.bpo import parse_response_strategy
+
+        try:
+            parse_response_strategy(config.rejected_response)
+        except ValueError as error:
+            raise BuildError(f"--rejected-response: {error}") from None
     key = config.key()
-    splits, pool, strategy, partners = plan(config)
-    _prepare_out(directory, key, overwrite)
+    planned = plan(config)
+    with hold(directory):
+        _prepare_out(directory, key, overwrite)
+        return _build_locked(config, directory, key, planned, workers=workers, progress=progress,
+                             command=command, after_shard=after_shard, runtime=runtime or {})
+
+
+def _build_locked(config: BuildConfig, directory: Path, key: str, planned, *, workers: int,
+                  progress: bool, command: str | None, after_shard, runtime: dict) -> BuildResult:
+    splits, pool, strategy, partners = planned
     result = BuildResult(directory=directory, manifest={})
     splits, system_record = _system_prompts(config, splits)
     response_record: dict[str, Any] = {"strategy": "source"}
@@ -249,9 +372,29 @@ def run_build(
     sampled = sum(len(rows) for rows in splits.values())
     if config.rejected_response:
         splits, response_record, bpo_skipped = _bootstrap(
-            config, splits, pool, directory, runtime or {}, progress
+            config, splits, pool, directory, runtime, progress
         )
-    response_strategy = response_record["strategy"]
+    entries, contrast_skipped, image_stats = _write_shards(
+        config, directory, key, splits, partners, response_record["strategy"], result,
+        workers=workers, progress=progress, after_shard=after_shard,
+    )
+    _drop_stale(directory, {e["file"] for es in entries.values() for e in es})
+    manifest = _manifest(config, key, command, strategy, response_record, pool, sampled,
+                         bpo_skipped, contrast_skipped, entries, image_stats, system_record)
+    previous = _previous_manifest(directory)
+    if previous and previous.get("config_key") == key and previous.get("splits") == entries:
+        manifest["reference"] = previous.get("reference")  # same shards, already scored
+    if previous != manifest:
+        write_manifest(directory, manifest)
+    result.manifest = manifest
+    return result
+
+
+def _write_shards(config: BuildConfig, directory: Path, key: str, splits, partners,
+                  response_strategy: str, result: BuildResult, *, workers: int, progress: bool,
+                  after_shard) -> tuple[dict[str, list[dict[str, Any]]], Counter, Counter]:
+    """Write (or reuse) every shard; returns the manifest's split entries, image skips and stats."""
+    from tqdm.auto import tqdm
 
     contrast_skipped: Counter = Counter()
     image_stats: Counter = Counter()
@@ -267,20 +410,21 @@ def run_build(
             for index in range(n_shards):
                 name = shard_name(split, index, n_shards)
                 chunk = rows[index * config.shard_size : (index + 1) * config.shard_size]
-                done = _finished(directory, name, key)
+                tasks = [
+                    Task(
+                        candidate=c,
+                        partner=partners.get(c.example_id),
+                        rejected=config.rejected,
+                        seed=example_seed(config.seed, c.example_id),
+                        max_pixels=config.max_pixels,
+                        response_strategy=response_strategy,
+                        model_input=config.noise_input,
+                    )
+                    for c in chunk
+                ]
+                rows_key = rows_fingerprint(tasks)
+                done = _finished(directory, name, key, rows_key)
                 if done is None:
-                    tasks = [
-                        Task(
-                            candidate=c,
-                            partner=partners.get(c.example_id),
-                            rejected=config.rejected,
-                            seed=example_seed(config.seed, c.example_id),
-                            max_pixels=config.max_pixels,
-                            response_strategy=response_strategy,
-                            model_input=config.noise_input,
-                        )
-                        for c in chunk
-                    ]
                     skipped: Counter = Counter()
                     stats: Counter = Counter()
                     n_rows = _write_one_shard(
@@ -288,6 +432,7 @@ def run_build(
                     )
                     done = {
                         "config_key": key,
+                        "rows_key": rows_key,
                         "rows": n_rows,
                         "sha256": sha256_file(directory / name),
                         "skipped": dict(sorted(skipped.items())),
@@ -309,18 +454,27 @@ def run_build(
         if worker_pool is not None:
             worker_pool.close()
             worker_pool.join()
+    return entries, contrast_skipped, image_stats
 
+
+def _manifest(config: BuildConfig, key: str, command: str | None, strategy, response_record,
+              pool, sampled: int, bpo_skipped: Counter, contrast_skipped: Counter,
+              entries, image_stats: Counter, system_record) -> dict[str, Any]:
+    """The manifest dict (see `mdpo_data.manifest`); no absolute paths."""
     skipped_all = Counter(pool.skipped) + bpo_skipped + contrast_skipped
     by_stage = {  # source: before sampling; responses (BPO) and images: sampled, then dropped
         "source": dict(sorted(pool.skipped.items())),
         "responses": dict(sorted(bpo_skipped.items())),
         "images": dict(sorted(contrast_skipped.items())),
     }
+    roots = [str(Path(config.source_path).parent) if config.source_path else "",
+             config.source_path or "", config.image_root or ""]
+    examples = {k: portable_text(v, roots) for k, v in sorted(pool.skip_examples.items())}
     written = {split: sum(e["rows"] for e in es) for split, es in entries.items()}
-    manifest = {
+    return {
         "format_version": schema.FORMAT_VERSION,
         "command": command,
-        "config": dataclasses.asdict(config),
+        "config": config.public(),
         "config_key": key,
         "rejected_image": {
             "spec": config.rejected,
@@ -331,11 +485,12 @@ def run_build(
         "rejected_response": response_record,
         "system_prompt": system_record,
         "counts": {
-            "read": pool.read,
+            "read": pool.rows,
+            "pairs": pool.pairs,
             "candidates": len(pool.candidates),
             "skipped": dict(sorted(skipped_all.items())),
             "skipped_by_stage": by_stage,
-            "skip_examples": dict(sorted(pool.skip_examples.items())),
+            "skip_examples": examples,
             "requested": config.n,
             "sampled": sampled,
             "written": sum(written.values()),
@@ -345,13 +500,6 @@ def run_build(
         "versions": library_versions(),
         "reference": None,
     }
-    previous = _previous_manifest(directory)
-    if previous and previous.get("config_key") == key and previous.get("splits") == entries:
-        manifest["reference"] = previous.get("reference")  # same shards, already scored
-    if previous != manifest:
-        write_manifest(directory, manifest)
-    result.manifest = manifest
-    return result
 
 
 def _noise_record(strategy, stats: Counter) -> dict[str, Any]:
@@ -377,10 +525,8 @@ def _system_prompts(config: BuildConfig, splits: dict[str, list[Candidate]]):
 
 def _previous_manifest(directory: Path) -> dict | None:
     """The manifest a previous run left, if readable (unlike read_manifest: never raises)."""
-    try:
-        return json.loads(manifest_path(directory).read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
+    previous = read_json(manifest_path(directory))
+    return previous if isinstance(previous, dict) else None
 
 
 def _bootstrap(config: BuildConfig, splits, pool, directory: Path, runtime: dict, progress: bool):

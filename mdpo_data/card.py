@@ -22,7 +22,7 @@ import yaml
 from mdpo_data import schema
 from mdpo_data.manifest import is_scored, read_manifest
 from mdpo_data.reliance import reliance_stats
-from mdpo_data.shards import read_shard, shard_files, write_bytes_atomic
+from mdpo_data.shards import read_shard, write_bytes_atomic
 from mdpo_data.sources import CITATIONS, LICENSES
 
 CARD_NAME = "README.md"
@@ -146,11 +146,13 @@ def flatten(stats: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _split_tables(directory: Path) -> dict[str, pa.Table]:
-    """Each split's shards as one memory-mapped table (pages are read only when touched)."""
+def _split_tables(directory: Path, manifest: dict[str, Any]) -> dict[str, pa.Table]:
+    """Each split's listed shards (bytes verified first) as one memory-mapped table."""
+    from mdpo_data.integrity import verified_shards
+
     tables = {}
     for split in schema.SPLITS:
-        files = shard_files(directory, split)
+        files = list(verified_shards(directory, manifest, split))
         if files:
             tables[split] = pa.concat_tables([read_shard(f) for f in files])
     if not tables:
@@ -212,7 +214,7 @@ def card_context(directory: str | Path) -> dict[str, Any]:
     """Everything the template shows, read from the manifest and the shards."""
     directory = Path(directory)
     manifest = read_manifest(directory)
-    tables = _split_tables(directory)
+    tables = _split_tables(directory, manifest)
     rows = {split: table.num_rows for split, table in tables.items()}
     config = manifest.get("config") or {}
     names = _distinct(tables, "source") | ({config["source"]} if config.get("source") else set())
@@ -227,7 +229,7 @@ def card_context(directory: str | Path) -> dict[str, Any]:
 
     reference = manifest.get("reference") or {}
     scored = is_scored(manifest)
-    fingerprint = reference.get("fingerprint") or {}
+    fingerprint = _portable(reference.get("fingerprint") or {})
     rejected_image = manifest.get("rejected_image") or {}
     pretty = " ".join(f"MDPO preference pairs: {', '.join(sorted(names))}, rejected image "
                       f"{rejected_image.get('spec', '?')}".split())  # one line
@@ -265,6 +267,14 @@ def card_context(directory: str | Path) -> dict[str, Any]:
         "citations": cites,
         "versions": manifest.get("versions") or {},
     }
+
+
+def _portable(fingerprint: dict[str, Any]) -> dict[str, Any]:
+    """The scorer's fingerprint with local absolute paths cut to their name: a card is
+    published, and a path on the builder's machine means nothing (and may say too much)."""
+    from mdpo_data.build import portable_path
+
+    return {k: portable_path(v) if isinstance(v, str) else v for k, v in fingerprint.items()}
 
 
 def _template() -> jinja2.Template:

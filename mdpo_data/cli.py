@@ -42,6 +42,17 @@ def _parse_columns(value: str | None) -> dict[str, str] | None:
     return mapping
 
 
+def _portable(arg: str) -> str:
+    """An absolute local path (or --opt=/abs/path) -> its last component: manifests and cards
+    are published, and the same config should give the same manifest on every machine."""
+    from mdpo_data.build import portable_path
+
+    name, sep, value = arg.partition("=")
+    if sep and name.startswith("--"):
+        return f"{name}={portable_path(value)}"
+    return portable_path(arg) or arg
+
+
 def _command_line() -> str:
     """The command as typed, minus what cannot change the output (output folder, workers,
     progress), so the manifest of a given config is the same on every machine."""
@@ -61,7 +72,7 @@ def _command_line() -> str:
             if "=" not in arg:
                 next(it, None)
             continue
-        args.append(arg)
+        args.append(_portable(arg))
     return shlex.join(["mdpo-data", *args])
 
 
@@ -70,7 +81,43 @@ def _table(rows: list[tuple[str, Any]]) -> str:
     return "\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _Group(click.Group):
+    """Turns the errors a user can cause (unwritable folder, disk full, a folder that is not
+    ours, a bad manifest) into one line and exit status 1, in every command."""
+
+    def invoke(self, ctx):
+        from mdpo_data.folder import FolderError
+        from mdpo_data.integrity import IntegrityError
+
+        try:
+            return super().invoke(ctx)
+        except (FolderError, IntegrityError, _manifest_error()) as error:
+            raise click.ClickException(str(error)) from None
+        except OSError as error:
+            where = f" ({error.filename})" if getattr(error, "filename", None) else ""
+            raise click.ClickException(f"{error.strerror or error}{where}") from None
+
+
+def _check_device(device: str | None) -> None:
+    """A device torch knows and this machine has ("auto" always passes), checked up front."""
+    if not device or device == "auto":
+        return
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise click.BadParameter(f"{device!r} is not a device (auto, cpu, cuda, cuda:0, mps)",
+                                 param_hint="--device") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise click.BadParameter(f"{device!r}: no CUDA GPU is available here", param_hint="--device")
+    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        raise click.BadParameter(f"{device!r}: only {torch.cuda.device_count()} GPU(s)", param_hint="--device")
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise click.BadParameter(f"{device!r}: MPS is not available here", param_hint="--device")
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="mdpo-toolkit")
 def main() -> None:
     """Build MDPO preference datasets whose reference log-probs travel with the data.
@@ -107,13 +154,13 @@ def main() -> None:
 @click.option("--shard-size", type=int, help="Rows per shard [1000].")
 @click.option("--max-pixels", type=int, help="Refuse larger images (decompression bombs) [40000000].")
 @click.option("--out", type=click.Path(file_okay=False), help="Output folder.")
-@click.option("--workers", type=int, help="Image worker processes [1].")
+@click.option("--workers", type=click.IntRange(min=1), help="Image worker processes [1].")
 @click.option("--overwrite", is_flag=True, default=None, help="Replace a different build in --out.")
 @click.option("--ref-model", help="Score with this reference model after building ('tiny': built-in smoke-test model).")
 @click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), help="Scoring dtype.")
-@click.option("--batch-size", type=int, help="Scoring batch size [automatic].")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Scoring batch size [automatic].")
 @click.option("--device", help="Scoring device [auto].")
-@click.option("--max-length", type=int, help="Scoring: longest sequence in tokens [2048].")
+@click.option("--max-length", type=click.IntRange(min=1), help="Scoring: longest sequence in tokens [2048].")
 @click.option("--no-image-logps", is_flag=True, default=None, help="Also store log-probs with the image removed.")
 @click.option("--trust-remote-code", is_flag=True, default=None, help="Allow model code from the Hub.")
 @click.option("--revision", help="Model revision for --ref-model.")
@@ -155,6 +202,21 @@ def build(pipeline, quiet, **flags) -> None:
     out = options.get("out")
     if not out:
         raise click.UsageError("--out is required (or `out:` in the pipeline file)")
+    if config.rejected_response:
+        from mdpo_data.bpo import parse_response_strategy
+
+        try:
+            parse_response_strategy(config.rejected_response)
+        except ValueError as error:
+            raise click.BadParameter(str(error), param_hint="--rejected-response") from None
+    if options.get("ref_model") or config.rejected_response:
+        _check_device(options.get("device"))
+    from mdpo_data.folder import FolderError, check_target
+
+    try:
+        check_target(out)
+    except FolderError as error:
+        _fail(str(error))
 
     started = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
@@ -169,7 +231,7 @@ def build(pipeline, quiet, **flags) -> None:
                 command=_command_line(),
                 runtime=options,
             )
-        except (BuildError, SourceError, SpecError) as error:
+        except (BuildError, SourceError, SpecError, FolderError) as error:
             _fail(str(error))
     for warning in caught:
         click.secho(f"warning: {warning.message}", fg="yellow", err=True)
@@ -178,6 +240,7 @@ def build(pipeline, quiet, **flags) -> None:
     counts = manifest["counts"]
     rows = [
         ("source rows read", counts["read"]),
+        ("pairs formed", counts["pairs"]),
         ("unique pairs", counts["candidates"]),
         ("sampled", f"{counts['sampled']} (requested {counts['requested']})"),
     ]
@@ -193,6 +256,10 @@ def build(pipeline, quiet, **flags) -> None:
     short = warn_short(manifest)
     if short:
         click.secho(f"warning: {short}", fg="yellow", err=True)
+    if not counts["written_by_split"].get("train"):
+        reasons = ", ".join(f"{k}: {v}" for k, v in counts["skipped"].items()) or "none recorded"
+        _fail(f"the build wrote 0 train rows: every one of the {counts['sampled']} sampled pairs "
+              f"was skipped (skips: {reasons}); see {Path(out) / 'manifest.json'}")
 
     if options.get("ref_model"):
         _score(out, options, quiet)
@@ -262,9 +329,9 @@ def _write_card(out) -> None:
 @click.argument("directory", type=click.Path(exists=True, file_okay=False))
 @click.option("--ref-model", required=True, help="Reference model id or local path ('tiny': smoke-test model).")
 @click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto", show_default=True)
-@click.option("--batch-size", type=int, help="Sequences per forward [automatic].")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Sequences per forward [automatic].")
 @click.option("--device", default="auto", show_default=True)
-@click.option("--max-length", type=int, default=2048, show_default=True, help="Longer examples are counted skips.")
+@click.option("--max-length", type=click.IntRange(min=1), default=2048, show_default=True, help="Longer examples are counted skips.")
 @click.option("--no-image-logps", is_flag=True, help="Also store log-probs with the image removed.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow model code from the Hub.")
 @click.option("--revision", help="Model revision.")
@@ -277,6 +344,7 @@ def score(directory, quiet, force, **options) -> None:
     mdpo-data score out/demo --ref-model tiny
     accelerate launch -m mdpo_data.cli score out/silkie --ref-model llava-hf/llava-1.5-7b-hf --dtype bfloat16
     """
+    _check_device(options.get("device"))
     _score(directory, options, quiet, force=force)
     _write_card(directory)
 
@@ -288,27 +356,31 @@ def score(directory, quiet, force, **options) -> None:
 
 @main.command()
 @click.argument("directory", type=click.Path(exists=True, file_okay=False))
-@click.option("--rows", "n_rows", type=int, default=3, show_default=True, help="Example rows to print.")
+@click.option("--rows", "n_rows", type=click.IntRange(min=0), default=3, show_default=True, help="Example rows to print.")
 def inspect(directory, n_rows) -> None:
     """Summarize a build: config, counts, shards, reference fingerprint, image reliance, rows."""
     from mdpo_data import schema
     from mdpo_data.manifest import is_scored, read_manifest
-    from mdpo_data.shards import read_shard, shard_files
+    from mdpo_data.integrity import verified_shards
+    from mdpo_data.shards import read_shard
 
     try:
         manifest = read_manifest(directory)
     except _manifest_error() as error:
         _fail(str(error))
     config, counts = manifest["config"], manifest["counts"]
+    image = manifest.get("rejected_image") or {}
+    source = str(config.get("source", "?"))
     rows = [
         ("command", manifest.get("command") or "-"),
-        ("source", config["source"] + (f" ({config['source_path']})" if config.get("source_path") else "")),
-        ("seed", config["seed"]),
-        ("rejected image", f"{manifest['rejected_image']['resolved']}: {manifest['rejected_image']['description']}"),
-        ("rejected response", manifest.get("rejected_response", {}).get("strategy", "source")),
-        ("read / unique / sampled", f"{counts['read']} / {counts['candidates']} / {counts['sampled']}"),
+        ("source", source + (f" ({config['source_path']})" if config.get("source_path") else "")),
+        ("seed", config.get("seed", "-")),
+        ("rejected image", f"{image.get('resolved', '?')}: {image.get('description', '')}"),
+        ("rejected response", (manifest.get("rejected_response") or {}).get("strategy", "source")),
+        ("rows read / pairs / unique / sampled", " / ".join(
+            str(counts.get(k, "-")) for k in ("read", "pairs", "candidates", "sampled"))),
     ]
-    rows += [(f"skipped: {k}", v) for k, v in counts["skipped"].items()]
+    rows += [(f"skipped: {k}", v) for k, v in (counts.get("skipped") or {}).items()]
     for split, entries in manifest["splits"].items():
         rows.append((f"{split}", f"{sum(e['rows'] for e in entries)} rows in {len(entries)} shard(s)"))
     reference = manifest.get("reference")
@@ -321,7 +393,7 @@ def inspect(directory, n_rows) -> None:
         rows.append(("reference", "not scored (run `mdpo-data score DIR --ref-model ...`)"))
     click.echo(_table(rows))
 
-    files = shard_files(directory, "train")
+    files = list(verified_shards(directory, manifest, "train"))
     if is_scored(manifest) and files:
         import pyarrow as pa
 
@@ -381,7 +453,7 @@ def card(directory) -> None:
 
 @main.command()
 @click.argument("directory", type=click.Path(exists=True, file_okay=False))
-@click.option("--n", type=int, default=16, show_default=True, help="Examples to show.")
+@click.option("--n", type=click.IntRange(min=1), default=16, show_default=True, help="Examples to show.")
 @click.option("--out", type=click.Path(file_okay=False), help="Where to write preview.png/.html [DIR].")
 def preview(directory, n, out) -> None:
     """Write a PNG contact sheet and an HTML page: chosen vs rejected image, answers, log-probs."""

@@ -21,6 +21,14 @@ RUNTIME_KEYS = {
     "no_image_logps", "trust_remote_code", "revision",
 }
 BUILD_KEYS = {f.name for f in dataclasses.fields(BuildConfig)}
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+# Runtime option -> (type, smallest value or allowed values): checked where they are parsed.
+RUNTIME_TYPES: dict[str, tuple[type, Any]] = {
+    "out": (str, None), "workers": (int, 1), "overwrite": (bool, None), "ref_model": (str, None),
+    "dtype": (str, DTYPES), "batch_size": (int, 1), "device": (str, None),
+    "max_length": (int, 1), "no_image_logps": (bool, None), "trust_remote_code": (bool, None),
+    "revision": (str, None),
+}
 
 
 class PipelineError(ValueError):
@@ -37,9 +45,14 @@ def load_pipeline(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise PipelineError(f"pipeline file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_bytes().decode("utf-8")) or {}
+    except UnicodeDecodeError as error:
+        raise PipelineError(f"{path} is not UTF-8 text (byte {error.start})") from None
+    except OSError as error:
+        raise PipelineError(f"pipeline file {path} cannot be read: {error.strerror}") from None
     except yaml.YAMLError as error:
-        raise PipelineError(f"{path} is not valid YAML: {error}") from None
+        message = " ".join(str(error).split())
+        raise PipelineError(f"{path} is not valid YAML: {message}") from None
     if not isinstance(data, dict):
         raise PipelineError(f"{path} must be a mapping of option: value, got {type(data).__name__}")
     options = {normalize_key(str(k)): v for k, v in data.items()}
@@ -56,6 +69,25 @@ def merge(pipeline: dict[str, Any], flags: dict[str, Any]) -> dict[str, Any]:
     merged = dict(pipeline)
     merged.update({k: v for k, v in flags.items() if v is not None})
     return merged
+
+
+def runtime_problems(options: dict[str, Any]) -> list[str]:
+    """Type and range problems of the runtime options (workers >= 1, a known dtype, ...)."""
+    problems = []
+    for name, (kind, rule) in RUNTIME_TYPES.items():
+        value = options.get(name)
+        if value is None:
+            continue
+        flag = "--" + name.replace("_", "-")
+        if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+            problems.append(f"{flag}: expected a whole number, got {value!r}")
+        elif kind is not int and not isinstance(value, kind):
+            problems.append(f"{flag}: expected {kind.__name__}, got {value!r}")
+        elif kind is int and value < rule:
+            problems.append(f"{flag}: must be at least {rule}, got {value}")
+        elif isinstance(rule, tuple) and value not in rule:
+            problems.append(f"{flag}: {value!r} is not one of {', '.join(rule)}")
+    return problems
 
 
 def build_config(options: dict[str, Any]) -> BuildConfig:
@@ -81,6 +113,7 @@ def build_config(options: dict[str, Any]) -> BuildConfig:
         if not ok:
             problems.append(f"{name.replace('_', '-')}: bad value {value!r}")
         values[name] = value
+    problems += runtime_problems(options)
     if problems:
         raise PipelineError("; ".join(problems))
     config = BuildConfig(**values)
@@ -95,6 +128,11 @@ def build_config(options: dict[str, Any]) -> BuildConfig:
     if config.system_prompt_family is not None and config.system_prompt_family not in FAMILIES:
         problems.append(f"system-prompt-family: unknown {config.system_prompt_family!r}; known: "
                         f"{', '.join(FAMILIES)}")
+    if config.rejected_response_max_new_tokens < 1:
+        problems.append("rejected-response-max-new-tokens: must be at least 1, got "
+                        f"{config.rejected_response_max_new_tokens}")
+    if config.demo_size < 1:
+        problems.append(f"demo-size: must be at least 1, got {config.demo_size}")
     if config.max_pixels < 1:
         problems.append(f"max-pixels: must be positive, got {config.max_pixels}")
     if problems:

@@ -21,7 +21,7 @@ from mdpo_data import schema
 from mdpo_data.images import DEFAULT_MAX_PIXELS, load_image
 from mdpo_data.manifest import is_scored, read_manifest
 from mdpo_data.records import BadRow
-from mdpo_data.shards import read_shard, shard_files, write_bytes_atomic
+from mdpo_data.shards import read_shard, write_bytes_atomic
 
 THUMB = 160  # px: longest side of an image in the contact sheet
 HTML_THUMB = 320  # px: longest side of an image in the HTML page
@@ -42,11 +42,14 @@ HTML_CHARS = 2000  # longest text shown in the HTML page
 # ---------------------------------------------------------------------------------------------
 
 
-def first_rows(directory: Path, n: int) -> list[tuple[str, dict[str, Any]]]:
-    """(split, row) for the first `n` rows, train first; only the shards needed are touched."""
+def first_rows(directory: Path, n: int, manifest: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(split, row) for the first `n` rows, train first; only the shards needed are touched
+    (each verified against the manifest's sha256 before Arrow reads it)."""
+    from mdpo_data.integrity import verified_shards
+
     rows: list[tuple[str, dict[str, Any]]] = []
     for split in schema.SPLITS:
-        for file in shard_files(directory, split):
+        for file in verified_shards(directory, manifest, split):
             if len(rows) >= n:
                 return rows
             table = read_shard(file)
@@ -100,9 +103,18 @@ def ref_line(ref: dict[str, float], scored: bool) -> str:
 
 
 def wrap(text: str, font: ImageFont.ImageFont, width: int, max_lines: int) -> list[str]:
-    """Greedy word wrap to `width` px; the last line ends with an ellipsis when cut."""
+    """Greedy word wrap to `width` px; the last line ends with an ellipsis when cut.
+
+    Linear in the text: no glyph is narrower than 1 px, so at most `max_lines * width`
+    characters can show; the rest is cut (with an ellipsis) before any measuring.
+    """
+    limit = max_lines * width
+    text = text[: 4 * limit]  # bound the whitespace normalisation too
+    text = " ".join(text.split())
+    if len(text) > limit:
+        text = text[:limit] + "…"
     lines, current = [], ""
-    for word in " ".join(text.split()).split(" "):
+    for word in text.split(" "):
         candidate = f"{current} {word}".strip()
         if font.getlength(candidate) <= width:
             current = candidate
@@ -203,7 +215,7 @@ def write_preview(directory: str | Path, n: int = 16, out: str | Path | None = N
     manifest = read_manifest(directory)
     max_pixels = (manifest.get("config") or {}).get("max_pixels") or DEFAULT_MAX_PIXELS
     scored = is_scored(manifest)
-    examples = [example(split, row, max_pixels, scored) for split, row in first_rows(directory, n)]
+    examples = [example(split, row, max_pixels, scored) for split, row in first_rows(directory, n, manifest)]
     spec = (manifest.get("rejected_image") or {}).get("spec", "?")
     title = f"{directory.name}: first {len(examples)} examples, rejected image {spec}"
     out_dir = Path(out) if out is not None else directory

@@ -10,6 +10,8 @@ YAML keys of the card already on the Hub that this card does not set).
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 import tempfile
 import warnings
@@ -22,7 +24,8 @@ import yaml
 from mdpo_data import schema
 from mdpo_data.card import hub_data_files, is_smoke_test, render_card
 from mdpo_data.manifest import MANIFEST_NAME, read_manifest
-from mdpo_data.shards import shard_files
+from mdpo_data.folder import has_our_manifest
+from mdpo_data.shards import shard_files, umask_mode
 from mdpo_data.validate import validate
 
 DATA_DIR = "data"
@@ -138,18 +141,46 @@ def _shards_to_parquet(directory: Path, data_dir: Path) -> datasets.DatasetInfo:
     )
 
 
+_EXPORT_SHARD = re.compile(r"^[a-z]+-\d{5}-of-\d{5}\.parquet$")
+
+
+def _foreign_files(target: Path) -> list[str]:
+    """Entries of an old export that `export_hub_folder` did not write (relative names)."""
+    found = []
+    for entry in sorted(target.iterdir()):
+        if entry.name in (CARD_NAME, MANIFEST_NAME) and entry.is_file():
+            continue
+        if entry.name == DATA_DIR and entry.is_dir() and not entry.is_symlink():
+            found += [f"{DATA_DIR}/{p.name}" for p in sorted(entry.iterdir())
+                      if not (_EXPORT_SHARD.match(p.name) and p.is_file())]
+            continue
+        found.append(entry.name)
+    return found
+
+
 def _check_out(directory: Path, out: Path) -> None:
-    """Refuse an `out` that would overwrite the build or a folder that is not an old export."""
+    """Refuse an `out` inside or above the build, or a non-empty folder that is not exactly an
+    old export of ours (our manifest.json, README.md and data/*.parquet, nothing else)."""
     source, target = directory.resolve(), out.resolve()
     if target == source or target in source.parents:
         raise PublishError(f"--dry-run folder {out} would replace the build folder {directory}: pick another")
+    if source in target.parents:
+        raise PublishError(f"--dry-run folder {out} is inside the build folder {directory}: pick "
+                           "a folder outside it")
     if target.exists():
         if not target.is_dir():
             raise PublishError(f"{out} exists and is not a folder")
-        extra = sorted(p.name for p in target.iterdir() if p.name not in (DATA_DIR, CARD_NAME, MANIFEST_NAME))
+        if not any(target.iterdir()):
+            return
+        if not has_our_manifest(target):
+            names = ", ".join(sorted(p.name for p in target.iterdir())[:5])
+            raise PublishError(f"{out} is not empty and is not an mdpo-data export (it holds {names} "
+                               "and no manifest.json of ours); refusing to replace it: pick an "
+                               "empty or new folder")
+        extra = _foreign_files(target)
         if extra:
-            raise PublishError(f"{out} holds files that are not a Hub export ({', '.join(extra[:5])}); "
-                               "pick an empty or new folder")
+            raise PublishError(f"{out} holds files that are not part of a Hub export "
+                               f"({', '.join(extra[:5])}); pick an empty or new folder")
 
 
 def _refuse_invalid(directory: Path) -> None:
@@ -175,6 +206,7 @@ def export_hub_folder(directory: str | Path, out: str | Path, *, base_card: str 
     _check_out(directory, out)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    os.chmod(staging, umask_mode(0o777))  # mkdtemp makes 0700: a shared export must be readable
     try:
         info = _write_parquet(directory, staging / DATA_DIR)
         ours, body = split_front_matter(render_card(directory))
@@ -245,14 +277,25 @@ def push(directory: str | Path, repo: str, *, private: bool = False, token: str 
                            "reference log-probs are meaningless; re-score it with a real model")
     _refuse_invalid(directory)
     api = HfApi(token=token)
-    url = api.create_repo(repo, repo_type="dataset", private=private, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="mdpo-push-") as tmp:
-        folder = export_hub_folder(directory, Path(tmp) / "export",
-                                   base_card=_hub_card(api, repo), check=False)
+        try:
+            url = api.create_repo(repo, repo_type="dataset", private=private, exist_ok=True)
+            base_card = _hub_card(api, repo)
+        except Exception as error:  # offline, no token, no permission: one line, not a traceback
+            raise PublishError(f"cannot reach the Hub repo {repo}: {_one_line(error)}") from None
+        folder = export_hub_folder(directory, Path(tmp) / "export", base_card=base_card, check=False)
         rows = sum((manifest.get("counts") or {}).get("written_by_split", {}).values())
-        api.upload_folder(
-            repo_id=repo, repo_type="dataset", folder_path=folder,
-            commit_message=f"Upload MDPO preference data ({rows} rows) with mdpo-data",
-            delete_patterns=[f"{DATA_DIR}/*.parquet"],
-        )
+        try:
+            api.upload_folder(
+                repo_id=repo, repo_type="dataset", folder_path=folder,
+                commit_message=f"Upload MDPO preference data ({rows} rows) with mdpo-data",
+                delete_patterns=[f"{DATA_DIR}/*.parquet"],
+            )
+        except Exception as error:
+            raise PublishError(f"upload to {repo} failed: {_one_line(error)}") from None
     return str(url)
+
+
+def _one_line(error: Exception) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return f"{type(error).__name__}: {text[:300]}"

@@ -31,6 +31,8 @@ class Skip:
     reason: str  # short snake_case key, e.g. "non_numeric_rating"
     where: str  # e.g. "vlfeedback_80k.jsonl:1234"
     detail: str = ""
+    # the source row it belongs to (counts file rows when a row yields several items)
+    row: int | None = field(default=None, compare=False)
 
 
 def resolve_under(root: str | Path, relpath: str) -> Path:

@@ -21,6 +21,8 @@ class Pool:
 
     candidates: list[Candidate] = field(default_factory=list)
     read: int = 0  # items the source yielded (candidates + skips)
+    rows: int = 0  # source file rows those items came from (silkie: one row, several pairs)
+    pairs: int = 0  # pairs the source formed, duplicates included
     skipped: Counter = field(default_factory=Counter)
     skip_examples: dict[str, str] = field(default_factory=dict)  # first "where: detail" per reason
 
@@ -30,8 +32,15 @@ def collect(items: Iterable[Candidate | Skip]) -> Pool:
     pool = Pool()
     seen_pairs: set[tuple] = set()
     seen_ids: set[str] = set()
+    rows: set[int] = set()
     for item in items:
         pool.read += 1
+        row = item.row
+        if row is None:
+            pool.rows += 1
+        elif row not in rows:
+            rows.add(row)
+            pool.rows += 1
         if isinstance(item, Skip):
             pool.skipped[item.reason] += 1
             pool.skip_examples.setdefault(item.reason, f"{item.where}: {item.detail}".rstrip(": "))
@@ -39,6 +48,7 @@ def collect(items: Iterable[Candidate | Skip]) -> Pool:
         if item.example_id in seen_ids:
             raise AssertionError(f"source yielded the example id {item.example_id} twice")
         seen_ids.add(item.example_id)
+        pool.pairs += 1
         key = item.dedup_key
         if key in seen_pairs:
             pool.skipped["duplicate_pair"] += 1

@@ -13,8 +13,9 @@ from typing import Any
 import datasets
 import pyarrow as pa
 
-# Bump when a column is added, removed or changes meaning; readers refuse other versions.
-FORMAT_VERSION = 1
+# "MAJOR.MINOR": bump MAJOR when a column is added, removed or changes meaning (readers refuse
+# another major); bump MINOR when the manifest only gains fields (older readers still read it).
+FORMAT_VERSION = "1.1"
 
 SPLITS = ("train", "eval")
 

@@ -21,6 +21,7 @@ i % world_size == r, and rank 0 writes the manifest after a barrier.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -42,6 +43,7 @@ from mdpo_data.logprobs import (
     response_logps,
     row_sequences,
 )
+from mdpo_data.folder import hold
 from mdpo_data.manifest import dumps, read_manifest, write_manifest
 from mdpo_data.models import fingerprint, load_model
 from mdpo_data.shards import read_shard, sha256_file, write_bytes_atomic, write_shard
@@ -85,9 +87,10 @@ def marker_path(directory: Path, shard: Path) -> Path:
 def _read_marker(directory: Path, shard: Path) -> dict[str, Any] | None:
     path = marker_path(directory, shard)
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        marker = json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError):
         return None
+    return marker if isinstance(marker, dict) else None
 
 
 def _marker_done(marker: dict | None, shard: Path, key: str, no_image: bool) -> bool:
@@ -101,12 +104,21 @@ def _marker_done(marker: dict | None, shard: Path, key: str, no_image: bool) -> 
 
 
 def _jobs(directory: Path, manifest: dict[str, Any]) -> list[_Job]:
+    """One job per listed shard, each checked against the manifest's sha256 first: a shard
+    changed after the build is refused, never re-scored and blessed with a new hash. (A
+    shard this scorer already rewrote is vouched for by its score marker.)"""
     jobs = []
     for split in schema.SPLITS:
         for entry in manifest.get("splits", {}).get(split, []):
             path = directory / entry["file"]
             if not path.is_file():
                 raise ScoreError(f"manifest lists {entry['file']} but {path} does not exist")
+            current = sha256_file(path)
+            marker = _read_marker(directory, path) or {}
+            if current not in (entry["sha256"], marker.get("sha256")):
+                raise ScoreError(f"{entry['file']}: its bytes do not match manifest.json (sha256 "
+                                 f"{current[:12]}..., manifest {entry['sha256'][:12]}...): it "
+                                 "changed after the build; rebuild it (mdpo-data build) or restore it")
             jobs.append(_Job(len(jobs), split, path))
     if not jobs:
         raise ScoreError(f"{directory}: the manifest lists no shards to score")
@@ -386,14 +398,26 @@ def score_build(
     (see `scoring.auto_batch_size`); prefix_reuse "auto" runs the image+question prefix once
     for y_w and y_l (one packed forward, no KV cache) where the architecture allows it and a first-batch check agrees.
     """
-    import torch
-
     directory = Path(directory)
     if max_length is not None and max_length < 1:
         raise ScoreError(f"max_length must be positive, got {max_length}")
     manifest = read_manifest(directory)
-    jobs = _jobs(directory, manifest)
     rank, world, barrier = _distributed()
+    with hold(directory) if rank == 0 else contextlib.nullcontext():
+        return _score_locked(directory, manifest, ref_model, dtype=dtype, batch_size=batch_size,
+                             device=device, max_length=max_length, no_image_logps=no_image_logps,
+                             trust_remote_code=trust_remote_code, revision=revision,
+                             progress=progress, force=force, prefix_reuse=prefix_reuse,
+                             distributed=(rank, world, barrier))
+
+
+def _score_locked(directory: Path, manifest: dict, ref_model: str, *, dtype, batch_size, device,
+                  max_length, no_image_logps, trust_remote_code, revision, progress, force,
+                  prefix_reuse, distributed) -> dict[str, Any]:
+    import torch
+
+    rank, world, barrier = distributed
+    jobs = _jobs(directory, manifest)
     model, processor = load_model(
         ref_model, dtype=dtype, device=device, trust_remote_code=trust_remote_code, revision=revision
     )

@@ -36,9 +36,20 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def umask_mode(mode: int = 0o666) -> int:
+    """`mode` less the process umask: what `open`/`mkdir` would give (0644/0755 under 022)."""
+    current = os.umask(0)
+    os.umask(current)
+    return mode & ~current
+
+
 @contextmanager
 def atomic_path(path: str | Path):
-    """Yield a temp path beside `path`; on success fsync and rename it into place."""
+    """Yield a temp path beside `path`; on success fsync and rename it into place.
+
+    mkstemp creates the temp file 0600; it gets the umask's mode (like a plain `open`) before
+    the rename, so a shared dataset is readable by the team the umask allows.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -47,6 +58,7 @@ def atomic_path(path: str | Path):
         yield Path(tmp)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
+        os.chmod(tmp, umask_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -3,6 +3,10 @@
 `validate` never raises for bad data: a missing manifest, an unreadable shard or a bad row
 are all reported as lines, grouped by kind and capped per kind ("... and 812 more"), so one
 run shows everything that is wrong. Row-level lines name the shard, the row and the id.
+
+Bytes are checked before they are parsed: a shard is opened with Arrow only when its sha256
+matches the manifest, so a flipped or truncated byte is one "checksum" line, never a crash
+inside Arrow. Shards that cannot be verified (no valid manifest, not listed) are not read.
 """
 
 from __future__ import annotations
@@ -55,27 +59,57 @@ def validate(directory: str | Path, *, max_per_kind: int = MAX_PER_KIND) -> list
     except ManifestError as error:
         problems.add("manifest", f"manifest.json: {error}")
         manifest = None
-    except AttributeError:  # read_manifest got JSON that is not an object
-        problems.add("manifest", "manifest.json: not a JSON object")
-        manifest = None
     on_disk = _shards_on_disk(directory, problems)
     listed = _check_listing(manifest, on_disk, problems) if manifest else {}
     seen = _Seen()
     rows_by_split: dict[str, int] = defaultdict(int)
+    complete = manifest is not None
     for name, path in on_disk.items():
         entry = listed.get(name)
-        if entry and entry.get("sha256") != sha256_file(path):
+        if entry is None:  # nothing to verify the bytes against: not parsed
+            complete = False
+            continue
+        try:
+            digest = sha256_file(path)
+        except OSError as error:
+            problems.add("shard", f"{name}: cannot be read ({error.strerror or error})")
+            complete = False
+            continue
+        if entry.get("sha256") != digest:
             problems.add("checksum", f"{name}: sha256 does not match manifest.json "
-                                     "(file changed after the build)")
+                                     "(file changed after the build; not read further)")
+            complete = False
+            continue
         rows = _check_shard(path, manifest, seen, problems)
         if rows is None:
+            complete = False
             continue
         rows_by_split[SHARD_RE.match(name)["split"]] += rows
-        if entry and entry.get("rows") != rows:
+        if entry.get("rows") != rows:
             problems.add("rows", f"{name}: {rows} rows, manifest.json says {entry.get('rows')}")
     if manifest:
-        _check_totals(manifest, rows_by_split, seen, problems)
+        _check_state(directory, manifest, problems)
+        if complete:
+            _check_totals(manifest, rows_by_split, seen, problems)
     return problems.lines()
+
+
+def _check_state(directory: Path, manifest: dict, problems: Problems) -> None:
+    """Stale shards: a build marker made under another config than the manifest's, and a
+    train split with no rows (a build that wrote nothing usable)."""
+    from mdpo_data.build import read_json
+    from mdpo_data.folder import STATE_DIR
+
+    key = manifest.get("config_key")
+    for entries in (manifest.get("splits") or {}).values():
+        for entry in entries:
+            marker = read_json(directory / STATE_DIR / f"{entry['file']}.json")
+            if key and isinstance(marker, dict) and marker.get("config_key") not in (None, key):
+                problems.add("stale", f"{entry['file']}: made by another build config "
+                                      f"({marker.get('config_key')}, manifest {key}): stale shard")
+    train = (manifest.get("splits") or {}).get("train") or []
+    if train and not sum(e["rows"] for e in train):
+        problems.add("rows", "split train has 0 rows: nothing to train on")
 
 
 @dataclass
@@ -169,8 +203,9 @@ def _check_shard(path: Path, manifest: dict | None, seen: _Seen, problems: Probl
                 rows += batch.num_rows
                 filled.update({c: batch.num_rows - batch.column(c).null_count
                                for c in schema.REFERENCE_COLUMNS})
-    except (pa.ArrowInvalid, OSError) as error:
-        problems.add("shard", f"{path.name}: not a readable Arrow stream shard ({error})")
+    except (pa.ArrowException, OSError, ValueError, TypeError, KeyError, IndexError) as error:
+        detail = " ".join(str(error).split())[:200]
+        problems.add("shard", f"{path.name}: not a readable Arrow stream shard ({detail})")
         return None
     if manifest and not is_scored(manifest):
         for column, n in filled.items():

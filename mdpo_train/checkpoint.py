@@ -28,6 +28,7 @@ RESUMABLE_CHANGES = {
     "resume", "progress", "report_to", "num_workers", "save_steps", "save_total_limit",
     "logging_steps", "eval_steps", "eval_batch_size", "merge", "spot_check_rows",
     "spot_check_tolerance", "output_dir", "shards",
+    "data",  # the data identity: checked by mdpo_train.integrity.resume_problems instead
 }
 
 
@@ -138,8 +139,13 @@ def save(accelerator, output_dir: str | Path, position: Position, config: dict[s
 
 
 def read_state(path: str | Path) -> tuple[Position, dict[str, Any]]:
-    state = json.loads((Path(path) / STATE_FILE).read_text())
-    return Position(**state["position"]), state["config"]
+    """(position, config) of a checkpoint; ValueError when its state file is damaged."""
+    try:
+        state = json.loads((Path(path) / STATE_FILE).read_text())
+        return Position(**state["position"]), dict(state["config"])
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{Path(path) / STATE_FILE} is damaged ({error}): resume from another "
+                         "checkpoint") from None
 
 
 def load(accelerator, path: str | Path) -> Position:

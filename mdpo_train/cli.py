@@ -85,6 +85,9 @@ def main(config_path: str | None, **flags) -> None:
         out = recipe.save()
     except (DataError, SpotCheckError, NonFiniteLossError, ModelLoadError) as error:
         raise click.ClickException(str(error)) from None
+    except OSError as error:  # an unwritable run folder, a full disk: one line
+        where = f" ({error.filename})" if getattr(error, "filename", None) else ""
+        raise click.ClickException(f"{error.strerror or error}{where}") from None
     recipe.accelerator.print(f"done: adapter, processor, metrics and model card in {out}")
 
 

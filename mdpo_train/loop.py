@@ -28,7 +28,7 @@ import torch
 import yaml
 
 from mdpo_data.logprobs import response_rule_problems
-from mdpo_train import checkpoint
+from mdpo_train import checkpoint, integrity
 from mdpo_train.checkpoint import Position
 from mdpo_train.config import (
     DTYPES, SPOT_CHECK_TOLERANCE, ConfigError, TrainConfig, canonical_dtype, validate,
@@ -41,6 +41,7 @@ from mdpo_train.verify import SpotCheckError, spot_check
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "curves.png"
 CONFIG_FILE = "train_config.yaml"
+FINISHED_FILE = "README.md"  # the model card, written last: a run folder without it is unfinished
 
 
 class NonFiniteLossError(RuntimeError):
@@ -68,14 +69,19 @@ class MDPORecipe:
         if cfg.output_dir and cfg.resume:
             self.resume_from, problem = checkpoint.resolve_resume(cfg.resume, cfg.output_dir)
             problems += [problem] if problem else []
-            if self.resume_from:
-                _, saved = checkpoint.read_state(self.resume_from)
+            try:
+                _, saved = checkpoint.read_state(self.resume_from) if self.resume_from else (None, None)
+            except ValueError as error:
+                problems.append(f"--resume: {error}")
+                self.resume_from = saved = None
+            if saved is not None:
                 changed = checkpoint.config_changes(saved, cfg.to_dict())
                 problems += [f"--resume: config differs from the checkpoint's: {c}" for c in changed]
+                problems += integrity.resume_problems(saved, self.source)
         elif cfg.output_dir and checkpoint.list_checkpoints(cfg.output_dir):
             problems.append(f"--output-dir {cfg.output_dir} already holds checkpoints: pass "
                             "--resume latest to continue that run, or choose another folder")
-        elif cfg.output_dir and (Path(cfg.output_dir) / METRICS_FILE).exists():
+        elif cfg.output_dir and (Path(cfg.output_dir) / FINISHED_FILE).exists():
             problems.append(f"--output-dir {cfg.output_dir} already holds a finished run: choose "
                             "another folder or delete it")
         problems += _tracker_problems(cfg.report_to)
@@ -117,7 +123,9 @@ class MDPORecipe:
         cfg, acc = self.cfg, self.accelerator
         # 1. Seed every RNG: LoRA's initial weights and dropout depend on it.
         set_seed(cfg.seed)
-        # 2. Data: rows with null/non-finite reference log-probs dropped (a counted warning).
+        # 2. Data: every shard's sha256 and row count checked against the manifest first; then
+        #    rows with null/non-finite reference log-probs dropped (a counted warning).
+        self.data_check = integrity.verify(self.source)
         self.splits = load_splits(self.source, self.sequences)
         self.train_data = self.splits["train"]
         # 3. The scoring model, loaded exactly as the scorer loaded it.
@@ -126,9 +134,10 @@ class MDPORecipe:
             trust_remote_code=cfg.trust_remote_code, revision=cfg.revision,
         )
         self.smoke_test = is_smoke_test_model(model)
-        self.collate = Collate(self.processor, self.sequences, self.max_length)
+        self.collate = integrity.GuardedCollate(Collate(self.processor, self.sequences, self.max_length))
         # 4. Before training, policy == reference: recompute a few stored log-probs.
-        self.spot_check = self._spot_check(model)
+        with integrity.stored_data_errors("the spot-check rows"):
+            self.spot_check = self._spot_check(model)
         # 5. The policy: LoRA on (or all of) the language model; vision tower/projector frozen.
         model = make_policy(model, cfg)
         self.trainable, self.total_params = count_parameters(model)
@@ -332,7 +341,8 @@ class MDPORecipe:
         path = checkpoint.checkpoint_dir(self.output_dir, self.position.global_step)
         if (path / checkpoint.STATE_FILE).is_file():
             return path
-        return checkpoint.save(self.accelerator, self.output_dir, self.position, self.cfg.to_dict(),
+        config = {**self.cfg.to_dict(), integrity.DATA_KEY: integrity.identity(self.source)}
+        return checkpoint.save(self.accelerator, self.output_dir, self.position, config,
                                keep=self.cfg.save_total_limit)
 
     def save(self) -> Path:

@@ -10,6 +10,7 @@ from huggingface_hub import DatasetCard
 
 from mdpo_data import card
 from mdpo_data.card import render_card, resolve_license, size_category, uses_bpo, write_card
+from mdpo_data.integrity import IntegrityError
 from mdpo_data.manifest import ManifestError, read_manifest, write_manifest
 from mdpo_data.sources import LICENSES
 from card_fixtures import REAL_FINGERPRINT, write_build
@@ -68,7 +69,7 @@ def test_scored_card_describes_the_build(tmp_path):
     assert "| non_numeric_rating | 3 |" in text and "| tie | 5 |" in text
     assert "| train | 5 |" in text and "| eval | 2 |" in text
     assert manifest["rejected_image"]["description"] in text
-    assert "model: /cache/tiny-llava-v1" in text  # the fingerprint
+    assert "model: tiny-llava-v1" in text and "/cache/" not in text  # the fingerprint, no local path
     assert "smoke-test reference" in text
     assert "| too_long | 1 |" in text  # the scorer's skips
     # example text is escaped and cut, never raw HTML
@@ -145,5 +146,5 @@ def test_not_a_build_folder(tmp_path):
     write_build(tmp_path / "b")
     for shard in (tmp_path / "b").glob("*.arrow"):
         shard.unlink()
-    with pytest.raises(FileNotFoundError, match="no mdpo-data shards"):
+    with pytest.raises(IntegrityError, match="listed in manifest.json but missing"):
         card.render_card(tmp_path / "b")

@@ -8,7 +8,7 @@ import pytest
 from score_fixtures import load, make_build, manual_logp
 
 from mdpo_data import logprobs, schema
-from mdpo_data.manifest import read_manifest
+from mdpo_data.manifest import read_manifest, write_manifest
 from mdpo_data.score import ScoreError, marker_path, score_build, unscored_rows
 from mdpo_data.shards import read_shard, shard_files, sha256_file
 from mdpo_data.tiny import build_tiny_llava, build_tiny_qwen2_vl
@@ -126,13 +126,18 @@ def test_resume_rescoring_only_unfinished_shards(llava_dir, tmp_path):
     from mdpo_data.shards import write_shard
 
     write_shard(bad, [rows])
+    manifest = read_manifest(build)  # built that way: the manifest vouches for the bad bytes
+    manifest["splits"]["train"][1]["sha256"], good_sha = sha256_file(bad), manifest["splits"]["train"][1]["sha256"]
+    write_manifest(build, manifest)
     with pytest.raises(ScoreError, match="ex-0004.*images"):
         score_build(build, str(llava_dir), progress=False)
     first = build / "train-00000-of-00002.arrow"
     assert marker_path(build, first).is_file() and not marker_path(build, bad).is_file()
     assert read_manifest(build)["reference"] is None  # the manifest is only written at the end
     first_bytes = first.read_bytes()
-    bad.write_bytes(good_bytes)  # repaired
+    bad.write_bytes(good_bytes)  # repaired (and its manifest entry with it)
+    manifest["splits"]["train"][1]["sha256"] = good_sha
+    write_manifest(build, manifest)
     stats = score_build(build, str(llava_dir), progress=False)
     assert stats["shards_scored"] == 2 and stats["shards_skipped"] == 1
     assert first.read_bytes() == first_bytes

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from mdpo_data import schema
-from mdpo_data.shards import read_shard, shard_files, write_shard
+from mdpo_data.manifest import read_manifest, write_manifest
+from mdpo_data.shards import read_shard, sha256_file, shard_files, write_shard
 from mdpo_train.checkpoint import list_checkpoints, read_state
 from mdpo_train.config import ConfigError, load_config
 from mdpo_train.loop import MDPORecipe, NonFiniteLossError, run
@@ -89,6 +90,13 @@ def _shift_stored(data, column, delta):
     index = table.schema.get_field_index(column)
     values = [v + delta for v in table.column(column).to_pylist()]
     write_shard(shard, [table.set_column(index, table.schema.field(column), pa.array(values, pa.float64()))])
+    # as a scorer would have written them: the manifest vouches for the new bytes (else the
+    # trainer's shard verification refuses the folder before anything else runs)
+    manifest = read_manifest(data)
+    for entry in manifest["splits"]["train"]:
+        if entry["file"] == shard.name:
+            entry["sha256"] = sha256_file(shard)
+    write_manifest(data, manifest)
 
 
 def test_the_spot_check_stops_training_on_reference_logps_of_another_model(demo, tmp_path):

@@ -9,7 +9,7 @@ import pyarrow as pa
 
 from mdpo_data import schema
 from mdpo_data.manifest import read_manifest, write_manifest
-from mdpo_data.shards import write_shard
+from mdpo_data.shards import sha256_file, write_shard
 from mdpo_data.validate import validate
 from card_fixtures import make_rows, write_build
 
@@ -34,12 +34,24 @@ def test_not_a_build_folder_is_reported_not_raised(tmp_path):
     assert only(validate(tmp_path), "not valid JSON")
 
 
-def test_format_version_mismatch(tmp_path):
-    directory = write_build(tmp_path / "b")
+def _set_version(directory, version):
     manifest = json.loads((directory / "manifest.json").read_text())
-    manifest["format_version"] = schema.FORMAT_VERSION + 1
+    manifest["format_version"] = version
     (directory / "manifest.json").write_text(json.dumps(manifest))
-    assert only(validate(directory), "format_version")
+
+
+def test_format_version_newer_major_refused_newer_minor_read(tmp_path):
+    directory = write_build(tmp_path / "b")
+    major, minor = (int(x) for x in schema.FORMAT_VERSION.split("."))
+    _set_version(directory, f"{major + 1}.0")
+    problems = validate(directory)
+    assert only(problems, f"format_version {major + 1}.0 was written by a newer mdpo-data")
+    _set_version(directory, f"{major}.{minor + 5}")  # a newer minor only adds fields: readable
+    assert validate(directory) == []
+    _set_version(directory, major)  # the legacy integer form reads as MAJOR.0
+    assert validate(directory) == []
+    _set_version(directory, "one")
+    assert only(validate(directory), "field format_version")
 
 
 def test_changed_missing_and_unlisted_shards(tmp_path):
@@ -49,11 +61,21 @@ def test_changed_missing_and_unlisted_shards(tmp_path):
     (directory / "eval-00000-of-00001.arrow").unlink()
     write_shard(directory / "eval-00001-of-00002.arrow", [make_rows("x", 1, scored=True)])
     problems = validate(directory)
+    # the bytes are refused before Arrow parses them: no row count of a changed shard
     assert only(problems, "train-00000-of-00002.arrow: sha256 does not match")
-    assert only(problems, "train-00000-of-00002.arrow: 2 rows, manifest.json says 3")
+    assert not only(problems, "train-00000-of-00002.arrow: 2 rows")
     assert only(problems, "eval-00000-of-00001.arrow: listed in manifest.json but missing")
     assert only(problems, "eval-00001-of-00002.arrow: present but not listed")
     assert only(problems, "eval-00001-of-00002.arrow: name does not fit")
+    # a manifest whose hash matches new bytes but whose row count does not
+    manifest = read_manifest(directory)
+    manifest["splits"]["train"][0]["sha256"] = sha256_file(directory / "train-00000-of-00002.arrow")
+    manifest["splits"]["eval"] = []
+    manifest["counts"]["written_by_split"].pop("eval")
+    write_manifest(directory, manifest)
+    (directory / "eval-00001-of-00002.arrow").unlink()
+    problems = validate(directory)
+    assert only(problems, "train-00000-of-00002.arrow: 2 rows, manifest.json says 3")
     assert only(problems, "split train: 5 rows in shards, manifest counts.written_by_split says 6")
 
 
@@ -63,6 +85,9 @@ def test_wrong_schema_names_the_columns(tmp_path):
     with pa.OSFile(str(directory / "train-00000-of-00001.arrow"), "wb") as sink:
         with pa.ipc.new_stream(sink, table.schema) as writer:
             writer.write_table(table)
+    manifest = read_manifest(directory)  # the manifest describes the foreign shard faithfully
+    manifest["splits"]["train"][0]["sha256"] = sha256_file(directory / "train-00000-of-00001.arrow")
+    write_manifest(directory, manifest)
     problems = validate(directory)
     assert only(problems, "schema differs") and only(problems, "missing columns ['seed']")
     assert not only(problems, "row 0")  # rows of a foreign schema are not checked further

@@ -39,7 +39,7 @@ class Record:
     detail: str = ""
 
     def skip(self) -> Skip:
-        return Skip(self.reason, self.where, self.detail)
+        return Skip(self.reason, self.where, self.detail, self.row)
 
 
 def primed(items: Iterator[Any]) -> Iterator[Any]:

@@ -17,6 +17,7 @@ nothing here is keyed by id: a candidate is identified by its stream row and pai
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -305,7 +306,8 @@ def _candidates(
         if record.data is None:
             yield record.skip()
         else:
-            yield from _row(record, layout, pairing, seed, prefixes)
+            for item in _row(record, layout, pairing, seed, prefixes):  # skips name their row
+                yield dataclasses.replace(item, row=record.row) if isinstance(item, Skip) else item
 
 
 def _row(
