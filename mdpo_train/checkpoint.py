@@ -28,6 +28,7 @@ RESUMABLE_CHANGES = {
     "resume", "progress", "report_to", "num_workers", "save_steps", "save_total_limit",
     "logging_steps", "eval_steps", "eval_batch_size", "merge", "spot_check_rows",
     "spot_check_tolerance", "output_dir", "shards",
+    "prefix_sharing",  # same log-probs either way (tests/test_packing.py)
 }
 
 
