@@ -5,24 +5,28 @@ reads reference log-probs stored in the shards, computed once. The script:
   1. builds a mid-size LLaVA from a config (no download; the model, not Python, dominates),
   2. builds demo data and scores it once with that model (reported: the one-time cost),
   3. trains, each in a fresh subprocess (clean peak memory), for --epochs epochs:
-       ours-dpo   mdpo-train, loss dpo     (2 sequences per example)
-       trl-dpo    trl.DPOTrainer, sigmoid  (2 sequences + a reference forward per step)
-       ours-mdpo  mdpo-train, loss mdpo    (3 sequences per example)
+       ours-dpo            mdpo-train, loss dpo   (y_w and y_l share the image+question prefix)
+       trl-dpo             trl.DPOTrainer, sigmoid (2 sequences + a reference forward per step)
+       ours-mdpo           mdpo-train, loss mdpo  ([prefix, y_w, y_l] + (m_l, q, y_w) per example)
+       ours-mdpo-unshared  the same with prefix_sharing: false (3 separate sequences)
   4. prints wall time per epoch and peak memory, and the ratios.
-Targets: ours-dpo <= 0.75 x trl-dpo in time, and <= trl-dpo in memory.
+Targets (at LLaVA-1.5's 576 image tokens, the default): ours-mdpo-unshared >= 1.3 x ours-mdpo in
+time; ours-mdpo <= 0.75 x trl-dpo in time and <= trl-dpo in memory.
 
 Memory: on GPU torch.cuda.max_memory_allocated during training; on CPU the peak resident set
 size sampled from /proc/self/statm during training (also its rise over the pre-training RSS).
 
-    python benchmarks/bench_train.py                       # CPU, a few minutes
+    python benchmarks/bench_train.py --json bench.json     # CPU, 576 image tokens, a few minutes
+    python benchmarks/bench_train.py --image-tokens 64     # the small-image geometry
     python benchmarks/bench_train.py --device cuda --dtype bfloat16 --hidden 2048 --layers 16 \
-        --rows 512 --batch 8 --image-size 336 --patch-size 14
+        --rows 512 --batch 8
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import shutil
@@ -33,7 +37,8 @@ import time
 import warnings
 from pathlib import Path
 
-KINDS = ("ours-dpo", "trl-dpo", "ours-mdpo")
+KINDS = ("ours-dpo", "trl-dpo", "ours-mdpo", "ours-mdpo-unshared")
+PATCH = 14  # LLaVA-1.5's CLIP ViT-L/14: 336 px -> 24 x 24 = 576 image tokens
 
 
 # ------------------------------------------------------------------ memory
@@ -87,11 +92,16 @@ def prepare(args) -> dict:
     from mdpo_data.score import score_build
     from mdpo_data.tiny import build_tiny_llava
 
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
     work = Path(args.work)
     model = work / "model"
-    if not (model / "config.json").is_file():
-        build_tiny_llava(model, seed=0, hidden_size=args.hidden, num_layers=args.layers,
-                         image_size=args.image_size, patch_size=args.patch_size)
+    shutil.rmtree(model, ignore_errors=True)  # the geometry may have changed since the last run
+    build_tiny_llava(model, seed=0, hidden_size=args.hidden, num_layers=args.layers,
+                     image_size=args.image_size, patch_size=PATCH)
+    widen_vocabulary(model, args.vocab)
     data = work / "data"
     started = time.perf_counter()
     run_build(BuildConfig(source="demo", n=args.rows, seed=0), data, overwrite=True, progress=False)
@@ -99,15 +109,29 @@ def prepare(args) -> dict:
     return {"score_seconds": time.perf_counter() - started, "score_stats": stats}
 
 
+def widen_vocabulary(path: Path, size: int) -> None:
+    """LLaVA-1.5's 32064-entry LM head on the tiny tokenizer: the extra rows are never input
+    tokens, but every log-softmax runs over them, as in the real model."""
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    model = AutoModelForImageTextToText.from_pretrained(path)
+    if size > model.get_output_embeddings().weight.shape[0]:
+        torch.manual_seed(0)
+        model.resize_token_embeddings(size, mean_resizing=False)
+        model.save_pretrained(path)
+
+
 # ------------------------------------------------------------------ workers (one per subprocess)
-def run_ours(args, loss: str) -> dict:
+def run_ours(args, loss: str, share: bool) -> dict:
     from mdpo_train.config import load_config
     from mdpo_train.loop import MDPORecipe
 
     work = Path(args.work)
-    shutil.rmtree(work / f"run-{loss}", ignore_errors=True)  # a fresh run folder every repeat
+    run = work / f"run-{loss}-{'shared' if share else 'unshared'}"
+    shutil.rmtree(run, ignore_errors=True)  # a fresh run folder every repeat
     config = load_config(None, {
-        "shards": str(work / "data"), "output_dir": str(work / f"run-{loss}"), "loss": loss,
+        "shards": str(work / "data"), "output_dir": str(run), "loss": loss, "prefix_sharing": share,
         "epochs": args.epochs, "global_batch_size": args.batch * args.accumulation,
         "per_device_batch_size": args.batch, "lr": args.lr, "beta": 0.1, "lora_r": args.lora_r,
         "lora_alpha": 2 * args.lora_r, "lora_dropout": 0.0, "dtype": _short(args.dtype),
@@ -117,11 +141,11 @@ def run_ours(args, loss: str) -> dict:
     recipe = MDPORecipe(config)
     recipe.setup()
     with PeakMemory(args.device) as memory:
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         recipe.train()
         _sync(args.device)
-        seconds = time.perf_counter() - started
-    return {"seconds": seconds, "steps": recipe.position.global_step, "peak": memory.peak,
+        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+    return {"seconds": seconds, "cpu_seconds": cpu, "steps": recipe.position.global_step, "peak": memory.peak,
             "start": memory.start, "examples": len(recipe.train_data)}
 
 
@@ -150,11 +174,11 @@ def run_trl(args) -> dict:
     trainer = DPOTrainer(model=model, args=config, train_dataset=dataset, processing_class=processor,
                          peft_config=peft_config)
     with PeakMemory(args.device) as memory:
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         result = trainer.train()
         _sync(args.device)
-        seconds = time.perf_counter() - started
-    return {"seconds": seconds, "steps": result.global_step, "peak": memory.peak, "start": memory.start,
+        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+    return {"seconds": seconds, "cpu_seconds": cpu, "steps": result.global_step, "peak": memory.peak, "start": memory.start,
             "examples": len(dataset)}
 
 
@@ -175,7 +199,11 @@ def worker(args) -> None:
     warnings.filterwarnings("ignore")
     if args.threads:
         torch.set_num_threads(args.threads)
-    result = run_trl(args) if args.worker == "trl-dpo" else run_ours(args, args.worker.removeprefix("ours-"))
+    if args.worker == "trl-dpo":
+        result = run_trl(args)
+    else:
+        loss = args.worker.removeprefix("ours-").removesuffix("-unshared")
+        result = run_ours(args, loss, share=not args.worker.endswith("-unshared"))
     print("RESULT " + json.dumps(result), flush=True)
 
 
@@ -193,11 +221,11 @@ def spawn(args, kind: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, default=48, help="demo examples to train on [48]")
+    parser.add_argument("--rows", type=int, default=16, help="demo examples to train on [16]")
     parser.add_argument("--hidden", type=int, default=512, help="language model hidden size [512]")
     parser.add_argument("--layers", type=int, default=6, help="language model layers [6]")
-    parser.add_argument("--image-size", type=int, default=64, help="vision input size in px [64]")
-    parser.add_argument("--patch-size", type=int, default=8, help="vision patch size [8]: (size/patch)^2 image tokens")
+    parser.add_argument("--image-tokens", type=int, default=576, choices=[64, 144, 576],
+                        help="image tokens per image [576: LLaVA-1.5's 336 px / patch 14]")
     parser.add_argument("--batch", type=int, default=8, help="per-device batch (examples) [8]")
     parser.add_argument("--accumulation", type=int, default=1, help="gradient accumulation [1]")
     parser.add_argument("--epochs", type=int, default=1)
@@ -206,12 +234,15 @@ def main() -> None:
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--device", default="cpu", help="cpu | cuda [cpu]")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads [1: steadiest on a shared machine]; 0: torch's default")
+    parser.add_argument("--vocab", type=int, default=32064, help="LM head rows [32064: LLaVA-1.5]")
     parser.add_argument("--repeats", type=int, default=1, help="run each trainer N times, keep the fastest")
     parser.add_argument("--work", default="/tmp/mdpo-bench-train", help="scratch folder")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--worker", choices=KINDS, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.image_size = math.isqrt(args.image_tokens) * PATCH
     if args.worker:
         return worker(args)
 
@@ -220,34 +251,65 @@ def main() -> None:
     for _ in range(args.repeats):
         for kind in KINDS:  # interleaved, so a noisy neighbour hits every trainer alike
             result = spawn(args, kind)
+            seen = results.get(kind, {}).get("all_seconds", []) + [result["seconds"]]
             if kind not in results or result["seconds"] < results[kind]["seconds"]:
                 results[kind] = result
+            results[kind]["all_seconds"] = seen
     report(args, setup, results)
+
+
+def ratios(results: dict) -> dict:
+    """The issue's comparisons, from one run's numbers (time = seconds, memory = peak)."""
+    def of(a, b):
+        return {"time": results[a]["seconds"] / results[b]["seconds"],
+                "cpu_time": results[a]["cpu_seconds"] / results[b]["cpu_seconds"],
+                "memory": results[a]["peak"] / results[b]["peak"]}
+    return {"mdpo-unshared/mdpo": of("ours-mdpo-unshared", "ours-mdpo"),
+            "mdpo/trl-dpo": of("ours-mdpo", "trl-dpo"), "dpo/trl-dpo": of("ours-dpo", "trl-dpo"),
+            "mdpo/dpo": of("ours-mdpo", "ours-dpo")}
 
 
 def report(args, setup: dict, results: dict) -> None:
     unit = "GPU max allocated" if args.device.startswith("cuda") else "peak RSS"
-    print(f"\nmodel: LLaVA, text hidden {args.hidden} x {args.layers} layers, "
-          f"{(args.image_size // args.patch_size) ** 2} image tokens; {args.rows} examples, batch "
+    print(f"\nmodel: LLaVA, text hidden {args.hidden} x {args.layers} layers, {args.image_tokens} "
+          f"image tokens ({args.image_size} px / patch {PATCH}); {args.rows} examples, batch "
           f"{args.batch} x {args.accumulation}, {args.epochs} epoch(s), {args.dtype} on {args.device}"
-          f"{f', {args.threads} thread(s)' if args.threads else ''}")
+          f"{f', {args.threads} thread(s)' if args.threads else ''}; fastest of {args.repeats}")
     print(f"one-time reference scoring: {setup['score_seconds']:.1f} s "
           f"({setup['score_stats']['sequences']} sequences)")
-    print(f"{'trainer':<10} {'s/epoch':>9} {'steps':>6} {unit + ' MB':>20} {'rise MB':>9}")
+    print(f"{'trainer':<19} {'s/epoch':>9} {'cpu s':>8} {'spread':>7} {'steps':>6} {unit + ' MB':>20} "
+          f"{'rise MB':>9}")
     for kind, r in results.items():
-        print(f"{kind:<10} {r['seconds'] / args.epochs:>9.2f} {r['steps']:>6} {r['peak'] / 2**20:>20.1f} "
-              f"{(r['peak'] - r['start']) / 2**20:>9.1f}")
-    ours, trl, mdpo = results["ours-dpo"], results["trl-dpo"], results["ours-mdpo"]
-    time_ratio, memory_ratio = ours["seconds"] / trl["seconds"], ours["peak"] / trl["peak"]
-    print(f"\nours-dpo / trl-dpo: time {time_ratio:.2f}x (target <= 0.75: "
-          f"{'PASS' if time_ratio <= 0.75 else 'FAIL'}), memory {memory_ratio:.2f}x (target <= 1: "
-          f"{'PASS' if memory_ratio <= 1 else 'FAIL'})")
-    print(f"ours-mdpo / ours-dpo: time {mdpo['seconds'] / ours['seconds']:.2f}x, "
-          f"memory {mdpo['peak'] / ours['peak']:.2f}x (3 sequences per example instead of 2)")
+        spread = max(r["all_seconds"]) / min(r["all_seconds"]) - 1
+        print(f"{kind:<19} {r['seconds'] / args.epochs:>9.2f} {r['cpu_seconds'] / args.epochs:>8.2f} "
+              f"{100 * spread:>6.0f}% {r['steps']:>6} "
+              f"{r['peak'] / 2**20:>20.1f} {(r['peak'] - r['start']) / 2**20:>9.1f}")
+    found = ratios(results)
+    speedup = found["mdpo-unshared/mdpo"]["time"]
+    mdpo = found["mdpo/trl-dpo"]
+    print(f"\nprefix sharing: ours-mdpo-unshared / ours-mdpo time {speedup:.2f}x (target >= 1.3: "
+          f"{_verdict(speedup >= 1.3)}; cpu time {found['mdpo-unshared/mdpo']['cpu_time']:.2f}x), "
+          f"memory {found['mdpo-unshared/mdpo']['memory']:.2f}x")
+    print(f"ours-mdpo / trl-dpo: time {mdpo['time']:.2f}x (target <= 0.75: {_verdict(mdpo['time'] <= 0.75)}; "
+          f"cpu time {mdpo['cpu_time']:.2f}x), "
+          f"memory {mdpo['memory']:.2f}x (target <= 1: {_verdict(mdpo['memory'] <= 1)})")
+    print(f"ours-dpo / trl-dpo: time {found['dpo/trl-dpo']['time']:.2f}x, memory "
+          f"{found['dpo/trl-dpo']['memory']:.2f}x; ours-mdpo / ours-dpo: time "
+          f"{found['mdpo/dpo']['time']:.2f}x, memory {found['mdpo/dpo']['memory']:.2f}x")
+    print("spread: slowest / fastest repeat - 1 (noise from other processes on the machine)")
     if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "setup": setup, "results": results,
-                                               "time_ratio": time_ratio, "memory_ratio": memory_ratio},
+        per_kind = {kind: {"seconds_per_epoch": r["seconds"] / args.epochs,
+                           "cpu_seconds_per_epoch": r["cpu_seconds"] / args.epochs, "peak_memory_bytes": r["peak"],
+                           "memory_rise_bytes": r["peak"] - r["start"], "steps": r["steps"],
+                           "all_seconds_per_epoch": [s / args.epochs for s in r["all_seconds"]]}
+                    for kind, r in results.items()}
+        Path(args.json).write_text(json.dumps({"args": vars(args), "setup": setup, "results": per_kind,
+                                               "ratios": found, "memory_unit": unit},
                                               indent=2, default=str))
+
+
+def _verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
 
 
 if __name__ == "__main__":

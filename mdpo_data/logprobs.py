@@ -541,3 +541,73 @@ def prefix_response_logps(
                  for r in rendered[first : first + len(group.responses)])
     counts = {"tokens": tokens, "slots": ids_t.numel()}
     return [values[first : first + len(g.responses)] for (first, _), g in zip(layout, groups)], counts
+
+
+# --------------------------------------------------------------------------- packed rows
+# Several responses per row (mdpo_data.packing): one forward, log-probs per response.
+
+
+def block_attention_mask(segments: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Additive 4-D mask [R, 1, T, T] from segment ids (-1 padding, 0 prefix, k response k).
+
+    A query sees earlier keys of the prefix and of its own segment only. A padding query also
+    sees itself, so no softmax row is empty (an all-masked row would give NaN gradients).
+    Additive floats (0 / dtype min), because eager attention adds the mask to the scores.
+    """
+    length = segments.shape[1]
+    query, key = segments.unsqueeze(2), segments.unsqueeze(1)
+    causal = torch.ones(length, length, dtype=torch.bool, device=segments.device).tril()
+    allowed = causal & (key >= 0) & ((key == 0) | (key == query))
+    allowed |= torch.eye(length, dtype=torch.bool, device=segments.device)
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=segments.device)
+    return mask.masked_fill_(~allowed, torch.finfo(dtype).min).unsqueeze(1)
+
+
+def _logits_at(model, inputs: dict[str, Any], keep: torch.Tensor) -> torch.Tensor:
+    """Logits [K, V] at the True positions of keep [R, T], in row-major order.
+
+    transformers applies the LM head to those positions only (`logits_to_keep` as a boolean
+    mask), through the public forward, so DDP/FSDP wrappers see a normal forward.
+    """
+    try:
+        logits = model(**inputs, logits_to_keep=keep, use_cache=False).logits
+    except TypeError as error:
+        if "logits_to_keep" not in str(error):
+            raise
+        logits = model(**inputs, use_cache=False).logits
+    if logits.dim() == 3 and logits.shape[:2] == keep.shape:  # a model that ignored the mask
+        logits = logits[keep]
+    if logits.dim() != 2 or logits.shape[0] != int(keep.sum()):
+        raise ValueError(f"{type(_unwrap(model)).__name__} returned logits of shape "
+                         f"{tuple(logits.shape)} for {int(keep.sum())} kept positions")
+    return logits
+
+
+def packed_logps(model, packed) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of response-token log-probs in fp32 [S], response token counts [S]) for packed rows.
+
+    Same values as `encode` + `response_logps` on the separate sequences. The LM head runs on
+    the positions that score a response token only, and the fp32 log-softmax on chunks of them,
+    so no [T, V] logits exist over image and prompt positions. No `no_grad`: trainer path.
+    """
+    inputs = model_inputs(model, packed.inputs)
+    device, dtype = inputs["input_ids"].device, _unwrap(model).dtype
+    segments = packed.segments.to(device)
+    if packed.block:
+        inputs["attention_mask"] = block_attention_mask(segments, dtype)
+        inputs["position_ids"] = packed.position_ids.to(device)
+    else:
+        inputs["attention_mask"] = (segments >= 0).long()
+    rows, src = packed.score_row.to(device), packed.score_src.to(device)
+    tgt, seq = packed.score_tgt.to(device), packed.score_seq.to(device)
+    keep = torch.zeros(segments.shape, dtype=torch.bool, device=device)
+    keep[rows, src] = True
+    logits = _logits_at(model, inputs, keep)
+    index = (keep.flatten().long().cumsum(0) - 1)[rows * segments.shape[1] + src]
+    targets = inputs["input_ids"][rows, tgt]
+    per_token = torch.cat([  # gathered chunk by chunk: no second [N, V] copy of the logits
+        token_logps(logits[index[i : i + _LOGSUMEXP_CHUNK]], targets[i : i + _LOGSUMEXP_CHUNK])
+        for i in range(0, len(index), _LOGSUMEXP_CHUNK)
+    ]) if len(index) else logits.new_zeros(0, dtype=torch.float32)
+    sums = torch.zeros(packed.n_sequences, dtype=torch.float32, device=device)
+    return sums.index_add(0, seq, per_token), torch.bincount(seq, minlength=packed.n_sequences)

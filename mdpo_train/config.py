@@ -60,6 +60,7 @@ class TrainConfig:
     lora_dropout: float = 0.05  # LoRA dropout
     lora_target: list[str] | None = None  # e.g. q_proj,v_proj; default: every linear layer of the LM
     gradient_checkpointing: bool = False  # ~30% slower, far less activation memory
+    prefix_sharing: bool = True  # y_w and y_l under one image as one sequence (block mask; exact)
     # ---- loss (METHOD.md)
     loss: str = "mdpo"  # mdpo | dpo | mdpo_no_cond | mdpo_no_anchor
     beta: float = 0.1  # reward scale, r = beta (log pi - log pi_ref) (paper: 0.1)

@@ -133,12 +133,13 @@ def load_splits(source: Source, sequences: tuple[str, ...]) -> dict[str, Rows]:
 # ------------------------------------------------------------------ batches
 @dataclass
 class Batch:
-    """One micro-batch, encoded: the examples' sequences sequence-major (all `chosen`, then all
-    `rejected`, ...) and the stored reference log-probs of the same examples."""
+    """One micro-batch, encoded: the examples' sequences as packed rows (mdpo_data.packing;
+    y_w and y_l under m_w share a row) whose outputs are sequence-major (all `chosen`, then all
+    `rejected`, ...), and the stored reference log-probs of the same examples."""
 
     example_ids: list[str]
     sequences: tuple[str, ...]
-    inputs: dict[str, Any]  # mdpo_data.logprobs.encode output, incl. "response_mask"
+    inputs: Any  # mdpo_data.packing.Packed (None when every example was too long)
     reference: dict[str, torch.Tensor]  # sequence name -> [B] float32
     too_long: int = 0  # examples dropped because a sequence exceeds max_length
 
@@ -146,39 +147,57 @@ class Batch:
         return len(self.example_ids)
 
 
+def pack_rows(rows: list[dict[str, Any]], processor, sequences: tuple[str, ...], *, share: bool = True):
+    """Packed rows for `rows`: per example, the sequences under the same image column form one
+    prefix group (MDPO: (y_w, y_l) under m_w, y_w under m_l). Output slot of sequence k of
+    example i: k * len(rows) + i."""
+    from mdpo_data.logprobs import PrefixGroup, row_sequences
+    from mdpo_data.packing import encode_groups
+
+    groups, slots = [], []
+    for i, row in enumerate(rows):
+        seqs, by_image = row_sequences(row), {}
+        for k, name in enumerate(sequences):
+            by_image.setdefault(SEQUENCE_COLUMNS[name][1], []).append(k)
+        for ks in by_image.values():
+            members = [seqs[SEQUENCE_COLUMNS[sequences[k]][0]] for k in ks]
+            groups.append(PrefixGroup(members[0].image, members[0].question,
+                                      tuple(m.response for m in members)))
+            slots.append([k * len(rows) + i for k in ks])
+    return encode_groups(processor, groups, share=share, slots=slots)
+
+
 def make_batch(rows: list[dict[str, Any]], processor, sequences: tuple[str, ...],
-               max_length: int | None) -> Batch:
-    """Rows -> one encoded Batch, through the scorer's own `row_sequences` and `encode`.
+               max_length: int | None, *, share: bool = True) -> Batch:
+    """Rows -> one encoded Batch, through the scorer's own `row_sequences` and rendering.
 
-    Nothing is truncated: an example any of whose sequences exceeds max_length is dropped
-    (the scorer left such rows null, so this only happens with a smaller --max-length)."""
-    from mdpo_data.logprobs import encode, row_sequences
-
-    per_row = [row_sequences(row) for row in rows]
-    refs = [SEQUENCE_COLUMNS[name][0] for name in sequences]
-    inputs, kept = encode(processor, [r[c] for c in refs for r in per_row], max_length=max_length)
-    n, kept = len(rows), set(kept)
-    fits = [all(k * n + i in kept for k in range(len(refs))) for i in range(n)]
-    if not all(fits):
-        rows = [row for row, ok in zip(rows, fits) if ok]
-        per_row = [r for r, ok in zip(per_row, fits) if ok]
-        seqs = [r[c] for c in refs for r in per_row]
-        inputs, _ = encode(processor, seqs, max_length=max_length) if seqs else ({}, [])
+    Nothing is truncated: an example any of whose sequences (counted on its own, as the scorer
+    ran it) exceeds max_length is dropped (the scorer left such rows null, so this only happens
+    with a smaller --max-length)."""
+    n, packed = len(rows), pack_rows(rows, processor, sequences, share=share) if rows else None
+    if packed is not None and max_length is not None:
+        fits = [all(packed.lengths[k * n + i] <= max_length for k in range(len(sequences)))
+                for i in range(n)]
+        if not all(fits):
+            rows = [row for row, ok in zip(rows, fits) if ok]
+            packed = pack_rows(rows, processor, sequences, share=share) if rows else None
     reference = {
         name: torch.tensor([row[SEQUENCE_COLUMNS[name][0]] for row in rows], dtype=torch.float32)
         for name in sequences
     }
-    return Batch([row["example_id"] for row in rows], sequences, inputs, reference, n - len(rows))
+    return Batch([row["example_id"] for row in rows], sequences, packed, reference, n - len(rows))
 
 
 class Collate:
     """DataLoader collate_fn: encodes in the loader's worker processes when num_workers > 0."""
 
-    def __init__(self, processor, sequences: tuple[str, ...], max_length: int | None):
+    def __init__(self, processor, sequences: tuple[str, ...], max_length: int | None, *,
+                 share: bool = True):
         self.processor, self.sequences, self.max_length = processor, sequences, max_length
+        self.share = share
 
     def __call__(self, rows: list[dict[str, Any]]) -> Batch:
-        return make_batch(rows, self.processor, self.sequences, self.max_length)
+        return make_batch(rows, self.processor, self.sequences, self.max_length, share=self.share)
 
 
 # ------------------------------------------------------------------ the data position

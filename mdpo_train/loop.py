@@ -10,7 +10,8 @@ One trainer for every topology: accelerate decides CPU / one GPU / DDP / FSDP / 
 from the shards, and `verify.spot_check` makes sure they belong to the model being trained.
 
 Per example the policy runs the sequences its loss needs (MDPO: (m_w, y_w), (m_w, y_l),
-(m_l, y_w)) as ONE batch. A step is `global_batch_size` examples, split over processes and
+(m_l, y_w)) as ONE batch; (m_w, y_w) and (m_w, y_l) share one row, so m_w and the question
+are encoded once (mdpo_data.packing; exact, off with prefix_sharing: false). A step is `global_batch_size` examples, split over processes and
 micro-batches; each micro-batch loss is scaled so the gradient is the mean over the step.
 """
 
@@ -117,7 +118,9 @@ class MDPORecipe:
 
         from mdpo_data.models import load_model
         from mdpo_data.tiny import is_smoke_test_model
-        from mdpo_train.model import count_parameters, make_policy, trainable_parameters
+        from mdpo_train.model import (
+            count_parameters, make_policy, prefix_sharing_support, trainable_parameters,
+        )
         from mdpo_train.optim import make_optimizer, make_scheduler
 
         cfg, acc = self.cfg, self.accelerator
@@ -134,7 +137,12 @@ class MDPORecipe:
             trust_remote_code=cfg.trust_remote_code, revision=cfg.revision,
         )
         self.smoke_test = is_smoke_test_model(model)
-        self.collate = integrity.GuardedCollate(Collate(self.processor, self.sequences, self.max_length))
+        # y_w and y_l under m_w as one row with a block mask, where the architecture allows.
+        supported, why = prefix_sharing_support(model)
+        self.prefix_sharing = cfg.prefix_sharing and supported
+        self.sharing_note = why if cfg.prefix_sharing else "off (prefix_sharing: false)"
+        self.collate = integrity.GuardedCollate(
+            Collate(self.processor, self.sequences, self.max_length, share=self.prefix_sharing))
         # 4. Before training, policy == reference: recompute a few stored log-probs.
         with integrity.stored_data_errors("the spot-check rows"):
             self.spot_check = self._spot_check(model)
@@ -191,6 +199,8 @@ class MDPORecipe:
             f"{self.trainable:,} of {self.total_params:,} parameters "
             f"({100 * self.trainable / self.total_params:.2f}%); {self.dtype} on {acc.device}"
         )
+        state = "on" if self.prefix_sharing else "off, separate sequences"
+        acc.print(f"mdpo-train: prefix sharing {state}: {self.sharing_note}")
 
     # ------------------------------------------------------------------ data
     def _plan(self, epoch: int) -> list[list[int]]:
@@ -294,10 +304,10 @@ class MDPORecipe:
         return metrics
 
     def _forward(self, batch):
-        """Policy log-probs of the batch's sequences in one forward, then the loss."""
-        from mdpo_data.logprobs import response_logps
+        """Policy log-probs of the batch's sequences in one forward (packed rows), then the loss."""
+        from mdpo_data.logprobs import packed_logps
 
-        logps, _ = response_logps(self.model, batch.inputs)
+        logps, _ = packed_logps(self.model, batch.inputs)
         policy = dict(zip(batch.sequences, logps.view(len(batch.sequences), -1)))
         reference = {name: ref.to(logps.device) for name, ref in batch.reference.items()}
         return compute_loss(self.cfg.loss, policy, reference, self.loss_options), policy
@@ -385,6 +395,7 @@ class MDPORecipe:
             "trainable_parameters": self.trainable,
             "total_parameters": self.total_params,
             "spot_check": self.spot_check,
+            "prefix_sharing": self.prefix_sharing,
             "smoke_test": self.smoke_test,
             "last": self.last_record,
         }

@@ -73,7 +73,7 @@ def test_rows_with_null_or_infinite_reference_logps_are_dropped_and_counted(demo
 
 def test_batches_reproduce_the_stored_reference_logps(demo, tiny):
     """The trainer's batch + the shared log-prob function == what the scorer stored."""
-    from mdpo_data.logprobs import response_logps
+    from mdpo_data.logprobs import packed_logps
 
     model, processor = tiny
     files = sorted(p.name for p in demo.rglob("*"))
@@ -83,9 +83,9 @@ def test_batches_reproduce_the_stored_reference_logps(demo, tiny):
     assert sorted(p.name for p in demo.rglob("*")) == files  # nothing written into the data
     batch = make_batch(rows, processor, SEQUENCES, max_length=2048)
     assert batch.example_ids == [r["example_id"] for r in rows] and batch.too_long == 0
-    assert batch.inputs["input_ids"].shape[0] == 9  # 3 sequences x 3 examples, one forward
+    assert batch.inputs.rows == 6  # 3 examples x ((y_w, y_l) under m_w, y_w under m_l), one forward
     with one_thread(), torch.no_grad():
-        logps, _ = response_logps(model, batch.inputs)
+        logps, _ = packed_logps(model, batch.inputs)
     by_sequence = dict(zip(SEQUENCES, logps.view(3, -1)))
     for name, column in ((CHOSEN, schema.REF_CHOSEN), (REJECTED, schema.REF_REJECTED),
                          (CHOSEN_REJECTED_IMAGE, schema.REF_CHOSEN_REJECTED_IMAGE)):

@@ -28,7 +28,7 @@ def train_set_metrics(run: Path, data: Path) -> dict[str, float]:
     from peft import PeftModel
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from mdpo_data.logprobs import response_logps
+    from mdpo_data.logprobs import packed_logps
     from mdpo_data.tiny import tiny_model_path
     from mdpo_train.data import inspect_source, load_splits, make_batch
     from mdpo_train.losses import SEQUENCES, LossOptions, compute_loss
@@ -43,7 +43,7 @@ def train_set_metrics(run: Path, data: Path) -> dict[str, float]:
     with torch.no_grad():
         for start in range(0, len(rows), 8):
             batch = make_batch(rows[start : start + 8], processor, SEQUENCES, None)
-            logps, _ = response_logps(policy, batch.inputs)
+            logps, _ = packed_logps(policy, batch.inputs)
             logps = dict(zip(SEQUENCES, logps.view(3, -1)))
             out = compute_loss("mdpo", logps, batch.reference, LossOptions(beta=0.5))
             sums.add(example_metrics(out, logps))

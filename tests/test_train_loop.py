@@ -125,7 +125,7 @@ def test_outputs_adapter_merged_weights_metrics_plot_and_card(demo, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForImageTextToText
 
-    from mdpo_data.logprobs import response_logps
+    from mdpo_data.logprobs import packed_logps
     from mdpo_data.tiny import tiny_model_path
     from mdpo_train.data import make_batch
     from mdpo_train.losses import SEQUENCES
@@ -151,9 +151,9 @@ def test_outputs_adapter_merged_weights_metrics_plot_and_card(demo, tmp_path):
     batch = make_batch(rows, recipe.processor, SEQUENCES, None)
     base = AutoModelForImageTextToText.from_pretrained(tiny_model_path()).eval()
     with one_thread(), torch.no_grad():
-        reference, _ = response_logps(base, batch.inputs)
-        adapter, _ = response_logps(PeftModel.from_pretrained(base, out).eval(), batch.inputs)
-        merged, _ = response_logps(AutoModelForImageTextToText.from_pretrained(out / "merged").eval(), batch.inputs)
+        reference, _ = packed_logps(base, batch.inputs)
+        adapter, _ = packed_logps(PeftModel.from_pretrained(base, out).eval(), batch.inputs)
+        merged, _ = packed_logps(AutoModelForImageTextToText.from_pretrained(out / "merged").eval(), batch.inputs)
     assert torch.allclose(adapter, merged, atol=1e-3)
     assert not torch.allclose(adapter, reference, atol=1e-2)  # training moved the policy
 
