@@ -174,8 +174,10 @@ def _generation_span(processor, seq: Sequence, full: str) -> tuple[int, int] | N
     template = _template(processor)
     if not _GENERATION_TAG.search(template):
         return None
-    from transformers.utils.chat_template_utils import render_jinja_template
-
+    try:  # an internal helper of transformers' apply_chat_template (return_assistant_tokens_mask)
+        from transformers.utils.chat_template_utils import render_jinja_template
+    except ImportError:  # then the text after the generation prompt is searched instead
+        return None
     messages = _prompt_messages(seq) + schema.response_messages(seq.response)
     clean = [{**m, "content": [{k: v for k, v in b.items() if v is not None} for b in m["content"]]}
              for m in messages]  # as apply_chat_template normalizes (drops None values)

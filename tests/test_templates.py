@@ -99,3 +99,14 @@ def test_system_prompt_is_in_the_scored_sequence(family):
     batch, _ = encode(processor, [_example(VICUNA)])
     text = processor.tokenizer.decode(batch["input_ids"][0])
     assert "curious human" in text
+
+
+def test_generation_marks_bound_the_text_where_the_template_has_them(family):
+    name, _, processor, _ = family
+    seq = _example()
+    prompt, full = logprobs.render(processor, seq)
+    span = logprobs._generation_span(processor, seq, full)
+    if name in ("llava-1.5", "llava-v1.6-vicuna"):  # {% generation %}{{ text + ' ' }}{% endgeneration %}
+        assert full[span[0]:span[1]] == "The circle is red. "
+    else:
+        assert span is None
