@@ -441,32 +441,6 @@ def prefix_reuse_support(model) -> tuple[bool, str]:
     return True, f"{config.model_type}: 1-D positions, shared prefix packed with a 4-D mask"
 
 
-def _group_layout(rendered: list[_Rendered], groups: list[PrefixGroup]) -> list[tuple[int, int]]:
-    """Per group: (index of its first sequence, shared text-token prefix length of its sequences)."""
-    layout, start = [], 0
-    for g, group in enumerate(groups):
-        items = rendered[start : start + len(group.responses)]
-        shared = min(_common_prefix(items[0].text_ids, r.text_ids) for r in items)
-        shared = min([shared] + [len(r.text_ids) - r.n_response for r in items])
-        if shared < 1:
-            raise PrefixReuseError(f"group {g}: its responses share no prefix")
-        layout.append((start, shared))
-        start += len(group.responses)
-    return layout
-
-
-def _packed_mask(segments: torch.Tensor, valid: torch.Tensor, dtype) -> torch.Tensor:
-    """Additive [B, 1, T, T] mask: a token sees earlier tokens of the prefix (segment 0) and of
-    its own response segment, never another response's; padding sees only itself."""
-    T = segments.shape[1]
-    causal = torch.ones(T, T, dtype=torch.bool, device=segments.device).tril()
-    seg_q, seg_k = segments.unsqueeze(2), segments.unsqueeze(1)
-    allowed = causal & ((seg_k == 0) | (seg_k == seg_q)) & valid.unsqueeze(1) & valid.unsqueeze(2)
-    allowed |= torch.eye(T, dtype=torch.bool, device=segments.device)
-    mask = torch.zeros(allowed.shape, dtype=dtype, device=segments.device)
-    return mask.masked_fill(~allowed, torch.finfo(dtype).min).unsqueeze(1)
-
-
 def prefix_response_logps(
     model, processor, groups: list[PrefixGroup], *, max_length: int | None = None
 ) -> tuple[list[list[tuple[float, int]]], dict[str, int]]:
@@ -474,75 +448,27 @@ def prefix_response_logps(
 
     Returns ((log-prob, response tokens) per response per group, {"tokens": real tokens of
     all sequences, "slots": token positions run through the model, padding included}).
-
-    One forward, no KV cache: each group becomes one row, its shared prefix (image + question
-    + generation prompt, up to the longest common token prefix of its sequences) followed by
-    every sequence's remaining tokens, each with the positions it has in its own sequence and
-    a 4-D mask that hides the other responses (`_packed_mask`). Scorer-only (inference);
-    raises PrefixReuseError when a group cannot be packed (an image token after the shared
-    prefix) or a sequence is longer than max_length.
+    The scorer's view of the trainer's packed rows (`mdpo_data.packing`, `packed_logps`):
+    one forward, no KV cache, each group one row. Raises PrefixReuseError when a group cannot
+    share a row or a sequence is longer than max_length (the caller scores them plainly).
     """
-    seqs = [seq for group in groups for seq in group.sequences()]
-    rendered = _render_all(processor, seqs)
-    layout = _group_layout(rendered, groups)
-    heads = [rendered[first] for first, _ in layout]
-    batch = _process(processor, heads, [to_rgb(g.image) for g in groups if g.image is not None])
-    inputs = model_inputs(model, batch)
-    device = inputs["input_ids"].device
-    rows, scored = [], []  # per group: (ids, segments, positions, extra-2D-prefix-len); scored targets
-    lengths = batch["attention_mask"].sum(1).tolist()
-    image_token = getattr(processor, "image_token_id", None)
-    for g, ((first, shared), group) in enumerate(zip(layout, groups)):
-        head = rendered[first]
-        prefix_len = int(lengths[g]) - (len(head.text_ids) - shared)  # expanded prefix tokens
-        ids = inputs["input_ids"][g, :prefix_len].tolist()
-        segments, positions = [0] * prefix_len, list(range(prefix_len))
-        for k, item in enumerate(rendered[first : first + len(group.responses)]):
-            tail = item.text_ids[shared:]
-            if image_token is not None and image_token in tail:
-                raise PrefixReuseError(f"group {g}: an image token after the shared prefix")
-            if max_length is not None and prefix_len + len(tail) > max_length:
-                raise PrefixReuseError("a sequence is longer than max_length")
-            start = len(ids)
-            ids += tail
-            segments += [k + 1] * len(tail)
-            positions += range(prefix_len, prefix_len + len(tail))
-            # token j of the tail is predicted at the previous position of ITS sequence
-            for j in range(len(tail) - item.n_response, len(tail)):
-                scored.append((g, prefix_len - 1 if j == 0 else start + j - 1, ids[start + j]))
-        rows.append((ids, segments, positions, prefix_len))
-    width = max(len(r[0]) for r in rows)
-    pad_id = processor.tokenizer.pad_token_id or 0
-    ids_t = torch.full((len(rows), width), pad_id, dtype=torch.long, device=device)
-    seg_t = torch.full((len(rows), width), -1, dtype=torch.long, device=device)
-    pos_t = torch.zeros((len(rows), width), dtype=torch.long, device=device)
-    for g, (ids, segments, positions, _) in enumerate(rows):
-        ids_t[g, : len(ids)] = torch.tensor(ids, device=device)
-        seg_t[g, : len(ids)] = torch.tensor(segments, device=device)
-        pos_t[g, : len(ids)] = torch.tensor(positions, device=device)
-    for key, value in list(inputs.items()):  # other per-token inputs (e.g. token_type_ids): prefix only
-        if key not in ("input_ids", "attention_mask") and isinstance(value, torch.Tensor) \
-                and value.shape == batch["input_ids"].shape:
-            packed = torch.zeros((len(rows), width), dtype=value.dtype, device=device)
-            for g, (_, _, _, prefix_len) in enumerate(rows):
-                packed[g, :prefix_len] = value[g, :prefix_len]
-            inputs[key] = packed
-    inputs["input_ids"], inputs["position_ids"] = ids_t, pos_t
-    inputs["attention_mask"] = _packed_mask(seg_t, seg_t >= 0, _unwrap(model).dtype)
-    keep = width - min(r[3] for r in rows) + 1  # logits from the earliest last-prefix position on
-    logits = _forward_logits(model, inputs, keep)
-    g_idx = torch.tensor([s[0] for s in scored], device=device)
-    p_idx = torch.tensor([s[1] for s in scored], device=device) - (width - keep)
-    targets = torch.tensor([s[2] for s in scored], device=device)
-    per_token = token_logps(logits[g_idx, p_idx], targets)
-    owner = torch.tensor([i for i, r in enumerate(rendered) for _ in range(r.n_response)], device=device)
-    sums = torch.zeros(len(rendered), dtype=torch.float32, device=device).index_add(0, owner, per_token)
-    values = [(float(v), r.n_response) for v, r in zip(sums.tolist(), rendered)]
-    tokens = sum(int(lengths[g]) - len(rendered[first].text_ids) + len(r.text_ids)
-                 for g, ((first, _), group) in enumerate(zip(layout, groups))
-                 for r in rendered[first : first + len(group.responses)])
-    counts = {"tokens": tokens, "slots": ids_t.numel()}
-    return [values[first : first + len(g.responses)] for (first, _), g in zip(layout, groups)], counts
+    from mdpo_data.packing import PackingError, encode_groups
+
+    try:
+        packed = encode_groups(processor, groups, share=True)
+    except PackingError as error:
+        raise PrefixReuseError(str(error)) from None
+    if not packed.block or packed.split_groups:
+        raise PrefixReuseError(f"{packed.split_groups} group(s) cannot share one prefix")
+    if max_length is not None and max(packed.lengths) > max_length:
+        raise PrefixReuseError("a sequence is longer than max_length")
+    sums, counts = packed_logps(model, packed)
+    values = [(float(v), int(n)) for v, n in zip(sums.tolist(), counts.tolist())]
+    out, start = [], 0
+    for group in groups:
+        out.append(values[start : start + len(group.responses)])
+        start += len(group.responses)
+    return out, {"tokens": sum(packed.lengths), "slots": packed.segments.numel()}
 
 
 # --------------------------------------------------------------------------- packed rows

@@ -7,10 +7,12 @@ right after the prefix. So every response sees exactly the inputs of its own sep
 sequence and gets the same log-prob (tested to 1e-5 in fp32), while the image and question
 are encoded once. For MDPO, (m_w, q, y_w) and (m_w, q, y_l) share a row; (m_l, q, y_w) has its own.
 
-The prefix tokens are those of the processed first response's sequence (image placeholders
-expanded by the processor); the other responses' tokens are appended from the text-only
-tokenization, after checking that their sequences tokenize to the same prefix. A group whose
-sequences do not share it is split into one row per response (still exact).
+The prefix is the longest common token prefix of the group's sequences, as the processor
+expanded it in the first one (image placeholders included); each response's remaining tokens
+(unscored template tokens that merge differently with each response, then the scored
+response) are appended from the text-only tokenization. A group whose sequences share no
+prefix holding every image token is split into one row per response (still exact).
+The scorer (`logprobs.prefix_response_logps`) and the trainer both run these rows.
 
 With `share=False` every response gets its own row and the model gets the processor's plain
 2-D padding mask: the path for architectures that cannot take a 4-D mask or explicit 1-D
@@ -25,7 +27,7 @@ from typing import Any
 import torch
 
 from mdpo_data.images import to_rgb
-from mdpo_data.logprobs import PrefixGroup, _process, _render_all, _Rendered
+from mdpo_data.logprobs import PrefixGroup, _common_prefix, _process, _render_all, _Rendered
 
 # [R, T] processor outputs whose value on appended (text) response tokens is known to be 0.
 _TEXT_ZERO_KEYS = ("token_type_ids", "mm_token_type_ids")
@@ -60,12 +62,27 @@ class Packed:
         return int(self.segments.shape[0])
 
 
-def _members(rendered: list[_Rendered], share: bool) -> tuple[list[list[int]], int]:
-    """Indices (into `rendered` of one group) per row: one row when they share the prefix."""
-    heads = {tuple(r.text_ids[: -r.n_response]) for r in rendered}
-    if share and len(heads) == 1:
-        return [list(range(len(rendered)))], 0
-    return [[i] for i in range(len(rendered))], int(share and len(rendered) > 1)
+def _shared(rendered: list[_Rendered]) -> int:
+    """Text tokens all of a group's sequences share: their longest common token prefix, never
+    past any sequence's response. Tokens after it (e.g. a template's whitespace that merges
+    differently with each response) are appended per response, unscored."""
+    shared = min(len(r.text_ids) - r.n_response for r in rendered)
+    for r in rendered[1:]:
+        shared = min(shared, _common_prefix(rendered[0].text_ids, r.text_ids))
+    return shared
+
+
+def _members(rendered: list[_Rendered], share: bool,
+             image_token: int | None = None) -> tuple[list[list[int]], int]:
+    """Indices (into `rendered` of one group) per row: one row when they share a prefix that
+    holds every image token; else one row per response (`split` counts the group)."""
+    if share and len(rendered) > 1:
+        shared = _shared(rendered)
+        tails_ok = image_token is None or all(image_token not in r.text_ids[shared:] for r in rendered)
+        if shared >= 1 and tails_ok:
+            return [list(range(len(rendered)))], 0
+        return [[i] for i in range(len(rendered))], 1
+    return [[i] for i in range(len(rendered))], 0
 
 
 def encode_groups(processor, groups: list[PrefixGroup], *, share: bool = True,
@@ -79,7 +96,7 @@ def encode_groups(processor, groups: list[PrefixGroup], *, share: bool = True,
     split = 0
     for group, group_slots in zip(groups, slots):
         rendered = _render_all(processor, group.sequences())
-        members, was_split = _members(rendered, share)
+        members, was_split = _members(rendered, share, getattr(processor, "image_token_id", None))
         split += was_split
         rows += [([rendered[i] for i in m], [group_slots[i] for i in m], group.image) for m in members]
     heads = [members[0] for members, _, _ in rows]
@@ -105,23 +122,24 @@ def _layout(processed, rows, pad_id: int) -> Packed:
     tokens, segs, pos, score = [], [], [], ([], [], [], [])
     seq_lengths = {}
     for r, (members, member_slots, _) in enumerate(rows):
-        length, head = lengths[r], members[0]
-        prefix = length - head.n_response
-        if ids[r, prefix:length].tolist() != head.text_ids[-head.n_response :]:
+        head = members[0]
+        shared = _shared(members)
+        prefix = lengths[r] - (len(head.text_ids) - shared)  # processed (image-expanded) prefix
+        if ids[r, prefix : lengths[r]].tolist() != head.text_ids[shared:]:
             raise ValueError(f"row {r}: the processor tokenized the response differently from its "
                              "tokenizer; cannot locate the response tokens reliably for this model")
         row_tokens, row_segs, row_pos = ids[r, :prefix].tolist(), [0] * prefix, list(range(prefix))
         for k, (item, slot) in enumerate(zip(members, member_slots), start=1):
-            start, n = len(row_tokens), item.n_response
-            row_tokens += item.text_ids[-n:]
-            row_segs += [k] * n
-            row_pos += range(prefix, prefix + n)
-            for j in range(n):
+            start, tail = len(row_tokens), item.text_ids[shared:]
+            row_tokens += tail
+            row_segs += [k] * len(tail)
+            row_pos += range(prefix, prefix + len(tail))
+            for t in range(len(tail) - item.n_response, len(tail)):  # the scored tokens
                 score[0].append(r)
-                score[1].append(prefix - 1 if j == 0 else start + j - 1)
-                score[2].append(start + j)
+                score[1].append(prefix - 1 if t == 0 else start + t - 1)
+                score[2].append(start + t)
                 score[3].append(slot)
-            seq_lengths[slot] = prefix + n
+            seq_lengths[slot] = prefix + len(tail)
         tokens.append(row_tokens)
         segs.append(row_segs)
         pos.append(row_pos)

@@ -136,13 +136,20 @@ def test_block_mask_hides_the_other_response():
     assert not allowed.triu(1).any()  # causal
 
 
-def test_groups_whose_prefix_tokens_differ_are_split():
+def test_groups_share_their_longest_common_prefix_else_split():
     from mdpo_data.logprobs import _Rendered
+    from mdpo_data.packing import _shared
 
     same = [_Rendered("", True, [1, 2, 3], 1), _Rendered("", True, [1, 2, 4, 5], 2)]
-    other = [_Rendered("", True, [1, 2, 3], 1), _Rendered("", True, [1, 9, 4], 1)]
-    assert _members(same, True) == ([[0, 1]], 0)
-    assert _members(other, True) == ([[0], [1]], 1)
+    # the heads differ in their last token (a template space merged with each response):
+    # they share [1] and each appends its own unscored tail
+    merged = [_Rendered("", True, [1, 2, 3], 1), _Rendered("", True, [1, 9, 4], 1)]
+    disjoint = [_Rendered("", True, [5, 2, 3], 1), _Rendered("", True, [1, 9, 4], 1)]
+    image_after = [_Rendered("", True, [1, 7, 3], 1), _Rendered("", True, [1, 8, 4], 1)]
+    assert _members(same, True) == ([[0, 1]], 0) and _shared(same) == 2
+    assert _members(merged, True) == ([[0, 1]], 0) and _shared(merged) == 1
+    assert _members(disjoint, True) == ([[0], [1]], 1)
+    assert _members(image_after, True, image_token=7) == ([[0], [1]], 1)  # images stay in the prefix
     assert _members(same, False) == ([[0], [1]], 0)
 
 
