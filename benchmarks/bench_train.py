@@ -252,9 +252,10 @@ def main() -> None:
         for kind in KINDS:  # interleaved, so a noisy neighbour hits every trainer alike
             result = spawn(args, kind)
             seen = results.get(kind, {}).get("all_seconds", []) + [result["seconds"]]
+            cpu = results.get(kind, {}).get("all_cpu_seconds", []) + [result["cpu_seconds"]]
             if kind not in results or result["seconds"] < results[kind]["seconds"]:
                 results[kind] = result
-            results[kind]["all_seconds"] = seen
+            results[kind].update(all_seconds=seen, all_cpu_seconds=cpu, cpu_seconds=min(cpu))
     report(args, setup, results)
 
 
@@ -296,12 +297,14 @@ def report(args, setup: dict, results: dict) -> None:
     print(f"ours-dpo / trl-dpo: time {found['dpo/trl-dpo']['time']:.2f}x, memory "
           f"{found['dpo/trl-dpo']['memory']:.2f}x; ours-mdpo / ours-dpo: time "
           f"{found['mdpo/dpo']['time']:.2f}x, memory {found['mdpo/dpo']['memory']:.2f}x")
-    print("spread: slowest / fastest repeat - 1 (noise from other processes on the machine)")
+    print("s/epoch: fastest repeat's wall time; cpu s: least process CPU time of the repeats; "
+          "spread: slowest / fastest wall time - 1 (noise from other processes on the machine)")
     if args.json:
         per_kind = {kind: {"seconds_per_epoch": r["seconds"] / args.epochs,
                            "cpu_seconds_per_epoch": r["cpu_seconds"] / args.epochs, "peak_memory_bytes": r["peak"],
                            "memory_rise_bytes": r["peak"] - r["start"], "steps": r["steps"],
-                           "all_seconds_per_epoch": [s / args.epochs for s in r["all_seconds"]]}
+                           "all_seconds_per_epoch": [s / args.epochs for s in r["all_seconds"]],
+                           "all_cpu_seconds_per_epoch": [s / args.epochs for s in r["all_cpu_seconds"]]}
                     for kind, r in results.items()}
         Path(args.json).write_text(json.dumps({"args": vars(args), "setup": setup, "results": per_kind,
                                                "ratios": found, "memory_unit": unit},

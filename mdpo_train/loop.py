@@ -118,9 +118,7 @@ class MDPORecipe:
 
         from mdpo_data.models import load_model
         from mdpo_data.tiny import is_smoke_test_model
-        from mdpo_train.model import (
-            count_parameters, make_policy, prefix_sharing_support, trainable_parameters,
-        )
+        from mdpo_train.model import count_parameters, make_policy, trainable_parameters
         from mdpo_train.optim import make_optimizer, make_scheduler
 
         cfg, acc = self.cfg, self.accelerator
@@ -137,15 +135,15 @@ class MDPORecipe:
             trust_remote_code=cfg.trust_remote_code, revision=cfg.revision,
         )
         self.smoke_test = is_smoke_test_model(model)
-        # y_w and y_l under m_w as one row with a block mask, where the architecture allows.
-        supported, why = prefix_sharing_support(model)
-        self.prefix_sharing = cfg.prefix_sharing and supported
-        self.sharing_note = why if cfg.prefix_sharing else "off (prefix_sharing: false)"
-        self.collate = integrity.GuardedCollate(
-            Collate(self.processor, self.sequences, self.max_length, share=self.prefix_sharing))
         # 4. Before training, policy == reference: recompute a few stored log-probs.
         with integrity.stored_data_errors("the spot-check rows"):
             self.spot_check = self._spot_check(model)
+        # 4b. y_w and y_l under m_w as one row (block mask), where the model takes it and it
+        #     gives the separate sequences' log-probs on a few rows.
+        with integrity.stored_data_errors("the prefix-sharing check rows"):
+            self.prefix_sharing, self.sharing_note = self._prefix_sharing(model)
+        self.collate = integrity.GuardedCollate(
+            Collate(self.processor, self.sequences, self.max_length, share=self.prefix_sharing))
         # 5. The policy: LoRA on (or all of) the language model; vision tower/projector frozen.
         model = make_policy(model, cfg)
         self.trainable, self.total_params = count_parameters(model)
@@ -171,6 +169,21 @@ class MDPORecipe:
             (self.output_dir / CONFIG_FILE).write_text(config_text)
         acc.init_trackers("mdpo-train", config=_flat(cfg.to_dict()))
         self._describe()
+
+    def _prefix_sharing(self, model) -> tuple[bool, str]:
+        from mdpo_train.model import prefix_sharing_support, sharing_difference
+
+        if not self.cfg.prefix_sharing:
+            return False, "prefix_sharing: false"
+        supported, why = prefix_sharing_support(model)
+        rows = self.train_data.take(range(min(2, len(self.train_data))))
+        if not supported or not rows:
+            return supported, why
+        diff = sharing_difference(model, self.processor, rows, self.sequences)
+        atol = SPOT_CHECK_TOLERANCE[self.dtype][0]
+        if not diff <= atol:  # e.g. a model whose own mask is not plain causal (NaN: not either)
+            return False, f"{why}, but it moved log-probs by {diff:.3g} (> {atol}) on {len(rows)} rows"
+        return True, f"{why}; equal to separate sequences on {len(rows)} rows (max diff {diff:.1e})"
 
     def _spot_check(self, model) -> dict[str, Any] | None:
         n = min(self.cfg.spot_check_rows, len(self.train_data))

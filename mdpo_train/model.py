@@ -112,6 +112,17 @@ def prefix_sharing_support(model: torch.nn.Module) -> tuple[bool, str]:
     return True, f"{config.model_type}: 1-D positions, {attention} attention with a 4-D block mask"
 
 
+def sharing_difference(model: torch.nn.Module, processor, rows: list, sequences: tuple[str, ...]) -> float:
+    """Largest |log-prob difference| between shared and separate rows for `rows` (start-up check)."""
+    from mdpo_data.logprobs import packed_logps
+    from mdpo_train.data import pack_rows
+
+    with torch.inference_mode():
+        shared, _ = packed_logps(model, pack_rows(rows, processor, sequences, share=True))
+        separate, _ = packed_logps(model, pack_rows(rows, processor, sequences, share=False))
+    return float((shared - separate).abs().max())
+
+
 def trainable_parameters(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
     return {name: p for name, p in model.named_parameters() if p.requires_grad}
 

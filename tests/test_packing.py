@@ -176,6 +176,7 @@ def test_training_with_and_without_sharing_takes_the_same_steps(tmp_path, capsys
         losses[share] = [r["loss"] for r in read_jsonl(out / "metrics.jsonl") if r["split"] == "train"]
     log = capsys.readouterr().out
     assert "prefix sharing on: llava: 1-D positions" in log
-    assert "prefix sharing off, separate sequences: off (prefix_sharing: false)" in log
+    assert "prefix sharing off, separate sequences: prefix_sharing: false" in log
+    assert "equal to separate sequences on 2 rows" in log
     assert losses[True] == pytest.approx(losses[False], rel=1e-5)
     assert losses[True][0] == pytest.approx(3 * 0.693147, abs=1e-4)  # policy == reference at step 1
