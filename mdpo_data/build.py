@@ -29,7 +29,7 @@ from mdpo_data import schema
 from mdpo_data.folder import STATE_DIR, check_target, has_our_manifest, hold, owned_files
 from mdpo_data.manifest import MANIFEST_NAME, library_versions, manifest_path, write_manifest
 from mdpo_data.records import Candidate
-from mdpo_data.sampling import collect, sample, split_eval
+from mdpo_data.sampling import draw, split_eval
 from mdpo_data.seeds import example_seed
 from mdpo_data.shards import SHARD_RE, sha256_file, shard_name, write_bytes_atomic, write_shard
 from mdpo_data.worker import Task, make_example, worker_init
@@ -132,38 +132,34 @@ def plan(config: BuildConfig):
     from mdpo_data.sources import open_source
 
     strategy = parse_spec(config.rejected, model_input(config))
-    pool = collect(
-        open_source(
-            config.source,
-            path=config.source_path,
-            seed=config.seed,
-            pairing=config.pairing,
-            subset=config.subset,
-            id_prefix=config.id_prefix,
-            image_root=config.image_root,
-            columns=config.columns,
-            demo_size=config.demo_size,
-        )
+    items = open_source(
+        config.source,
+        path=config.source_path,
+        seed=config.seed,
+        pairing=config.pairing,
+        subset=config.subset,
+        id_prefix=config.id_prefix,
+        image_root=config.image_root,
+        columns=config.columns,
+        demo_size=config.demo_size,
     )
-    candidates = pool.candidates
-    if config.rejected_response and config.source == "demo":
-        # The demo then stands in for a gold-answer source: its own wrong answers are dropped.
-        candidates = [dataclasses.replace(c, rejected=None) for c in candidates]
-    missing = [c for c in candidates if c.rejected is None]
-    if missing and not config.rejected_response:
-        if len(missing) == len(candidates):
+    keep_missing = bool(config.rejected_response)
+    pool, sampled, missing = draw(items, config.n, config.seed, keep_missing)
+    if missing and not keep_missing:
+        if missing == pool.available:
             raise BuildError(
-                f"source {config.source!r} has no rejected responses ({len(missing)} gold-answer "
+                f"source {config.source!r} has no rejected responses ({missing} gold-answer "
                 "rows): pass --rejected-response weaken[:T] or inject to bootstrap them (BPO)."
             )
-        pool.skipped["missing_rejected_response"] += len(missing)
-        candidates = [c for c in candidates if c.rejected is not None]
-    if not candidates:
+        pool.skipped["missing_rejected_response"] += missing
+    if not sampled:
         raise BuildError(
             f"source {config.source!r} yielded no usable pairs ({pool.rows} source rows read; "
             f"skipped: {dict(pool.skipped) or 'none'})"
         )
-    sampled = sample(candidates, config.n, config.seed)
+    if config.rejected_response and config.source == "demo":
+        # The demo then stands in for a gold-answer source: its own wrong answers are dropped.
+        sampled = [dataclasses.replace(c, rejected=None) for c in sampled]
     if len(sampled) < config.n:
         warnings.warn(
             f"only {len(sampled)} pairs available from {config.source!r}, fewer than "
@@ -487,7 +483,7 @@ def _manifest(config: BuildConfig, key: str, command: str | None, strategy, resp
         "counts": {
             "read": pool.rows,
             "pairs": pool.pairs,
-            "candidates": len(pool.candidates),
+            "candidates": pool.available,
             "skipped": dict(sorted(skipped_all.items())),
             "skipped_by_stage": by_stage,
             "skip_examples": examples,
