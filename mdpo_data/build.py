@@ -71,14 +71,42 @@ class BuildConfig:
         """Hash of the config and of the libraries whose output bytes it fixes.
 
         Local paths enter as their portable form (see `public`): where the source lives is
-        not what it holds; the shards' markers fingerprint the rows themselves.
+        not what it holds; the shards' markers fingerprint the rows themselves. A pipeline
+        file (`albumentations:FILE`) enters by its content.
         """
-        versions = library_versions("pillow", "albumentations", "torch", "torchvision", "numpy")
-        payload = json.dumps(
-            {"config": self.public(), "format": schema.FORMAT_VERSION, "libs": versions},
-            sort_keys=True,
-        )
-        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+        payload = {
+            "config": self.public(),
+            "format": schema.FORMAT_VERSION,
+            "libs": library_versions(*self.libraries()),
+        }
+        pipeline = self.pipeline_file()
+        if pipeline:
+            from mdpo_data.augment import PipelineError, pipeline_sha256, read_pipeline
+
+            try:
+                payload["pipeline"] = pipeline_sha256(read_pipeline(pipeline)[0])
+            except PipelineError as error:
+                raise BuildError(f"--rejected {self.rejected}: {error}") from None
+        text = json.dumps(payload, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def libraries(self) -> tuple[str, ...]:
+        """The libraries a build with this config really calls to make its bytes: built-in
+        image strategies are PIL + numpy; a pipeline adds albumentations (and OpenCV); BPO
+        generation adds torch. Upgrading anything else keeps resume markers valid."""
+        names = ["pillow", "numpy"]
+        if self.pipeline_file():
+            from mdpo_data.augment import LIBRARIES
+
+            names += LIBRARIES
+        if self.rejected_response:
+            names.append("torch")
+        return tuple(names)
+
+    def pipeline_file(self) -> str | None:
+        """The FILE of `--rejected albumentations:FILE`, else None."""
+        name, _, arg = self.rejected.strip().partition(":")
+        return arg.strip() if name.strip().lower() == "albumentations" else None
 
     def public(self) -> dict[str, Any]:
         """The config as the manifest records it: absolute local paths cut to their name."""
@@ -477,6 +505,7 @@ def _manifest(config: BuildConfig, key: str, command: str | None, strategy, resp
             "resolved": strategy.resolved,
             "description": strategy.describe(),
             **_noise_record(strategy, image_stats),
+            **_pipeline_record(strategy),
         },
         "rejected_response": response_record,
         "system_prompt": system_record,
@@ -505,6 +534,13 @@ def _noise_record(strategy, stats: Counter) -> dict[str, Any]:
     values = stats.get("noise_values", 0)
     return {"model_input": strategy.space.to_json(),
             "clipped_share": round(stats.get("noise_clipped", 0) / values, 6) if values else None}
+
+
+def _pipeline_record(strategy) -> dict[str, Any]:
+    """`albumentations:FILE`: the pipeline's text as used, and its sha256."""
+    if not hasattr(strategy, "text"):
+        return {}
+    return {"pipeline": strategy.text, "pipeline_sha256": strategy.sha256}
 
 
 def _system_prompts(config: BuildConfig, splits: dict[str, list[Candidate]]):
