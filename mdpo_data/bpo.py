@@ -50,6 +50,7 @@ from mdpo_data.bpo_spec import (
     rejected_problem,
 )
 from mdpo_data.records import Candidate
+from mdpo_data.stage_state import bpo_cache_path
 
 __all__ = [
     "CACHE_VERSION", "DEFAULT_STEP", "GREEDY", "INJECT_PROMPT", "NOISE_STEPS", "PLAIN_SUFFIX",
@@ -103,7 +104,7 @@ def bootstrap_rejected(
             raise ValueError("rejected-response inject needs a text LLM (inject_model=...)")
     settings_key, record = _settings(strategy, name, model, inject_model, seed, dtype, device,
                                      max_new_tokens, revision)
-    cache = AnswerCache(Path(state_dir) / f"bpo-{strategy.kind}-{settings_key}.jsonl",
+    cache = AnswerCache(bpo_cache_path(state_dir, strategy.kind, settings_key),
                         {"strategy": strategy.resolved, "model": name, "settings": settings_key})
     done = cache.load()
     digests = {c.example_id: generator.input_digest(c) for c in candidates}

@@ -32,6 +32,7 @@ from mdpo_data.records import Candidate
 from mdpo_data.sampling import draw, split_eval
 from mdpo_data.seeds import example_seed
 from mdpo_data.shards import SHARD_RE, sha256_file, shard_name, write_bytes_atomic, write_shard
+from mdpo_data.stage_state import drop_markers, read_json, read_marker, write_marker
 from mdpo_data.worker import Task, make_example, worker_init
 
 WRITE_BATCH = 64  # rows per Arrow record batch: bounds memory while a shard is written
@@ -208,18 +209,6 @@ def plan(config: BuildConfig):
 # ---------------------------------------------------------------------------------------------
 
 
-def _marker_path(directory: Path, name: str) -> Path:
-    return directory / STATE_DIR / f"{name}.json"
-
-
-def read_json(path: Path) -> Any:
-    """A state file's JSON, or None when it is missing, torn or not JSON (never raises)."""
-    try:
-        return json.loads(path.read_bytes())
-    except (OSError, ValueError, RecursionError):
-        return None
-
-
 def _image_identity(ref) -> list[Any]:
     """What identifies an image's content without reading it: kind, name, and for a local file
     (or the archive holding it) its size and mtime."""
@@ -255,8 +244,8 @@ def rows_fingerprint(tasks: list[Task]) -> str:
 def _finished(directory: Path, name: str, key: str, rows_key: str) -> dict | None:
     """The marker of a shard a previous run completed from these rows with this config, if
     its bytes check out. A torn or foreign marker counts as no marker (the shard is re-made)."""
-    marker = read_json(_marker_path(directory, name))
-    if not (directory / name).is_file() or not isinstance(marker, dict):
+    marker = read_marker(directory, "build", name)
+    if not (directory / name).is_file() or marker is None:
         return None
     if marker.get("config_key") != key or marker.get("rows_key") != rows_key:
         return None
@@ -265,10 +254,8 @@ def _finished(directory: Path, name: str, key: str, rows_key: str) -> dict | Non
     current = sha256_file(directory / name)
     if current != marker.get("sha256"):
         # The score stage rewrites finished shards in place; its marker vouches for them.
-        from mdpo_data.score import marker_path
-
-        scored = read_json(marker_path(directory, directory / name))
-        if not isinstance(scored, dict) or scored.get("sha256") != current:
+        scored = read_marker(directory, "score", name)
+        if scored is None or scored.get("sha256") != current:
             return None
     return {**marker, "sha256": current}
 
@@ -317,13 +304,10 @@ def _prepare_out(directory: Path, key: str, overwrite: bool) -> None:
 def _drop_stale(directory: Path, keep: set[str]) -> None:
     """Remove our shards (and their markers) that this build no longer lists, e.g. after the
     source changed the shard count."""
-    from mdpo_data.score import marker_path
-
     for path in owned_files(directory, read_json(manifest_path(directory))):
         if path.name not in keep:
             path.unlink(missing_ok=True)
-            _marker_path(directory, path.name).unlink(missing_ok=True)
-            marker_path(directory, path).unlink(missing_ok=True)
+            drop_markers(directory, path.name)
 
 
 def _results(tasks: list[Task], workers: int, pool) -> Iterator[tuple[str, Any]]:
@@ -463,7 +447,7 @@ def _write_shards(config: BuildConfig, directory: Path, key: str, splits, partne
                     }
                     if stats:
                         done["image_stats"] = dict(sorted(stats.items()))
-                    write_bytes_atomic(_marker_path(directory, name), json.dumps(done).encode())
+                    write_marker(directory, "build", name, done)
                     result.shards_written += 1
                     if after_shard:
                         after_shard(name)

@@ -25,7 +25,6 @@ i % world_size == r, and rank 0 writes the manifest after a barrier.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -34,18 +33,17 @@ from typing import Any
 
 import pyarrow as pa
 
-from mdpo_data import schema
+from mdpo_data import schema, stage_state
 from mdpo_data.folder import hold
 from mdpo_data.logprobs import RESPONSE_RULE, TRUNCATION_RULE
 from mdpo_data.manifest import dumps, read_manifest, write_manifest
 from mdpo_data.models import fingerprint, load_model
 from mdpo_data.scorer import Scorer, ScoreError, auto_batch_size, score_table
-from mdpo_data.shards import read_shard, sha256_file, write_bytes_atomic, write_shard
+from mdpo_data.shards import read_shard, sha256_file, write_shard
 
 __all__ = ["Scorer", "ScoreError", "auto_batch_size", "marker_path", "score_build", "score_table",
            "unscored_rows"]  # the engine lives in mdpo_data.scorer; re-exported for callers
 
-STATE_DIR = ".state"
 SKIP_RULE = (
     "rows with any sequence longer than max_length keep null reference columns and are counted "
     "in skipped.too_long; the trainer drops rows whose reference columns are null"
@@ -72,16 +70,11 @@ class _Totals:
 
 
 def marker_path(directory: Path, shard: Path) -> Path:
-    return directory / STATE_DIR / f"score-{shard.name}.json"
+    return stage_state.marker_path(directory, "score", shard.name)
 
 
 def _read_marker(directory: Path, shard: Path) -> dict[str, Any] | None:
-    path = marker_path(directory, shard)
-    try:
-        marker = json.loads(path.read_bytes())
-    except (OSError, ValueError, RecursionError):
-        return None
-    return marker if isinstance(marker, dict) else None
+    return stage_state.read_marker(directory, "score", shard.name)
 
 
 def _marker_done(marker: dict | None, shard: Path, key: str, no_image: bool) -> bool:
@@ -157,7 +150,7 @@ def _score_shard(directory: Path, job: _Job, scorer: Scorer, key: str, no_image:
         "skipped": {"too_long": too_long},
         "method": scorer.method,
     }
-    write_bytes_atomic(marker_path(directory, job.path), (json.dumps(marker, indent=2) + "\n").encode())
+    stage_state.write_marker(directory, "score", job.path.name, marker)
     return marker
 
 
