@@ -169,7 +169,8 @@ def _jsonl_records(file: Path, name: str):
     with open(file, "rb") as handle:
         index, lineno, offset = 0, 0, 0
         for raw in handle:
-            pieces = _LONE_CR.split(raw) if b"\r" in raw[:-2] else (raw,)
+            lone_cr = raw.find(b"\r", 0, max(len(raw) - 2, 0)) >= 0  # no slice: lines are long
+            pieces = _LONE_CR.split(raw) if lone_cr else (raw,)
             for piece in pieces:
                 lineno += 1
                 span, offset = (offset, len(piece)), offset + len(piece)
