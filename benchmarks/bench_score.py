@@ -28,7 +28,7 @@ from PIL import Image
 
 from mdpo_data.logprobs import PrefixGroup, Sequence, encode
 from mdpo_data.models import load_model
-from mdpo_data.score import Scorer
+from mdpo_data.scorer import Scorer
 from mdpo_data.tiny import build_tiny_llava
 
 WORDS = ("the a red blue green circle square triangle star is there are two three large small "

@@ -29,9 +29,10 @@ from mdpo_data import schema
 from mdpo_data.folder import STATE_DIR, check_target, has_our_manifest, hold, owned_files
 from mdpo_data.manifest import MANIFEST_NAME, library_versions, manifest_path, write_manifest
 from mdpo_data.records import Candidate
-from mdpo_data.sampling import collect, sample, split_eval
+from mdpo_data.sampling import draw, split_eval
 from mdpo_data.seeds import example_seed
 from mdpo_data.shards import SHARD_RE, sha256_file, shard_name, write_bytes_atomic, write_shard
+from mdpo_data.stage_state import drop_markers, read_json, read_marker, write_marker
 from mdpo_data.worker import Task, make_example, worker_init
 
 WRITE_BATCH = 64  # rows per Arrow record batch: bounds memory while a shard is written
@@ -71,14 +72,42 @@ class BuildConfig:
         """Hash of the config and of the libraries whose output bytes it fixes.
 
         Local paths enter as their portable form (see `public`): where the source lives is
-        not what it holds; the shards' markers fingerprint the rows themselves.
+        not what it holds; the shards' markers fingerprint the rows themselves. A pipeline
+        file (`albumentations:FILE`) enters by its content.
         """
-        versions = library_versions("pillow", "albumentations", "torch", "torchvision", "numpy")
-        payload = json.dumps(
-            {"config": self.public(), "format": schema.FORMAT_VERSION, "libs": versions},
-            sort_keys=True,
-        )
-        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+        payload = {
+            "config": self.public(),
+            "format": schema.FORMAT_VERSION,
+            "libs": library_versions(*self.libraries()),
+        }
+        pipeline = self.pipeline_file()
+        if pipeline:
+            from mdpo_data.augment import PipelineError, pipeline_sha256, read_pipeline
+
+            try:
+                payload["pipeline"] = pipeline_sha256(read_pipeline(pipeline)[0])
+            except PipelineError as error:
+                raise BuildError(f"--rejected {self.rejected}: {error}") from None
+        text = json.dumps(payload, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def libraries(self) -> tuple[str, ...]:
+        """The libraries a build with this config really calls to make its bytes: built-in
+        image strategies are PIL + numpy; a pipeline adds albumentations (and OpenCV); BPO
+        generation adds torch. Upgrading anything else keeps resume markers valid."""
+        names = ["pillow", "numpy"]
+        if self.pipeline_file():
+            from mdpo_data.augment import LIBRARIES
+
+            names += LIBRARIES
+        if self.rejected_response:
+            names.append("torch")
+        return tuple(names)
+
+    def pipeline_file(self) -> str | None:
+        """The FILE of `--rejected albumentations:FILE`, else None."""
+        name, _, arg = self.rejected.strip().partition(":")
+        return arg.strip() if name.strip().lower() == "albumentations" else None
 
     def public(self) -> dict[str, Any]:
         """The config as the manifest records it: absolute local paths cut to their name."""
@@ -132,38 +161,34 @@ def plan(config: BuildConfig):
     from mdpo_data.sources import open_source
 
     strategy = parse_spec(config.rejected, model_input(config))
-    pool = collect(
-        open_source(
-            config.source,
-            path=config.source_path,
-            seed=config.seed,
-            pairing=config.pairing,
-            subset=config.subset,
-            id_prefix=config.id_prefix,
-            image_root=config.image_root,
-            columns=config.columns,
-            demo_size=config.demo_size,
-        )
+    items = open_source(
+        config.source,
+        path=config.source_path,
+        seed=config.seed,
+        pairing=config.pairing,
+        subset=config.subset,
+        id_prefix=config.id_prefix,
+        image_root=config.image_root,
+        columns=config.columns,
+        demo_size=config.demo_size,
     )
-    candidates = pool.candidates
-    if config.rejected_response and config.source == "demo":
-        # The demo then stands in for a gold-answer source: its own wrong answers are dropped.
-        candidates = [dataclasses.replace(c, rejected=None) for c in candidates]
-    missing = [c for c in candidates if c.rejected is None]
-    if missing and not config.rejected_response:
-        if len(missing) == len(candidates):
+    keep_missing = bool(config.rejected_response)
+    pool, sampled, missing = draw(items, config.n, config.seed, keep_missing)
+    if missing and not keep_missing:
+        if missing == pool.available:
             raise BuildError(
-                f"source {config.source!r} has no rejected responses ({len(missing)} gold-answer "
+                f"source {config.source!r} has no rejected responses ({missing} gold-answer "
                 "rows): pass --rejected-response weaken[:T] or inject to bootstrap them (BPO)."
             )
-        pool.skipped["missing_rejected_response"] += len(missing)
-        candidates = [c for c in candidates if c.rejected is not None]
-    if not candidates:
+        pool.skipped["missing_rejected_response"] += missing
+    if not sampled:
         raise BuildError(
             f"source {config.source!r} yielded no usable pairs ({pool.rows} source rows read; "
             f"skipped: {dict(pool.skipped) or 'none'})"
         )
-    sampled = sample(candidates, config.n, config.seed)
+    if config.rejected_response and config.source == "demo":
+        # The demo then stands in for a gold-answer source: its own wrong answers are dropped.
+        sampled = [dataclasses.replace(c, rejected=None) for c in sampled]
     if len(sampled) < config.n:
         warnings.warn(
             f"only {len(sampled)} pairs available from {config.source!r}, fewer than "
@@ -182,18 +207,6 @@ def plan(config: BuildConfig):
 # ---------------------------------------------------------------------------------------------
 # Shards
 # ---------------------------------------------------------------------------------------------
-
-
-def _marker_path(directory: Path, name: str) -> Path:
-    return directory / STATE_DIR / f"{name}.json"
-
-
-def read_json(path: Path) -> Any:
-    """A state file's JSON, or None when it is missing, torn or not JSON (never raises)."""
-    try:
-        return json.loads(path.read_bytes())
-    except (OSError, ValueError, RecursionError):
-        return None
 
 
 def _image_identity(ref) -> list[Any]:
@@ -231,8 +244,8 @@ def rows_fingerprint(tasks: list[Task]) -> str:
 def _finished(directory: Path, name: str, key: str, rows_key: str) -> dict | None:
     """The marker of a shard a previous run completed from these rows with this config, if
     its bytes check out. A torn or foreign marker counts as no marker (the shard is re-made)."""
-    marker = read_json(_marker_path(directory, name))
-    if not (directory / name).is_file() or not isinstance(marker, dict):
+    marker = read_marker(directory, "build", name)
+    if not (directory / name).is_file() or marker is None:
         return None
     if marker.get("config_key") != key or marker.get("rows_key") != rows_key:
         return None
@@ -241,10 +254,8 @@ def _finished(directory: Path, name: str, key: str, rows_key: str) -> dict | Non
     current = sha256_file(directory / name)
     if current != marker.get("sha256"):
         # The score stage rewrites finished shards in place; its marker vouches for them.
-        from mdpo_data.score import marker_path
-
-        scored = read_json(marker_path(directory, directory / name))
-        if not isinstance(scored, dict) or scored.get("sha256") != current:
+        scored = read_marker(directory, "score", name)
+        if scored is None or scored.get("sha256") != current:
             return None
     return {**marker, "sha256": current}
 
@@ -293,13 +304,10 @@ def _prepare_out(directory: Path, key: str, overwrite: bool) -> None:
 def _drop_stale(directory: Path, keep: set[str]) -> None:
     """Remove our shards (and their markers) that this build no longer lists, e.g. after the
     source changed the shard count."""
-    from mdpo_data.score import marker_path
-
     for path in owned_files(directory, read_json(manifest_path(directory))):
         if path.name not in keep:
             path.unlink(missing_ok=True)
-            _marker_path(directory, path.name).unlink(missing_ok=True)
-            marker_path(directory, path).unlink(missing_ok=True)
+            drop_markers(directory, path.name)
 
 
 def _results(tasks: list[Task], workers: int, pool) -> Iterator[tuple[str, Any]]:
@@ -439,7 +447,7 @@ def _write_shards(config: BuildConfig, directory: Path, key: str, splits, partne
                     }
                     if stats:
                         done["image_stats"] = dict(sorted(stats.items()))
-                    write_bytes_atomic(_marker_path(directory, name), json.dumps(done).encode())
+                    write_marker(directory, "build", name, done)
                     result.shards_written += 1
                     if after_shard:
                         after_shard(name)
@@ -481,13 +489,14 @@ def _manifest(config: BuildConfig, key: str, command: str | None, strategy, resp
             "resolved": strategy.resolved,
             "description": strategy.describe(),
             **_noise_record(strategy, image_stats),
+            **_pipeline_record(strategy),
         },
         "rejected_response": response_record,
         "system_prompt": system_record,
         "counts": {
             "read": pool.rows,
             "pairs": pool.pairs,
-            "candidates": len(pool.candidates),
+            "candidates": pool.available,
             "skipped": dict(sorted(skipped_all.items())),
             "skipped_by_stage": by_stage,
             "skip_examples": examples,
@@ -509,6 +518,13 @@ def _noise_record(strategy, stats: Counter) -> dict[str, Any]:
     values = stats.get("noise_values", 0)
     return {"model_input": strategy.space.to_json(),
             "clipped_share": round(stats.get("noise_clipped", 0) / values, 6) if values else None}
+
+
+def _pipeline_record(strategy) -> dict[str, Any]:
+    """`albumentations:FILE`: the pipeline's text as used, and its sha256."""
+    if not hasattr(strategy, "text"):
+        return {}
+    return {"pipeline": strategy.text, "pipeline_sha256": strategy.sha256}
 
 
 def _system_prompts(config: BuildConfig, splits: dict[str, list[Candidate]]):

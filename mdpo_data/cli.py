@@ -137,7 +137,7 @@ def main() -> None:
 @click.option("--source-path", help="Local file/folder of the source (default: its Hub id).")
 @click.option("--image-root", help="Folder that relative image paths resolve under (never escaped).")
 @click.option("--n", type=int, help="Pairs to sample [1000].")
-@click.option("--rejected", help="Rejected image m_l: crop:LO-HI | swap | moco | noise:T [crop:0-0.2].")
+@click.option("--rejected", help="Rejected image m_l: crop:LO-HI | swap | moco | noise:T | albumentations:PIPELINE.yaml [crop:0-0.2].")
 @click.option("--rejected-response", help="Bootstrap missing rejected answers (BPO): weaken[:T] | inject.")
 @click.option("--rejected-response-model", help="Model that generates weakened answers [--ref-model].")
 @click.option("--inject-model", help="Text LLM for --rejected-response inject.")

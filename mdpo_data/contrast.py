@@ -14,9 +14,11 @@ Strategies (paper Table 3):
   noise:T     BPO forward diffusion noise at step T of 1000 (1-based), added as BPO adds it:
               at the model's input resolution, in its normalized input space (`ModelInput`;
               LLaVA-1.5's 336 px CLIP input when no model is given), stored as lossless PNG
+  albumentations:FILE  a user's albumentations pipeline (YAML/JSON from A.save), seeded per
+              example; see mdpo_data/augment.py (the only module that imports it)
 
-Everything runs on PIL + numpy with `numpy.random.Generator(PCG64(seed))`: no global RNG is
-read or changed, and workers never import torch for image work.
+The built-ins run on PIL + numpy with `numpy.random.Generator(PCG64(seed))`: no global RNG is
+read or changed, and workers never import torch for them (albumentations does).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import math
 import re
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -33,7 +36,8 @@ from PIL import Image, ImageEnhance, ImageFilter
 from mdpo_data.records import BadRow
 
 VALID_FORMS = (
-    "crop:LO-HI (area fractions, e.g. crop:0-0.2), swap, moco, noise:T (1-1000, e.g. noise:900)"
+    "crop:LO-HI (area fractions, e.g. crop:0-0.2), swap, moco, noise:T (1-1000, e.g. noise:900), "
+    "albumentations:PIPELINE.yaml|.json (saved by A.save)"
 )
 CROP_MIN_AREA = 0.01  # what LO=0 means: the released mDPO code's smallest crop area
 CROP_RATIO = (3 / 4, 4 / 3)  # width / height range of the crop, as torchvision's default
@@ -245,6 +249,47 @@ class Noise(Strategy):
         return out, {"noise_clipped": clipped, "noise_values": out.width * out.height * 3}
 
 
+@dataclass(frozen=True)
+class Albumentations(Strategy):
+    """A user's pipeline; `text` is the file as read once, so every worker runs the same one."""
+
+    path: str = ""
+    text: str = ""
+    data_format: str = "yaml"
+
+    @property
+    def sha256(self) -> str:
+        from mdpo_data.augment import pipeline_sha256
+
+        return pipeline_sha256(self.text)
+
+    def describe(self) -> str:
+        return (
+            f"albumentations pipeline {Path(self.path).name} (sha256 {self.sha256[:16]}), "
+            "random state set from each example's seed"
+        )
+
+    def apply(self, image: Image.Image, seed: int) -> Image.Image:
+        from mdpo_data.augment import apply_pipeline
+
+        return apply_pipeline(self.text, self.data_format, image, seed)
+
+    @classmethod
+    def parse(cls, spec: str, path: str) -> Albumentations:
+        """Read and load the pipeline now, so a bad file fails before any work."""
+        from mdpo_data.augment import PipelineError, load_pipeline, pipeline_sha256, read_pipeline
+
+        if not path:
+            raise SpecError(spec, "albumentations needs a pipeline file: albumentations:FILE.yaml")
+        try:
+            text, data_format = read_pipeline(path)
+            load_pipeline(text, data_format)
+        except PipelineError as error:
+            raise SpecError(spec, str(error)) from None
+        resolved = f"albumentations:{pipeline_sha256(text)[:16]}"
+        return cls(spec, resolved, path, text, data_format)
+
+
 def parse_spec(spec: str, model_input: ModelInput | None = None) -> Strategy:
     """Parse a strategy spec; bare `crop` and `noise` mean the paper's crop:0-0.2 and noise:900.
 
@@ -262,6 +307,8 @@ def parse_spec(spec: str, model_input: ModelInput | None = None) -> Strategy:
     if name == "noise":
         t = _parse_step(spec, arg) if sep else 900
         return Noise(spec, f"noise:{t}", t, model_input)
+    if name == "albumentations":
+        return Albumentations.parse(spec, arg)
     if name in ("swap", "moco"):
         if sep:
             raise SpecError(spec, f"{name} takes no argument")

@@ -5,7 +5,8 @@ Layout (typed below; `load_manifest` is the ONE loader every reader goes through
     command          the command line that built it (no output path, no absolute paths)
     config           the resolved build config (types of BuildConfig)
     config_key       hash of the config: resume markers must carry the same one
-    rejected_image   {"spec", "resolved", "description"} (+ "model_input", "clipped_share": noise)
+    rejected_image   {"spec", "resolved", "description"} (+ "model_input", "clipped_share": noise;
+                     + "pipeline", "pipeline_sha256": albumentations)
     system_prompt    {"spec", "model_family", "rows_by_origin", ...} (mdpo_data.system_prompts)
     counts           {"read" (source file rows), "pairs" (pairs the source formed),
                       "candidates" (unique pairs), "skipped": {reason: n}, "requested",
@@ -62,6 +63,8 @@ class RejectedImage:
     description: str | None = None
     model_input: str | None = None  # `noise`: the model input space it was added in (JSON)
     clipped_share: float | None = None  # `noise`: share of values clipped to 0-255
+    pipeline: str | None = None  # `albumentations:FILE`: the pipeline file's text
+    pipeline_sha256: str | None = None
 
 
 @dataclass(frozen=True)

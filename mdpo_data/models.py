@@ -95,6 +95,35 @@ def load_model(
     return model.to(device).eval(), processor
 
 
+def load_text_model(
+    name: str,
+    *,
+    dtype: str = "auto",
+    device: str = "auto",
+    trust_remote_code: bool = False,
+    revision: str | None = None,
+):
+    """(text LLM in eval mode on `device`, tokenizer with a pad token) via AutoModelForCausalLM:
+    BPO's `inject` rewriter. Same device/dtype rules and error style as `load_model`."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = resolve_device(device)
+    options = {"trust_remote_code": trust_remote_code, "revision": revision}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, **options)
+        model = AutoModelForCausalLM.from_pretrained(
+            name, dtype=getattr(torch, resolve_dtype(dtype, device)), **options)
+    except (OSError, ValueError, KeyError) as error:
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ModelLoadError(
+            f"cannot load inject model {name!r} as a text LLM with AutoModelForCausalLM ({first})"
+        ) from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model.to(device).eval(), tokenizer
+
+
 def _load_hint(given: str, path: str, trust_remote_code: bool, error: Exception) -> str:
     local = Path(path)
     if local.exists() and not (local / "config.json").is_file():
@@ -162,6 +191,11 @@ def processor_sha256(processor) -> str:
     return _sha256_text(blob)
 
 
+def chat_template_sha256(processor) -> str:
+    """Hash of the processor's chat template ("" when it has none): scorer and trainer compare it."""
+    return _sha256_text(getattr(processor, "chat_template", None) or "")
+
+
 def _key(parts: dict[str, Any]) -> str:
     return _sha256_text(json.dumps(parts, sort_keys=True))[:32]
 
@@ -188,11 +222,10 @@ def fingerprint(
     but not keyed (a patch release moves values by rounding, not meaning). The model id as
     given is recorded, not keyed, so a moved folder still matches its weights.
     """
-    template = getattr(processor, "chat_template", None) or ""
     identity = {
         **weights_identity(model_id_or_path, revision),
         "processor_sha256": processor_sha256(processor),
-        "chat_template_sha256": _sha256_text(template),
+        "chat_template_sha256": chat_template_sha256(processor),
     }
     settings = {"dtype": dtype, "max_length": max_length, "truncation_rule": truncation_rule}
     if response_rule is not None:

@@ -3,14 +3,23 @@
 Sampling orders candidates by sha256(seed, example id) and keeps the first n. The order
 depends on nothing but the seed and the ids: not on library versions, not on RNG streams,
 not on the order rows arrive in; adding rows to a source never reshuffles the others.
+
+`draw` does collect + sample in one pass for a build's plan. A source stream may offer
+`refs()` (each pair as a `Ref`: id, row, dedup bucket) and `materialize(refs)`: the plan then
+keeps ids, not texts, and only the sampled rows are read again (an 80K-row VLFeedback file
+plans in about the time `json.loads` takes, in a bounded memory; see benchmarks/bench_plan.py).
 """
 
 from __future__ import annotations
 
+import bisect
+import gc
 import hashlib
+import heapq
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 from mdpo_data.records import Candidate, Skip
 
@@ -25,6 +34,19 @@ class Pool:
     pairs: int = 0  # pairs the source formed, duplicates included
     skipped: Counter = field(default_factory=Counter)
     skip_examples: dict[str, str] = field(default_factory=dict)  # first "where: detail" per reason
+    available: int = 0  # unique candidates (`draw` keeps only the sampled ones)
+
+
+class Ref(NamedTuple):
+    """A candidate known by id only; its source re-reads the row if it is sampled.
+
+    `bucket` is equal for pairs with equal `Candidate.dedup_key` (a hash: equal buckets are
+    checked on the full candidates). Sources that yield Refs always have rejected responses.
+    """
+
+    example_id: str
+    row: int
+    bucket: int
 
 
 def collect(items: Iterable[Candidate | Skip]) -> Pool:
@@ -80,3 +102,88 @@ def split_eval(sampled: list[Candidate], eval_fraction: float) -> dict[str, list
     if k:
         splits["eval"] = sampled[:k]
     return splits
+
+
+def draw(
+    items: Iterable[Any], n: int, seed: int, keep_missing: bool = True
+) -> tuple[Pool, list[Candidate], int]:
+    """`sample(collect(items).candidates, n, seed)` in one pass -> (pool, sampled, missing).
+
+    `missing` counts unique candidates without a rejected response; they are sampled only
+    when `keep_missing`. Memory holds ids and hashes, not texts, for sources with `refs()`.
+    """
+    gc_was_on = gc.isenabled()
+    gc.disable()  # ~1M small long-lived objects, no cycles: full collections rescan them all
+    try:
+        pool, ranked, collided, missing = _scan(items, n, seed, keep_missing)
+    finally:
+        if gc_was_on:
+            gc.enable()
+    duplicates = _duplicates(items, collided)
+    pool.available = pool.pairs - len(duplicates)
+    if duplicates:
+        pool.skipped["duplicate_pair"] += len(duplicates)
+        pool.skip_examples.setdefault("duplicate_pair", duplicates[0].example_id)
+    dropped = set(map(id, duplicates))
+    for group in collided.values():  # the later items of a bucket that are not duplicates
+        ranked.extend((order_key(seed, i.example_id), p, i) for p, i in group[1:] if id(i) not in dropped)
+    chosen = [item for _, _, item in heapq.nsmallest(n, ranked)]
+    return pool, _full(items, chosen), missing
+
+
+def _scan(items: Any, n: int, seed: int, keep_missing: bool) -> tuple[Pool, list, dict, int]:
+    """Count; keep the n first-ranked items (a bucket's first item is never a duplicate);
+    set aside the later items of buckets seen before, for `_duplicates` to check."""
+    refs = getattr(items, "refs", None)
+    pool, ranked, seen, collided = Pool(), [], {}, {}
+    rows: set[int] = set()
+    missing = unnumbered = 0
+    prefix = f"sample\x00{seed}\x00"  # order_key's, hoisted out of the loop
+    for position, item in enumerate(refs() if refs else items):
+        if item.row is None:
+            unnumbered += 1
+        else:
+            rows.add(item.row)
+        if isinstance(item, Skip):
+            pool.skipped[item.reason] += 1
+            if item.reason not in pool.skip_examples:
+                pool.skip_examples[item.reason] = f"{item.where}: {item.detail}".rstrip(": ")
+            continue
+        pool.pairs += 1
+        bucket = item.bucket if type(item) is Ref else item.dedup_key
+        if bucket in seen:
+            collided.setdefault(bucket, [(None, seen[bucket])]).append((position, item))
+            continue
+        seen[bucket] = item
+        if type(item) is not Ref and item.rejected is None:
+            missing += 1
+            if not keep_missing:
+                continue
+        key = hashlib.sha256((prefix + item.example_id).encode()).digest()
+        if len(ranked) < n or key < ranked[-1][0]:
+            bisect.insort(ranked, (key, position, item))
+            if len(ranked) > n:
+                ranked.pop()
+    pool.read = pool.pairs + sum(pool.skipped.values())
+    pool.rows = len(rows) + unnumbered
+    return pool, ranked, collided, missing
+
+
+def _duplicates(items: Any, collided: dict) -> list:
+    """The items of colliding buckets whose full dedup key an earlier item had (stream order;
+    a bucket's first item is never one)."""
+    seen, duplicates = set(), []
+    for group in collided.values():
+        full = _full(items, [item for _, item in group])
+        for (position, item), candidate in zip(group, full):
+            if candidate.dedup_key in seen:
+                duplicates.append((position, item))
+            seen.add(candidate.dedup_key)
+    return [item for _, item in sorted(duplicates, key=lambda d: d[0])]
+
+
+def _full(items: Any, group: list) -> list[Candidate]:
+    """`group` with its Refs replaced by the Candidates their source reads back."""
+    lazy = [item for item in group if isinstance(item, Ref)]
+    full = dict(zip(lazy, items.materialize(lazy))) if lazy else {}
+    return [full.get(item, item) for item in group]

@@ -8,7 +8,6 @@ a tolerance that fits the dtype (`config.SPOT_CHECK_TOLERANCE`).
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,13 +56,12 @@ def compare(rows: list[dict[str, Any]], recomputed: list, atol: float,
 
 def identity_differences(processor, fingerprint: dict[str, Any]) -> list[str]:
     """Cheap identity checks against the scorer's fingerprint (no weight hashing)."""
-    from mdpo_data.models import processor_sha256
+    from mdpo_data.models import chat_template_sha256, processor_sha256
 
     found = []
     if fingerprint.get("processor_sha256") not in (None, processor_sha256(processor)):
         found.append("the processor (tokenizer/image processor) differs from the scorer's")
-    template = getattr(processor, "chat_template", None) or ""
-    if fingerprint.get("chat_template_sha256") not in (None, hashlib.sha256(template.encode()).hexdigest()):
+    if fingerprint.get("chat_template_sha256") not in (None, chat_template_sha256(processor)):
         found.append("the chat template differs from the scorer's")
     return found
 

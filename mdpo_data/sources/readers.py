@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -37,6 +38,12 @@ class Record:
     data: dict[str, Any] | None
     reason: str = ""  # Skip reason when data is None
     detail: str = ""
+    span: tuple[int, int] | None = None  # JSON lines: (byte offset, length), to re-read it
+
+    @property
+    def location(self) -> tuple:
+        """What `record_at` needs to read this record again (without its data)."""
+        return (self.row, self.where, self.file, self.index, self.span)
 
     def skip(self) -> Skip:
         return Skip(self.reason, self.where, self.detail, self.row)
@@ -99,9 +106,48 @@ def iter_records(
             records = _array_records(file, name)
         else:
             records = _jsonl_records(file, name)
-        for index, where, data, reason, detail in records:
-            yield Record(row, where, file, index, data, reason, detail)
+        for index, where, data, reason, detail, span in records:
+            yield Record(row, where, file, index, data, reason, detail, span)
             row += 1
+
+
+def records_at(locations: Iterable[tuple], skip_columns: Iterable[str] = ()) -> Iterator[Record]:
+    """The records at `Record.location`s, read again: a JSON line by its byte span, a parquet
+    row by its row group; planning keeps locations, not data, for rows it may sample."""
+    arrays: dict[Path, list] = {}
+    groups: dict[Path, tuple[int, int, Any]] = {}  # the last row group read, per file
+    for row, where, file, index, span in locations:
+        if span is not None:
+            with open(file, "rb") as handle:
+                handle.seek(span[0])
+                line = handle.read(span[1]).decode("utf-8", errors="replace")
+            _, _, data, reason, detail, _ = _parse_line(line, index, where)
+        elif file.suffix == ".parquet":
+            data, reason, detail = _parquet_row_data(file, index, set(skip_columns), groups), "", ""
+        else:
+            if file not in arrays:
+                arrays[file] = list(_array_records(file, file.name))
+            data, reason, detail = arrays[file][index][2:5]
+        yield Record(row, where, file, index, data, reason, detail, span)
+
+
+def _parquet_row_data(file: Path, index: int, skip_columns: set[str], groups: dict) -> dict:
+    import pyarrow.parquet as pq
+
+    start, stop, table = groups.get(file, (0, 0, None))
+    if start <= index < stop:
+        return table.slice(index - start, 1).to_pylist()[0]
+    parquet = pq.ParquetFile(file)
+    wanted = [c for c in parquet.schema_arrow.names if c not in skip_columns]
+    offset = 0
+    for group in range(parquet.num_row_groups):
+        rows = parquet.metadata.row_group(group).num_rows
+        if index < offset + rows:
+            table = parquet.read_row_group(group, columns=wanted)
+            groups[file] = (offset, offset + rows, table)
+            return table.slice(index - offset, 1).to_pylist()[0]
+        offset += rows
+    raise SourceError(f"{file} has no row {index} (was it changed during the build?)")
 
 
 def _display_name(file: Path, root: Path) -> str:
@@ -119,24 +165,31 @@ def _starts_with_bracket(file: Path) -> bool:
 
 
 def _jsonl_records(file: Path, name: str):
-    with open(file, encoding="utf-8", errors="replace") as handle:
-        index = 0
-        for lineno, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                data = json.loads(line)
-            except json.JSONDecodeError as error:
-                yield (
-                    index,
-                    f"{name}:{lineno}",
-                    None,
-                    "malformed_json",
-                    f"{error.msg} (column {error.colno})",
-                )
-            else:
-                yield index, f"{name}:{lineno}", *_as_dict(data)
-            index += 1
+    """Numbered lines as text mode reads them (a lone \\r ends a line too), with byte spans."""
+    with open(file, "rb") as handle:
+        index, lineno, offset = 0, 0, 0
+        for raw in handle:
+            lone_cr = raw.find(b"\r", 0, max(len(raw) - 2, 0)) >= 0  # no slice: lines are long
+            pieces = _LONE_CR.split(raw) if lone_cr else (raw,)
+            for piece in pieces:
+                lineno += 1
+                span, offset = (offset, len(piece)), offset + len(piece)
+                line = piece.decode("utf-8", errors="replace")
+                if not line or line.isspace():  # blank (strip() would copy the line)
+                    continue
+                yield _parse_line(line, index, f"{name}:{lineno}", span)
+                index += 1
+
+
+_LONE_CR = re.compile(rb"(?<=\r)(?!\n)")
+
+
+def _parse_line(line: str, index: int, where: str, span: tuple[int, int] | None = None):
+    try:
+        data = json.loads(line)
+    except json.JSONDecodeError as error:
+        return index, where, None, "malformed_json", f"{error.msg} (column {error.colno})", span
+    return index, where, *_as_dict(data), span
 
 
 def _array_records(file: Path, name: str):
@@ -153,7 +206,7 @@ def _array_records(file: Path, name: str):
             f"{file} holds a JSON {type(data).__name__}, expected an array of records"
         )
     for index, item in enumerate(data):
-        yield index, f"{name}:{index}", *_as_dict(item)
+        yield index, f"{name}:{index}", *_as_dict(item), None
 
 
 def _as_dict(data: Any) -> tuple[dict[str, Any] | None, str, str]:
@@ -171,7 +224,7 @@ def _parquet_records(file: Path, name: str, skip_columns: set[str]):
         index = 0
         for batch in parquet.iter_batches(batch_size=512, columns=wanted):
             for data in batch.to_pylist():
-                yield index, f"{name}:{index}", data, "", ""
+                yield index, f"{name}:{index}", data, "", "", None
                 index += 1
     except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
         raise SourceError(f"cannot read parquet file {file}: {error}") from None

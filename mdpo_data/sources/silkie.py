@@ -17,18 +17,18 @@ nothing here is keyed by id: a candidate is identified by its stream row and pai
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import random
 import re
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, NamedTuple
 
 from mdpo_data.records import BadRow, Candidate, ImageRef, Skip, safe_member_name
+from mdpo_data.sampling import Ref
 from mdpo_data.seeds import example_seed
 from mdpo_data.sources import SourceError
 from mdpo_data.sources.hub import local_or_hub
@@ -41,6 +41,7 @@ from mdpo_data.sources.readers import (
     is_embedded_image_type,
     iter_records,
     primed,
+    records_at,
     strip_image_tag,
 )
 
@@ -57,6 +58,8 @@ _CITATION = re.compile(r"[ \t]*【\d+(?::\d+)?†[^】\n]{0,40}】")
 
 def clean_response(text: str) -> str:
     """Strip GPT-4V citation artifacts like `【12†source】` and the spaces before them."""
+    if "【" not in text:  # the common case: the regex scan costs more than json.loads
+        return text.strip()
     return _CITATION.sub("", text).strip()
 
 
@@ -64,6 +67,14 @@ def parse_rating(value: Any, aspect: str) -> float:
     """A rating as a float; BadRow for missing or non-numeric values ("N/A", "", NaN)."""
     if isinstance(value, dict):
         value = value.get("Rating")
+    if type(value) is str:  # the common case first: float() ignores surrounding spaces
+        try:
+            rating = float(value)
+        except ValueError:
+            pass
+        else:
+            if math.isfinite(rating):
+                return rating
     if value is None or (isinstance(value, str) and not value.strip()):
         raise BadRow("missing_rating", f"{aspect} has no rating")
     if isinstance(value, bool):
@@ -86,12 +97,24 @@ def aspect_ratings(annotations: Any) -> dict[str, float]:
             raise BadRow("malformed_record", "annotations is not JSON") from None
     if not isinstance(annotations, dict):
         raise BadRow("missing_rating", "no annotations")
+    if len(annotations) == 3:  # the published keys, spelled exactly: no normalising needed
+        try:
+            a, b, c = ASPECTS
+            values = (annotations[a], annotations[b], annotations[c])
+        except KeyError:
+            pass
+        else:
+            return {
+                a: parse_rating(values[0], a),
+                b: parse_rating(values[1], b),
+                c: parse_rating(values[2], c),
+            }
     by_key = {str(k).replace("_", " ").casefold(): v for k, v in annotations.items()}
     return {aspect: parse_rating(by_key.get(aspect.casefold()), aspect) for aspect in ASPECTS}
 
 
 def choose_pairs(
-    means: list[float], pairing: str, rng: random.Random
+    means: list[float], pairing: str, rng: random.Random | None
 ) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
     """(pairs as (chosen, rejected) positions, ties dropped) for one prompt's mean scores."""
     best = max(range(len(means)), key=lambda k: (means[k], -k))  # first best on equal means
@@ -264,8 +287,48 @@ def stream(
         prefixes.append(SUBSETS[subset])
     if id_prefix:
         prefixes.append(id_prefix)
-    layout = _layout(path, image_root)
-    return primed(_candidates(layout, pairing, seed, prefixes))
+    return _Stream(_layout(path, image_root), pairing, seed, prefixes)
+
+
+class _Stream:
+    """The Candidate | Skip stream, plus `refs()`/`materialize()` for planning: a plan scans
+    every row but keeps only ids and row locations, then re-reads the rows it samples."""
+
+    def __init__(self, layout: _Layout, pairing: str, seed: int, prefixes: list[str]):
+        self.args = (layout, pairing, seed, prefixes)
+        self.items = primed(_candidates(layout, pairing, seed, prefixes, _candidate))
+        self.locations: dict[int, tuple] = {}
+
+    def __iter__(self) -> Iterator[Candidate | Skip]:
+        return self
+
+    def __next__(self) -> Candidate | Skip:
+        return next(self.items)
+
+    def refs(self) -> Iterator[Ref | Skip]:
+        """Every pair as a `Ref` (id, row, dedup bucket) or a Skip, in stream order."""
+        for record in _records(self.args[0]):
+            if record.data is None:
+                yield record.skip()
+                continue
+            items = list(_row(record, *self.args, _ref))
+            yield from items
+            if any(type(item) is Ref for item in items):
+                self.locations[record.row] = record.location
+
+    def materialize(self, refs: list[Ref]) -> list[Candidate]:
+        """The full Candidates of `refs` (in their order), from their rows read again."""
+        rows = sorted({ref.row for ref in refs})
+        layout = self.args[0]
+        by_id = {}
+        for record in records_at([self.locations[row] for row in rows], _image_column(layout)):
+            for item in _row(record, *self.args, _candidate):
+                if isinstance(item, Candidate):
+                    by_id[item.example_id] = item
+        missing = [ref.example_id for ref in refs if ref.example_id not in by_id]
+        if missing:
+            raise SourceError(f"silkie: {missing[0]} changed while planning; is the source being written?")
+        return [by_id[ref.example_id] for ref in refs]
 
 
 class _Scored(NamedTuple):
@@ -276,7 +339,7 @@ class _Scored(NamedTuple):
     response: str
 
 
-def _score(completions: list, models: Any, where: str) -> Iterator[_Scored | Skip]:
+def _score(completions: list, models: Any, where: str, row: int) -> Iterator[_Scored | Skip]:
     """Each completion scored by its mean rating, or a Skip saying why it cannot be compared."""
     models = models if isinstance(models, list) else []
     for index, completion in enumerate(completions):
@@ -291,93 +354,116 @@ def _score(completions: list, models: Any, where: str) -> Iterator[_Scored | Ski
             if not response:
                 raise BadRow("empty_response", "empty after cleaning")
         except BadRow as error:
-            yield Skip(error.reason, where, f"completion {index}: {error.detail or error.reason}")
+            detail = f"completion {index}: {error.detail or error.reason}"
+            yield Skip(error.reason, where, detail, row)
             continue
         model = completion.get("model") or (models[index] if index < len(models) else "")
         mean = sum(ratings.values()) / len(ratings)
         yield _Scored(index, mean, ratings, str(model), response)
 
 
+def _image_column(layout: _Layout) -> list[str]:
+    return [layout.embedded] if layout.embedded else []
+
+
+def _records(layout: _Layout) -> Iterator[Record]:
+    return iter_records(layout.files, layout.root, skip_columns=_image_column(layout))
+
+
 def _candidates(
-    layout: _Layout, pairing: str, seed: int, prefixes: list[str]
+    layout: _Layout, pairing: str, seed: int, prefixes: list[str], make: Callable
 ) -> Iterator[Candidate | Skip]:
-    skip = [layout.embedded] if layout.embedded else []
-    for record in iter_records(layout.files, layout.root, skip_columns=skip):
+    for record in _records(layout):
         if record.data is None:
             yield record.skip()
         else:
-            for item in _row(record, layout, pairing, seed, prefixes):  # skips name their row
-                yield dataclasses.replace(item, row=record.row) if isinstance(item, Skip) else item
+            yield from _row(record, layout, pairing, seed, prefixes, make)
 
 
 def _row(
-    record: Record, layout: _Layout, pairing: str, seed: int, prefixes: list[str]
-) -> Iterator[Candidate | Skip]:
-    data, where = record.data or {}, record.where
+    record: Record, layout: _Layout, pairing: str, seed: int, prefixes: list[str], make: Callable
+) -> Iterator[Any]:
+    """One row's pairs, each made by `make` (a Candidate, or a planning Ref), and its Skips."""
+    data, where, row = record.data or {}, record.where, record.row
     for name in ("id", "prompt", "completions"):
         if data.get(name) in (None, "", []):
-            yield Skip("missing_field", where, name)
+            yield Skip("missing_field", where, name, row)
             return
     source_id = str(data["id"])
     if not all(source_id.startswith(prefix) for prefix in prefixes):
-        yield Skip("not_in_subset", where, source_id)
+        yield Skip("not_in_subset", where, source_id, row)
         return
     try:
         completions, prompt = as_records(data["completions"]), data["prompt"]
     except BadRow as error:
-        yield Skip(error.reason, where, error.detail)
+        yield Skip(error.reason, where, error.detail, row)
         return
     if not isinstance(completions, list) or not isinstance(prompt, str):
-        yield Skip("malformed_record", where, "completions must be a list and prompt a string")
+        yield Skip("malformed_record", where, "completions must be a list and prompt a string", row)
         return
     question = strip_image_tag(prompt)
     if not question:
-        yield Skip("empty_question", where, source_id)
+        yield Skip("empty_question", where, source_id, row)
         return
     try:
         image = layout.image(record, source_id)
     except BadRow as error:
-        yield Skip(error.reason, where, error.detail)
+        yield Skip(error.reason, where, error.detail, row)
         return
 
     scored = []
-    for item in _score(completions, data.get("models"), where):
+    for item in _score(completions, data.get("models"), where, row):
         if isinstance(item, Skip):
             yield item
         else:
             scored.append(item)
     if len(scored) < 2:
-        yield Skip("too_few_completions", where, f"{len(scored)} usable of {len(completions)}")
+        yield Skip("too_few_completions", where, f"{len(scored)} usable of {len(completions)}", row)
         return
 
-    rng = random.Random(example_seed(seed, f"{NAME}-{record.row:08d}", pairing))
+    rng = (  # seeding a Random costs more than the rest of the row: only where it is used
+        random.Random(example_seed(seed, f"{NAME}-{record.row:08d}", pairing))
+        if pairing == "best-random"
+        else None
+    )
     pairs, ties = choose_pairs([s.mean for s in scored], pairing, rng)
     for a, b in ties:
         detail = f"completions {scored[a].index} and {scored[b].index}: mean {scored[a].mean:.3g}"
-        yield Skip("rating_tie", where, detail)
+        yield Skip("rating_tie", where, detail, row)
     for win, lose in pairs:
         chosen, rejected = scored[win], scored[lose]
         tag = f"{chosen.index}>{rejected.index}"
         if chosen.response == rejected.response:
-            yield Skip("identical_responses", where, tag)
+            yield Skip("identical_responses", where, tag, row)
             continue
-        meta = {
-            "pairing": pairing,
-            "chosen_model": chosen.model,
-            "rejected_model": rejected.model,
-            "chosen_ratings": chosen.ratings,
-            "rejected_ratings": rejected.ratings,
-            "chosen_mean": chosen.mean,
-            "rejected_mean": rejected.mean,
-        }
-        yield Candidate(
-            NAME,
-            record.row,
-            source_id,
-            image,
-            question,
-            chosen.response,
-            rejected.response,
-            tag,
-            meta,
-        )
+        yield make(record, source_id, image, question, chosen, rejected, tag, pairing)
+
+
+def _candidate(
+    record: Record,
+    source_id: str,
+    image: ImageRef,
+    question: str,
+    chosen: _Scored,
+    rejected: _Scored,
+    tag: str,
+    pairing: str,
+) -> Candidate:
+    meta = {
+        "pairing": pairing,
+        "chosen_model": chosen.model,
+        "rejected_model": rejected.model,
+        "chosen_ratings": chosen.ratings,
+        "rejected_ratings": rejected.ratings,
+        "chosen_mean": chosen.mean,
+        "rejected_mean": rejected.mean,
+    }
+    return Candidate(
+        NAME, record.row, source_id, image, question, chosen.response, rejected.response, tag, meta
+    )
+
+
+def _ref(record: Record, source_id, image, question, chosen, rejected, tag, pairing) -> Ref:
+    """What a plan keeps of a pair: its id, its row, and a bucket equal for duplicates."""
+    bucket = hash((image.key, question, chosen.response, rejected.response))
+    return Ref(f"{NAME}-{record.row:08d}-{tag}", record.row, bucket)
