@@ -11,8 +11,9 @@ from the shards, and `verify.spot_check` makes sure they belong to the model bei
 
 Per example the policy runs the sequences its loss needs (MDPO: (m_w, y_w), (m_w, y_l),
 (m_l, y_w)) as ONE batch; (m_w, y_w) and (m_w, y_l) share one row, so m_w and the question
-are encoded once (mdpo_data.packing; exact, off with prefix_sharing: false). A step is `global_batch_size` examples, split over processes and
-micro-batches; each micro-batch loss is scaled so the gradient is the mean over the step.
+are encoded once (mdpo_data.packing; exact, off with prefix_sharing: false). A step is
+`global_batch_size` examples, split over processes and micro-batches; each micro-batch loss is
+scaled so the gradient is the mean over the step.
 """
 
 from __future__ import annotations

@@ -81,12 +81,14 @@ def test_qwen2_vl_falls_back_to_separate_rows_and_equals(qwen):
     assert torch.allclose(got, want, atol=LOGP_TOL, rtol=0), (got - want).abs().max()
 
 
-def test_lora_gradients_equal_separate_forwards(llava):
+@pytest.mark.parametrize("name", ["llava", "qwen"])
+def test_lora_gradients_equal_separate_forwards(request, name):
     from peft import LoraConfig, get_peft_model
 
     from mdpo_train.model import language_model_linear_names
 
-    base, processor = llava
+    base, processor = request.getfixturevalue(name)
+    share = prefix_sharing_support(base)[0]  # Qwen2-VL: the fallback rows
     torch.manual_seed(0)
     config = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, init_lora_weights=False,
                         target_modules=language_model_linear_names(base))
@@ -99,7 +101,7 @@ def test_lora_gradients_equal_separate_forwards(llava):
             for packed in (True, False):
                 model.zero_grad()
                 if packed:
-                    logps, _ = packed_logps(model, encode_groups(processor, groups, share=True))
+                    logps, _ = packed_logps(model, encode_groups(processor, groups, share=share))
                 else:
                     logps, _ = _separate(model, processor, groups)
                 (weights * logps).sum().backward()
