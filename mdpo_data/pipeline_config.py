@@ -89,6 +89,8 @@ def build_config(options: dict[str, Any]) -> BuildConfig:
         problems.append(f"shard-size: must be at least 1, got {config.shard_size}")
     if not 0.0 <= config.eval_fraction < 1.0:
         problems.append(f"eval-fraction: must be in [0, 1), got {config.eval_fraction}")
+    if not 0.0 <= config.demo_style_shortcut <= 1.0:
+        problems.append(f"demo-style-shortcut: must be in [0, 1], got {config.demo_style_shortcut}")
     if config.max_pixels < 1:
         problems.append(f"max-pixels: must be positive, got {config.max_pixels}")
     if problems:

@@ -33,7 +33,7 @@ from mdpo_train.config import (
     DTYPES, SPOT_CHECK_TOLERANCE, ConfigError, TrainConfig, canonical_dtype, validate,
 )
 from mdpo_train.data import Collate, inspect_source, load_splits, local_micro_batches, plan_epoch
-from mdpo_train.losses import compute_loss, required_sequences
+from mdpo_train.losses import compute_loss, required_sequences, uses_reference
 from mdpo_train.metrics import MetricsLog, Sums, example_metrics, means
 from mdpo_train.verify import SpotCheckError, spot_check
 
@@ -52,11 +52,15 @@ class MDPORecipe:
         collected and raised together (ConfigError) before any model is loaded."""
         self.cfg = cfg
         problems = validate(cfg)
-        self.source, found = inspect_source(cfg.shards) if cfg.shards else (None, [])
+        self.uses_reference = not problems and uses_reference(cfg.loss, cfg.loss_options())
+        scored = self.uses_reference or bool(problems)
+        self.source, found = inspect_source(cfg.shards, scored) if cfg.shards else (None, [])
         problems += found
         fp = self.source.fingerprint if self.source else {}
         self.model_id = cfg.model or fp.get("model")
         problems += _model_choice_problems(cfg, fp)
+        if self.source and not self.model_id:
+            problems.append(f"--model: required, {cfg.shards} is not scored (no reference model to default to)")
         self.dtype = canonical_dtype(cfg.dtype or fp.get("dtype")) or "fp32"
         self.max_length = cfg.max_length or fp.get("max_length")
         if cfg.max_length and fp.get("max_length") and cfg.max_length < fp["max_length"]:
@@ -116,7 +120,8 @@ class MDPORecipe:
         # 1. Seed every RNG: LoRA's initial weights and dropout depend on it.
         set_seed(cfg.seed)
         # 2. Data: rows with null/non-finite reference log-probs dropped (a counted warning).
-        self.splits = load_splits(self.source, self.sequences)
+        self.splits = load_splits(self.source, self.sequences if self.uses_reference else (),
+                                  cfg.no_image)
         self.train_data = self.splits["train"]
         # 3. The scoring model, loaded exactly as the scorer loaded it.
         model, self.processor = load_model(
@@ -124,7 +129,7 @@ class MDPORecipe:
             trust_remote_code=cfg.trust_remote_code, revision=cfg.revision,
         )
         self.smoke_test = is_smoke_test_model(model)
-        self.collate = Collate(self.processor, self.sequences, self.max_length)
+        self.collate = Collate(self.processor, self.sequences, self.max_length, cfg.no_image)
         # 4. Before training, policy == reference: recompute a few stored log-probs.
         self.spot_check = self._spot_check(model)
         # 5. The policy: LoRA on (or all of) the language model; vision tower/projector frozen.
@@ -155,7 +160,7 @@ class MDPORecipe:
 
     def _spot_check(self, model) -> dict[str, Any] | None:
         n = min(self.cfg.spot_check_rows, len(self.train_data))
-        if not n:
+        if not n or not self.source.fingerprint:  # unscored data (sft): nothing to check
             return None
         atol, rtol = SPOT_CHECK_TOLERANCE[self.dtype]
         if self.cfg.spot_check_tolerance is not None:
@@ -286,10 +291,11 @@ class MDPORecipe:
         """Policy log-probs of the batch's sequences in one forward, then the loss."""
         from mdpo_data.logprobs import response_logps
 
-        logps, _ = response_logps(self.model, batch.inputs)
+        logps, counts = response_logps(self.model, batch.inputs)
         policy = dict(zip(batch.sequences, logps.view(len(batch.sequences), -1)))
+        tokens = dict(zip(batch.sequences, counts.view(len(batch.sequences), -1)))
         reference = {name: ref.to(logps.device) for name, ref in batch.reference.items()}
-        return compute_loss(self.cfg.loss, policy, reference, self.loss_options), policy
+        return compute_loss(self.cfg.loss, policy, reference, self.loss_options, tokens), policy
 
     # ------------------------------------------------------------------ eval
     @torch.no_grad()
