@@ -111,3 +111,36 @@ def format_report(report: dict[str, dict[str, Any]]) -> str:
     for task, entry in report.items():
         lines.append(f"| {task} | {entry['n']} | " + " | ".join(f"{entry[c]:.1%}" for c in columns) + " |")
     return "\n".join(lines)
+
+
+def bootstrapped_report(build_dir) -> dict[str, Any]:
+    """For a demo build with `--rejected-response`: rows kept of those sampled, and how often the
+    bootstrapped (rejected) answer is wrong / right / unclear for its image, per question type."""
+    import json
+
+    from mdpo_data import schema
+    from mdpo_data.manifest import read_manifest
+    from mdpo_data.shards import read_shard, shard_files
+    from mdpo_data.sources.demo import check_answer
+
+    manifest = read_manifest(build_dir)
+    counts = manifest["counts"]
+    verdicts: dict[str, list] = defaultdict(list)
+    for split in manifest["splits"]:
+        for f in shard_files(build_dir, split):
+            for row in read_shard(f).select(["metadata", "rejected"]).to_pylist():
+                meta = json.loads(row["metadata"])
+                verdict = check_answer(meta, schema.text_of(row["rejected"]))
+                verdicts[meta["task"]].append(verdict)
+                verdicts["overall"].append(verdict)
+
+    def share(values, target):
+        return sum(v is target for v in values) / len(values) if values else 0.0
+
+    return {
+        "sampled": counts["sampled"], "written": counts["written"],
+        "kept": counts["written"] / max(counts["sampled"], 1),
+        "skipped": dict(counts["skipped"]),
+        "rejected_answer": {task: {"n": len(v), "wrong": share(v, False), "right": share(v, True),
+                                   "unclear": share(v, None)} for task, v in verdicts.items()},
+    }

@@ -161,12 +161,12 @@ def _presence_qa(rng, shape, color, count, scene):
         )
     )
 
-    def say(present, k):
-        if not present:
-            return f"No, there are no {asked} {_plural(shape)} in the image."
-        if ask_present:
-            return f"Yes, there {'is' if count == 1 else 'are'} {_number(count, k % 2)} {asked} {_plural(shape, count)}."
-        return f"Yes, there is one {asked} {shape}."
+    def say(present, k):  # yes and no phrased alike, so a forced choice weighs only the fact
+        thing = f"{asked} {_plural(shape, 2 if k % 2 else 1)}"
+        if k % 2:
+            return f"Yes, there are {asked} {_plural(shape)} in the image." if present else (
+                f"No, there are no {asked} {_plural(shape)} in the image.")
+        return f"Yes, there is a {thing} in the image." if present else f"No, there is no {thing} in the image."
 
     truth = str(ask_present).lower()
     return "presence", question, say, ask_present, not ask_present, truth, str(not ask_present).lower()
