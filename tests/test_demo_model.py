@@ -4,6 +4,7 @@ end (the full-size build is what `--ref-model demo` caches; its numbers are in t
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -64,12 +65,18 @@ def test_check_answer_knows_the_truth():
     assert check_answer({"task": "presence", "answer": "false"}, "Sure! No, there are none.") is True
 
 
+@pytest.fixture(scope="module")
+def small_model(tmp_path_factory):
+    with one_thread():
+        return demo_model.build_demo_model(tmp_path_factory.mktemp("model") / "demo", SMALL, log=lambda _: None)
+
+
 @pytest.mark.slow
-def test_a_reduced_demo_model_is_a_llava_trained_by_our_trainer(tmp_path):
+def test_a_reduced_demo_model_is_a_llava_trained_by_our_trainer(small_model):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
+    path = small_model
     with one_thread():
-        path = demo_model.build_demo_model(tmp_path / "demo", SMALL, log=lambda _: None)
         model = AutoModelForImageTextToText.from_pretrained(path).eval()
         processor = AutoProcessor.from_pretrained(path)
         report = demo_eval.evaluate(model, processor, n=10, max_new_tokens=8)
@@ -85,3 +92,27 @@ def test_a_reduced_demo_model_is_a_llava_trained_by_our_trainer(tmp_path):
     assert prompt == "USER: <image>\nHow many? ASSISTANT:"
     assert set(report) >= {"overall"} and report["overall"]["n"] == 10
     assert {"forced_choice", "ends_turn", "greedy_right"} <= set(report["overall"])
+
+
+@pytest.mark.slow
+def test_repro_mini_writes_results_for_every_run_and_the_reference(small_model, tmp_path):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import repro_mini
+
+    out = tmp_path / "repro"
+    runs = ["dpo_no_image", "mdpo"]
+    with one_thread():
+        repro_mini.main(["--out", str(out), "--train", "8", "--eval", "4", "--seeds", "0", "1",
+                         "--epochs", "1", "--batch", "4", "--ref-model", str(small_model), "--runs", *runs])
+    results = json.loads((out / "results.json").read_text())
+    assert list(results) == ["reference", *runs]
+    assert set(results["reference"]) == set(repro_mini.METRICS)
+    for run in runs:
+        assert set(results[run]) == set(repro_mini.METRICS)
+        assert all(results[run][m]["n_seeds"] == 2 and math.isfinite(results[run][m]["std"])
+                   for m in repro_mini.METRICS)
+    assert results["reference"]["preference_accuracy"] == 0.5  # zero rewards: every pair a tie
+    assert "| mdpo |" in (out / "results.md").read_text()
+    assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
