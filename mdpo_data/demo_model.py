@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -264,7 +265,7 @@ def _mark(path: Path, recipe: Recipe) -> None:
     params = 0
     for file in path.glob("*.safetensors"):
         with safe_open(str(file), "pt") as handle:
-            params += sum(_numel(handle.get_slice(k).get_shape()) for k in handle.keys())
+            params += sum(math.prod(handle.get_slice(k).get_shape()) for k in handle.keys())
     config_file = path / "config.json"
     config = json.loads(config_file.read_text())
     config[DEMO_MODEL_FLAG] = {"version": DEMO_MODEL_VERSION, "recipe": recipe.key(), **asdict(recipe)}
@@ -272,13 +273,6 @@ def _mark(path: Path, recipe: Recipe) -> None:
     (path / "README.md").write_text(_MODEL_CARD.format(
         name=DEMO_MODEL_NAME, params=params, n_train=recipe.n_train,
         first_row=PRETRAIN_FIRST_ROW, recipe=recipe.key()))
-
-
-def _numel(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 def demo_model_path(recipe: Recipe = DEFAULT_RECIPE) -> Path:

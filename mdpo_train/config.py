@@ -66,7 +66,7 @@ class TrainConfig:
     delta: float = 0.0  # anchor value (paper: 0)
     anchor_rejected: bool = False  # extra term: reward of the rejected response below delta
     anchor_rejected_image: bool = False  # extra term: reward of y_w under the rejected image below delta
-    loss_weights: dict[str, float] = field(default_factory=dict)  # per term, e.g. conditional=0.5 (default 1); >0 adds a term, e.g. sft=1
+    loss_weights: dict[str, float] = field(default_factory=dict)  # per term, e.g. conditional=0.5 (default 1); >0 adds it
     no_image: bool = False  # "DPO (No Image)": text only, against the stored no-image reference log-probs
     # ---- optimization (paper + released config)
     epochs: int = 3  # passes over the train split (paper: 3)

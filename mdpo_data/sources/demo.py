@@ -145,7 +145,8 @@ def _position_qa(rng, shape, color, count, scene):
     )
 
     def say(side, k):
-        return (f"The {color} {shape} is on the {side} side.", f"It is in the {side} half of the image.")[k % 2]
+        sentences = (f"The {color} {shape} is on the {side} side.", f"It is in the {side} half of the image.")
+        return sentences[k % 2]
 
     return "position", question, say, right, wrong, right, wrong
 
@@ -162,11 +163,11 @@ def _presence_qa(rng, shape, color, count, scene):
     )
 
     def say(present, k):  # yes and no phrased alike, so a forced choice weighs only the fact
-        thing = f"{asked} {_plural(shape, 2 if k % 2 else 1)}"
-        if k % 2:
-            return f"Yes, there are {asked} {_plural(shape)} in the image." if present else (
-                f"No, there are no {asked} {_plural(shape)} in the image.")
-        return f"Yes, there is a {thing} in the image." if present else f"No, there is no {thing} in the image."
+        plural = k % 2
+        things = f"{asked} {_plural(shape)}" if plural else f"{asked} {shape}"
+        if present:
+            return f"Yes, there {'are' if plural else 'is a'} {things} in the image."
+        return f"No, there {'are no' if plural else 'is no'} {things} in the image."
 
     truth = str(ask_present).lower()
     return "presence", question, say, ask_present, not ask_present, truth, str(not ask_present).lower()
