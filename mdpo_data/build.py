@@ -57,6 +57,8 @@ class BuildConfig:
     id_prefix: str | None = None
     columns: dict[str, str] | None = None
     demo_size: int = 2000
+    demo_first_row: int = 0  # demo: first row of the pool (the demo model trains on other rows)
+    demo_style_shortcut: float = 0.0  # demo: share of TRAIN pairs phrased chosen=plain, rejected=chatty
     eval_fraction: float = 0.0
     shard_size: int = 1000
     max_pixels: int = 40_000_000
@@ -171,6 +173,7 @@ def plan(config: BuildConfig):
         image_root=config.image_root,
         columns=config.columns,
         demo_size=config.demo_size,
+        demo_first_row=config.demo_first_row,
     )
     keep_missing = bool(config.rejected_response)
     pool, sampled, missing = draw(items, config.n, config.seed, keep_missing)
@@ -201,7 +204,12 @@ def plan(config: BuildConfig):
         for i, c in enumerate(sampled):
             j = pick_partner(i, keys, example_seed(config.seed, c.example_id, "swap"))
             partners[c.example_id] = sampled[j].image
-    return split_eval(sampled, config.eval_fraction), pool, strategy, partners
+    splits = split_eval(sampled, config.eval_fraction)
+    if config.demo_style_shortcut and config.source == "demo":
+        from mdpo_data.sources.demo import style_shortcut
+
+        splits["train"] = [style_shortcut(c, config.seed, config.demo_style_shortcut) for c in splits["train"]]
+    return splits, pool, strategy, partners
 
 
 # ---------------------------------------------------------------------------------------------

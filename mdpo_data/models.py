@@ -27,9 +27,14 @@ class ModelLoadError(ValueError):
 
 
 def resolve_model(model_id_or_path: str) -> str:
-    """"tiny" -> the cached built-in smoke-test model; anything else unchanged."""
+    """"tiny" -> the cached built-in smoke-test model; "demo" -> the cached demo model that can
+    see the demo scenes (built on first use, minutes on a CPU); anything else unchanged."""
     if model_id_or_path == "tiny":
         return str(tiny.tiny_model_path())
+    if model_id_or_path == "demo":
+        from mdpo_data.demo_model import demo_model_path
+
+        return str(demo_model_path())
     return model_id_or_path
 
 

@@ -133,6 +133,8 @@ def build_config(options: dict[str, Any]) -> BuildConfig:
                         f"{config.rejected_response_max_new_tokens}")
     if config.demo_size < 1:
         problems.append(f"demo-size: must be at least 1, got {config.demo_size}")
+    if not 0.0 <= config.demo_style_shortcut <= 1.0:
+        problems.append(f"demo-style-shortcut: must be in [0, 1], got {config.demo_style_shortcut}")
     if config.max_pixels < 1:
         problems.append(f"max-pixels: must be positive, got {config.max_pixels}")
     if problems:

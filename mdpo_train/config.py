@@ -62,12 +62,13 @@ class TrainConfig:
     gradient_checkpointing: bool = False  # ~30% slower, far less activation memory
     prefix_sharing: bool = True  # y_w and y_l under one image as one sequence (block mask; exact)
     # ---- loss (METHOD.md)
-    loss: str = "mdpo"  # mdpo | dpo | mdpo_no_cond | mdpo_no_anchor
+    loss: str = "mdpo"  # mdpo | dpo | mdpo_no_cond | mdpo_no_anchor | sft (needs no reference scores)
     beta: float = 0.1  # reward scale, r = beta (log pi - log pi_ref) (paper: 0.1)
     delta: float = 0.0  # anchor value (paper: 0)
     anchor_rejected: bool = False  # extra term: reward of the rejected response below delta
     anchor_rejected_image: bool = False  # extra term: reward of y_w under the rejected image below delta
-    loss_weights: dict[str, float] = field(default_factory=dict)  # per term, e.g. conditional=0.5 (default 1)
+    loss_weights: dict[str, float] = field(default_factory=dict)  # per term, e.g. conditional=0.5 (default 1); >0 adds it
+    no_image: bool = False  # "DPO (No Image)": text only, against the stored no-image reference log-probs
     # ---- optimization (paper + released config)
     epochs: int = 3  # passes over the train split (paper: 3)
     max_steps: int | None = None  # stop after this many optimizer steps (the schedule ends there)
@@ -275,6 +276,11 @@ def validate(c: TrainConfig) -> list[str]:
             f"--global-batch-size {c.global_batch_size} is not a multiple of --per-device-batch-size "
             f"{c.per_device_batch_size} (global = per-device x accumulation x processes)"
         )
+    if c.no_image and c.loss in LOSSES:
+        from mdpo_train.losses import CHOSEN_REJECTED_IMAGE, required_sequences
+
+        if CHOSEN_REJECTED_IMAGE in required_sequences(c.loss, c.loss_options()):
+            p.append(f"--no-image: loss {c.loss!r} reads the rejected image; use dpo (or sft)")
     if c.finetune == "full" and c.lora_target:
         p.append("--lora-target: only applies with --finetune lora")
     if c.merge and c.finetune != "lora":

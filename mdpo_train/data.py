@@ -28,8 +28,17 @@ SEQUENCE_COLUMNS = {
     REJECTED: (schema.REF_REJECTED, "images", "rejected"),
     CHOSEN_REJECTED_IMAGE: (schema.REF_CHOSEN_REJECTED_IMAGE, "rejected_images", "chosen"),
 }
+# --no-image ("DPO (No Image)"): the same responses without the image, against the no-image columns
+NO_IMAGE_SEQUENCE_COLUMNS = {
+    CHOSEN: (schema.REF_CHOSEN_NO_IMAGE, None, "chosen"),
+    REJECTED: (schema.REF_REJECTED_NO_IMAGE, None, "rejected"),
+}
 READ_COLUMNS = ["example_id", "images", "rejected_images", "prompt", "chosen", "rejected",
-                *schema.REF_LOGP_COLUMNS]
+                *schema.REF_LOGP_COLUMNS, *schema.NO_IMAGE_COLUMNS]
+
+
+def sequence_columns(no_image: bool = False) -> dict[str, tuple]:
+    return NO_IMAGE_SEQUENCE_COLUMNS if no_image else SEQUENCE_COLUMNS
 
 
 class DataError(ValueError):
@@ -52,8 +61,10 @@ class Source:
         return self.reference.get("fingerprint") or {}
 
 
-def inspect_source(path: str | Path) -> tuple[Source | None, list[str]]:
-    """The folder's manifest and every problem that makes it untrainable (cheap: no rows read)."""
+def inspect_source(path: str | Path, scored: bool = True) -> tuple[Source | None, list[str]]:
+    """The folder's manifest and every problem that makes it untrainable (cheap: no rows read).
+
+    `scored=False`: a loss that reads no reference (sft) trains from unscored data too."""
     path = Path(path)
     if not path.is_dir():
         return None, [f"--shards: {path} is not a folder"]
@@ -64,7 +75,7 @@ def inspect_source(path: str | Path) -> tuple[Source | None, list[str]]:
             f"--shards: {error} (the trainer needs the build's manifest.json, also in a Hub "
             "export, to know which model scored the reference log-probs)"
         ]
-    if not is_scored(manifest):
+    if scored and not is_scored(manifest):
         return None, [
             f"--shards: {path} has no reference log-probs yet; run "
             f"`mdpo-data score {path} --ref-model MODEL` first (the trainer never runs the reference)"
@@ -106,12 +117,13 @@ def _finite_rows(rows: Rows, columns: list[str]) -> list[int]:
     return keep.nonzero().flatten().tolist()
 
 
-def load_splits(source: Source, sequences: tuple[str, ...]) -> dict[str, Rows]:
+def load_splits(source: Source, sequences: tuple[str, ...], no_image: bool = False) -> dict[str, Rows]:
     """{split: Rows} with unusable rows dropped: null or non-finite reference log-probs of the
-    sequences this loss needs (a counted warning, never a crash later)."""
+    sequences this loss needs (a counted warning, never a crash later). Pass no sequences
+    for a loss that reads no reference."""
     from mdpo_data.shards import open_dataset
 
-    columns = [SEQUENCE_COLUMNS[s][0] for s in sequences]
+    columns = [sequence_columns(no_image)[s][0] for s in sequences]
     splits = {}
     for split, dataset in open_dataset(source.path).items():
         keep = _finite_rows(Rows(dataset), columns)
@@ -126,7 +138,8 @@ def load_splits(source: Source, sequences: tuple[str, ...]) -> dict[str, Rows]:
         if len(dataset):
             splits[split] = Rows(dataset)
     if "train" not in splits:
-        raise DataError(f"--shards: {source.path} has no train rows with usable reference log-probs")
+        hint = " (--no-image needs data scored with --no-image-logps)" if no_image else ""
+        raise DataError(f"--shards: {source.path} has no train rows with usable reference log-probs{hint}")
     return splits
 
 
@@ -147,42 +160,48 @@ class Batch:
         return len(self.example_ids)
 
 
-def pack_rows(rows: list[dict[str, Any]], processor, sequences: tuple[str, ...], *, share: bool = True):
+def pack_rows(rows: list[dict[str, Any]], processor, sequences: tuple[str, ...], *,
+              share: bool = True, no_image: bool = False):
     """Packed rows for `rows`: per example, the sequences under the same image column form one
-    prefix group (MDPO: (y_w, y_l) under m_w, y_w under m_l). Output slot of sequence k of
-    example i: k * len(rows) + i."""
+    prefix group (MDPO: (y_w, y_l) under m_w, y_w under m_l; --no-image: (y_w, y_l) without
+    an image). Output slot of sequence k of example i: k * len(rows) + i."""
     from mdpo_data.logprobs import PrefixGroup, row_sequences
     from mdpo_data.packing import encode_groups
 
+    columns = sequence_columns(no_image)
     groups, slots = [], []
     for i, row in enumerate(rows):
-        seqs, by_image = row_sequences(row), {}
+        seqs, by_image = row_sequences(row, no_image=no_image), {}
         for k, name in enumerate(sequences):
-            by_image.setdefault(SEQUENCE_COLUMNS[name][1], []).append(k)
+            by_image.setdefault(columns[name][1], []).append(k)
         for ks in by_image.values():
-            members = [seqs[SEQUENCE_COLUMNS[sequences[k]][0]] for k in ks]
+            members = [seqs[columns[sequences[k]][0]] for k in ks]
+            # the system message is part of the prompt the reference was scored with
             groups.append(PrefixGroup(members[0].image, members[0].question,
-                                      tuple(m.response for m in members)))
+                                      tuple(m.response for m in members), members[0].system))
             slots.append([k * len(rows) + i for k in ks])
     return encode_groups(processor, groups, share=share, slots=slots)
 
 
 def make_batch(rows: list[dict[str, Any]], processor, sequences: tuple[str, ...],
-               max_length: int | None, *, share: bool = True) -> Batch:
+               max_length: int | None, *, share: bool = True, no_image: bool = False) -> Batch:
     """Rows -> one encoded Batch, through the scorer's own `row_sequences` and rendering.
 
     Nothing is truncated: an example any of whose sequences (counted on its own, as the scorer
     ran it) exceeds max_length is dropped (the scorer left such rows null, so this only happens
     with a smaller --max-length)."""
-    n, packed = len(rows), pack_rows(rows, processor, sequences, share=share) if rows else None
+    columns = sequence_columns(no_image)
+    n = len(rows)
+    packed = pack_rows(rows, processor, sequences, share=share, no_image=no_image) if rows else None
     if packed is not None and max_length is not None:
         fits = [all(packed.lengths[k * n + i] <= max_length for k in range(len(sequences)))
                 for i in range(n)]
         if not all(fits):
             rows = [row for row, ok in zip(rows, fits) if ok]
-            packed = pack_rows(rows, processor, sequences, share=share) if rows else None
-    reference = {
-        name: torch.tensor([row[SEQUENCE_COLUMNS[name][0]] for row in rows], dtype=torch.float32)
+            packed = pack_rows(rows, processor, sequences, share=share, no_image=no_image) if rows else None
+    reference = {  # unscored (None) -> NaN: only a loss that reads no reference trains on it
+        name: torch.tensor([math.nan if row[columns[name][0]] is None else row[columns[name][0]]
+                            for row in rows], dtype=torch.float32)
         for name in sequences
     }
     return Batch([row["example_id"] for row in rows], sequences, packed, reference, n - len(rows))
@@ -192,12 +211,13 @@ class Collate:
     """DataLoader collate_fn: encodes in the loader's worker processes when num_workers > 0."""
 
     def __init__(self, processor, sequences: tuple[str, ...], max_length: int | None, *,
-                 share: bool = True):
+                 share: bool = True, no_image: bool = False):
         self.processor, self.sequences, self.max_length = processor, sequences, max_length
-        self.share = share
+        self.share, self.no_image = share, no_image
 
     def __call__(self, rows: list[dict[str, Any]]) -> Batch:
-        return make_batch(rows, self.processor, self.sequences, self.max_length, share=self.share)
+        return make_batch(rows, self.processor, self.sequences, self.max_length,
+                          share=self.share, no_image=self.no_image)
 
 
 # ------------------------------------------------------------------ the data position

@@ -36,7 +36,7 @@ from mdpo_train.config import (
     DTYPES, SPOT_CHECK_TOLERANCE, ConfigError, TrainConfig, canonical_dtype, validate,
 )
 from mdpo_train.data import Collate, inspect_source, load_splits, local_micro_batches, plan_epoch
-from mdpo_train.losses import compute_loss, required_sequences
+from mdpo_train.losses import compute_loss, required_sequences, uses_reference
 from mdpo_train.metrics import MetricsLog, Sums, example_metrics, means
 from mdpo_train.verify import SpotCheckError, spot_check
 
@@ -56,12 +56,17 @@ class MDPORecipe:
         collected and raised together (ConfigError) before any model is loaded."""
         self.cfg = cfg
         problems = validate(cfg)
-        self.source, found = inspect_source(cfg.shards) if cfg.shards else (None, [])
+        self.uses_reference = not problems and uses_reference(cfg.loss, cfg.loss_options())
+        scored = self.uses_reference or bool(problems)
+        self.source, found = inspect_source(cfg.shards, scored) if cfg.shards else (None, [])
         problems += found
         fp = self.source.fingerprint if self.source else {}
         self.model_id = cfg.model or fp.get("model")
         problems += _model_choice_problems(cfg, fp)
-        problems += response_rule_problems(fp)
+        if self.uses_reference:
+            problems += response_rule_problems(fp)
+        if self.source and not self.model_id:
+            problems.append(f"--model: required, {cfg.shards} is not scored (no reference model to default to)")
         self.dtype = canonical_dtype(cfg.dtype or fp.get("dtype")) or "fp32"
         self.max_length = cfg.max_length or fp.get("max_length")
         if cfg.max_length and fp.get("max_length") and cfg.max_length < fp["max_length"]:
@@ -128,7 +133,8 @@ class MDPORecipe:
         # 2. Data: every shard's sha256 and row count checked against the manifest first; then
         #    rows with null/non-finite reference log-probs dropped (a counted warning).
         self.data_check = integrity.verify(self.source)
-        self.splits = load_splits(self.source, self.sequences)
+        self.splits = load_splits(self.source, self.sequences if self.uses_reference else (),
+                                  cfg.no_image)
         self.train_data = self.splits["train"]
         # 3. The scoring model, loaded exactly as the scorer loaded it.
         model, self.processor = load_model(
@@ -143,8 +149,8 @@ class MDPORecipe:
         #     gives the separate sequences' log-probs on a few rows.
         with integrity.stored_data_errors("the prefix-sharing check rows"):
             self.prefix_sharing, self.sharing_note = self._prefix_sharing(model)
-        self.collate = integrity.GuardedCollate(
-            Collate(self.processor, self.sequences, self.max_length, share=self.prefix_sharing))
+        self.collate = integrity.GuardedCollate(Collate(
+            self.processor, self.sequences, self.max_length, share=self.prefix_sharing, no_image=cfg.no_image))
         # 5. The policy: LoRA on (or all of) the language model; vision tower/projector frozen.
         model = make_policy(model, cfg)
         self.trainable, self.total_params = count_parameters(model)
@@ -180,7 +186,7 @@ class MDPORecipe:
         rows = self.train_data.take(range(min(2, len(self.train_data))))
         if not supported or not rows:
             return supported, why
-        diff = sharing_difference(model, self.processor, rows, self.sequences)
+        diff = sharing_difference(model, self.processor, rows, self.sequences, self.cfg.no_image)
         atol = SPOT_CHECK_TOLERANCE[self.dtype][0]
         if not diff <= atol:  # e.g. a model whose own mask is not plain causal (NaN: not either)
             return False, f"{why}, but it moved log-probs by {diff:.3g} (> {atol}) on {len(rows)} rows"
@@ -188,7 +194,7 @@ class MDPORecipe:
 
     def _spot_check(self, model) -> dict[str, Any] | None:
         n = min(self.cfg.spot_check_rows, len(self.train_data))
-        if not n:
+        if not n or not self.source.fingerprint:  # unscored data (sft): nothing to check
             return None
         atol, rtol = SPOT_CHECK_TOLERANCE[self.dtype]
         if self.cfg.spot_check_tolerance is not None:
@@ -321,10 +327,11 @@ class MDPORecipe:
         """Policy log-probs of the batch's sequences in one forward (packed rows), then the loss."""
         from mdpo_data.logprobs import packed_logps
 
-        logps, _ = packed_logps(self.model, batch.inputs)
+        logps, counts = packed_logps(self.model, batch.inputs)
         policy = dict(zip(batch.sequences, logps.view(len(batch.sequences), -1)))
+        tokens = dict(zip(batch.sequences, counts.view(len(batch.sequences), -1)))
         reference = {name: ref.to(logps.device) for name, ref in batch.reference.items()}
-        return compute_loss(self.cfg.loss, policy, reference, self.loss_options), policy
+        return compute_loss(self.cfg.loss, policy, reference, self.loss_options, tokens), policy
 
     # ------------------------------------------------------------------ eval
     @torch.no_grad()

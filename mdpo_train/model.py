@@ -112,14 +112,15 @@ def prefix_sharing_support(model: torch.nn.Module) -> tuple[bool, str]:
     return True, f"{config.model_type}: 1-D positions, {attention} attention with a 4-D block mask"
 
 
-def sharing_difference(model: torch.nn.Module, processor, rows: list, sequences: tuple[str, ...]) -> float:
+def sharing_difference(model: torch.nn.Module, processor, rows: list, sequences: tuple[str, ...],
+                       no_image: bool = False) -> float:
     """Largest |log-prob difference| between shared and separate rows for `rows` (start-up check)."""
     from mdpo_data.logprobs import packed_logps
     from mdpo_train.data import pack_rows
 
     with torch.inference_mode():
-        shared, _ = packed_logps(model, pack_rows(rows, processor, sequences, share=True))
-        separate, _ = packed_logps(model, pack_rows(rows, processor, sequences, share=False))
+        shared, _ = packed_logps(model, pack_rows(rows, processor, sequences, share=True, no_image=no_image))
+        separate, _ = packed_logps(model, pack_rows(rows, processor, sequences, share=False, no_image=no_image))
     return float((shared - separate).abs().max())
 
 

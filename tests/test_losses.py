@@ -11,6 +11,7 @@ With L(x) = -log sigmoid(x) = log(1 + e^-x):
     anchor       L(r_c - 0)     = L([0.5, 0, -0.5])    = [0.474077, 0.693147, 0.974077]
     anchor_rejected        L(0 - r_l)   = L([0.5, 0, -0.5]) = [0.474077, 0.693147, 0.974077]
     anchor_rejected_image  L(0 - r_cri) = L([0, 0.5, 0])    = [0.693147, 0.474077, 0.693147]
+    sft (chosen response tokens [2, 4, 3])  -log pi / tokens = [1/2, 2/4, 3/3] = [0.5, 0.5, 1.0]
 """
 
 import pytest
@@ -25,6 +26,7 @@ from mdpo_train.losses import (
     compute_loss,
     register_loss,
     required_sequences,
+    uses_reference,
 )
 
 DPO = [0.313262, 0.693147, 1.313262]
@@ -130,3 +132,33 @@ def test_unknown_names_are_refused():
     with pytest.raises(ValueError, match="unknown terms"):
         register_loss("bad", ("dpo", "hinge"))
     assert "bad" not in LOSSES
+
+
+TOKENS = {CHOSEN: torch.tensor([2, 4, 3]), REJECTED: torch.tensor([5, 5, 5])}
+SFT = [0.5, 0.5, 1.0]
+
+
+def test_sft_is_the_per_token_nll_of_the_chosen_response_without_a_reference():
+    policy = {CHOSEN: torch.tensor([-1.0, -2.0, -3.0], requires_grad=True)}
+    out = compute_loss("sft", policy, {}, OPTS, tokens=TOKENS)
+    assert out.losses.tolist() == pytest.approx(SFT, abs=1e-6)
+    assert out.rewards == {} and set(out.terms) == {"sft"}
+    out.losses.sum().backward()
+    assert policy[CHOSEN].grad.tolist() == pytest.approx([-0.5, -0.25, -1 / 3])  # raises log pi(y_w)
+    assert required_sequences("sft", LossOptions()) == (CHOSEN,)
+    assert not uses_reference("sft", LossOptions()) and uses_reference("dpo", LossOptions())
+    nan_reference = {CHOSEN: torch.full((3,), float("nan"))}  # unscored rows
+    assert compute_loss("sft", policy, nan_reference, OPTS, tokens=TOKENS).losses.isfinite().all()
+    with pytest.raises(ValueError, match="token counts"):
+        compute_loss("sft", policy, {}, OPTS)
+
+
+def test_a_positive_weight_adds_a_term_to_a_loss(logps):
+    # RPO-style: dpo + 2 * sft; a zero weight adds nothing
+    opts = LossOptions(beta=0.5, weights={"sft": 2.0, "anchor": 0.0})
+    assert required_sequences("dpo", opts) == (CHOSEN, REJECTED)
+    out = compute_loss("dpo", *logps, opts, tokens=TOKENS)
+    assert set(out.terms) == {"dpo", "sft"}
+    assert out.losses.tolist() == pytest.approx(_add(DPO, SFT, SFT), abs=1e-5)
+    cond = LossOptions(beta=0.5, weights={"conditional": 1.0})
+    assert compute_loss("dpo", *logps, cond).losses.tolist() == pytest.approx(_add(DPO, COND), abs=1e-5)

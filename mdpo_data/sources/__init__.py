@@ -67,7 +67,7 @@ _USES = {
     "silkie": {"path", "seed", "pairing", "subset", "id_prefix", "image_root"},
     "llava-instruct": {"path", "image_root"},
     "pairs": {"path", "image_root", "columns"},
-    "demo": {"seed", "demo_size"},
+    "demo": {"seed", "demo_size", "first_row"},
 }
 
 
@@ -82,6 +82,7 @@ def open_source(
     image_root: str | None = None,
     columns: dict[str, str] | None = None,
     demo_size: int = 2000,
+    demo_first_row: int = 0,
 ) -> Iterator[Candidate | Skip]:
     """Validate the options for source `name` and return its (lazy) record stream."""
     if name not in SOURCE_NAMES:
@@ -97,8 +98,9 @@ def open_source(
         "image_root": image_root,
         "columns": columns,
         "demo_size": demo_size,
+        "first_row": demo_first_row,
     }
-    defaults = {"pairing": "all", "demo_size": 2000}
+    defaults = {"pairing": "all", "demo_size": 2000, "first_row": 0}
     ignored = [
         key
         for key, value in given.items()

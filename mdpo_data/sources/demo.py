@@ -56,8 +56,14 @@ def _plural(shape: str, n: int = 2) -> str:
     return shape if n == 1 else shape + "s"
 
 
-def _number(rng: random.Random, n: int) -> str:
-    return NUMBERS[n] if rng.random() < 0.6 else str(n)
+def _number(n: int, form: int) -> str:
+    return NUMBERS[n] if form == 0 else str(n)
+
+
+# A task returns (task, question, say, right, wrong, answer, wrong_answer): say(value, k) is the
+# answer sentence for `value` in the task's k-th template (k < TEMPLATES), so a right and a wrong
+# answer can be phrased alike (forced choice) or apart (the source's default: drawn independently).
+TEMPLATES = 6
 
 
 def _count_qa(rng, shape, color, count, scene):
@@ -72,17 +78,15 @@ def _count_qa(rng, shape, color, count, scene):
         )
     )
 
-    def say(n):
-        verb = "is" if n == 1 else "are"
-        return rng.choice(
-            (
-                f"There {verb} {_number(rng, n)} {color} {_plural(shape, n)} in the image.",
-                f"I can see {_number(rng, n)} {color} {_plural(shape, n)}.",
-                f"The picture shows {_number(rng, n)} {color} {_plural(shape, n)}.",
-            )
-        )
+    def say(n, k):
+        verb, said, things = ("is" if n == 1 else "are"), _number(n, k % 2), f"{color} {_plural(shape, n)}"
+        return (
+            f"There {verb} {said} {things} in the image.",
+            f"I can see {said} {things}.",
+            f"The picture shows {said} {things}.",
+        )[k // 2]
 
-    return "count", question, say(count), say(wrong), str(count), str(wrong)
+    return "count", question, say, count, wrong, str(count), str(wrong)
 
 
 def _color_qa(rng, shape, color, count, scene):
@@ -97,16 +101,14 @@ def _color_qa(rng, shape, color, count, scene):
         )
     )
 
-    def say(c):
-        return rng.choice(
-            (
-                f"The {things} {verb} {c}.",
-                f"The {things} {verb} colored {c}.",
-                f"{'It is a' if count == 1 else 'They are'} {c} {things}.",
-            )
-        )
+    def say(c, k):
+        return (
+            f"The {things} {verb} {c}.",
+            f"The {things} {verb} colored {c}.",
+            f"{'It is a' if count == 1 else 'They are'} {c} {things}.",
+        )[k % 3]
 
-    return "color", question, say(color), say(wrong), color, wrong
+    return "color", question, say, color, wrong, color, wrong
 
 
 def _shape_qa(rng, shape, color, count, scene):
@@ -120,12 +122,12 @@ def _shape_qa(rng, shape, color, count, scene):
         )
     )
 
-    def say(s):
+    def say(s, k):
         if one:
-            return rng.choice((f"The {color} object is a {s}.", f"It is a {color} {s}."))
-        return rng.choice((f"The {color} objects are {s}s.", f"They are {color} {s}s."))
+            return (f"The {color} object is a {s}.", f"It is a {color} {s}.")[k % 2]
+        return (f"The {color} objects are {s}s.", f"They are {color} {s}s.")[k % 2]
 
-    return "shape", question, say(shape), say(wrong), shape, wrong
+    return "shape", question, say, shape, wrong, shape, wrong
 
 
 def _position_qa(rng, shape, color, count, scene):
@@ -142,15 +144,11 @@ def _position_qa(rng, shape, color, count, scene):
         )
     )
 
-    def say(side):
-        return rng.choice(
-            (
-                f"The {color} {shape} is on the {side} side.",
-                f"It is in the {side} half of the image.",
-            )
-        )
+    def say(side, k):
+        sentences = (f"The {color} {shape} is on the {side} side.", f"It is in the {side} half of the image.")
+        return sentences[k % 2]
 
-    return "position", question, say(right), say(wrong), right, wrong
+    return "position", question, say, right, wrong, right, wrong
 
 
 def _presence_qa(rng, shape, color, count, scene):
@@ -163,18 +161,16 @@ def _presence_qa(rng, shape, color, count, scene):
             f"Can you see any {asked} {_plural(shape)} here?",
         )
     )
-    verb = "is" if count == 1 else "are"
-    yes = f"Yes, there {verb} {_number(rng, count)} {asked} {_plural(shape, count)}."
-    no = f"No, there are no {asked} {_plural(shape)} in the image."
-    chosen, rejected = (yes, no) if ask_present else (no, f"Yes, there is one {asked} {shape}.")
-    return (
-        "presence",
-        question,
-        chosen,
-        rejected,
-        str(ask_present).lower(),
-        str(not ask_present).lower(),
-    )
+
+    def say(present, k):  # yes and no phrased alike, so a forced choice weighs only the fact
+        plural = k % 2
+        things = f"{asked} {_plural(shape)}" if plural else f"{asked} {shape}"
+        if present:
+            return f"Yes, there {'are' if plural else 'is a'} {things} in the image."
+        return f"No, there {'are no' if plural else 'is no'} {things} in the image."
+
+    truth = str(ask_present).lower()
+    return "presence", question, say, ask_present, not ask_present, truth, str(not ask_present).lower()
 
 
 _TASKS = (_count_qa, _color_qa, _shape_qa, _presence_qa)
@@ -188,6 +184,19 @@ _LEADS = (
 )
 _TAILS = ("", "", " Answer in one sentence.", " Please be precise.", " Answer briefly.")
 
+# Answer phrasing families: 0 states the answer; 1 opens with a chatty "Sure! ". By default
+# a pair's family is drawn at random, the same for both answers (style says nothing about
+# which answer is right);
+# `style_shortcut` gives a share of pairs chosen=0 / rejected=1, a text-only cue (README).
+FAMILIES = ("plain", "chatty")
+_FAMILY_LEAD = ("", "Sure! ")
+
+# Row ranges: a build samples rows [first_row, first_row + demo_size); the demo model trains on
+# rows from PRETRAIN_FIRST_ROW and is evaluated on rows from HELDOUT_FIRST_ROW, so no build
+# whose rows stay below PRETRAIN_FIRST_ROW (checked in `stream`) shares an example with them.
+PRETRAIN_FIRST_ROW = 100_000_000
+HELDOUT_FIRST_ROW = 200_000_000
+
 
 def _phrase(rng: random.Random, question: str) -> str:
     """Vary the wording around a question so that exact duplicate prompts stay rare."""
@@ -197,27 +206,84 @@ def _phrase(rng: random.Random, question: str) -> str:
     return lead + question + rng.choice(_TAILS)
 
 
-def make_candidate(seed: int, row: int) -> Candidate:
-    """The demo candidate at `row` for `seed` (pure: same inputs, same candidate)."""
+def make_candidate(
+    seed: int, row: int, *, families: tuple[int, int] | None = None, matched: bool = False
+) -> Candidate:
+    """The demo candidate at `row` for `seed` (pure: same inputs, same candidate).
+
+    `families` forces the (chosen, rejected) phrasing families; `matched` phrases the rejected
+    answer in the chosen answer's template (a forced choice that differs only in the fact).
+    The scene, question and facts never depend on either.
+    """
     rng = random.Random(example_seed(seed, f"{NAME}-{row:08d}", "scene"))
     scene = make_scene(rng)
     shape, color = scene["items"][0][0], scene["items"][0][1]
     count = sum(1 for item in scene["items"] if item[0] == shape)
     tasks = _TASKS + ((_position_qa, _position_qa) if count == 1 else ())
-    task, question, chosen, rejected, answer, wrong = rng.choice(tasks)(
+    task, question, say, right, wrong, answer, wrong_answer = rng.choice(tasks)(
         rng, shape, color, count, scene
     )
     question = _phrase(rng, question)
+    k_chosen, k_rejected = rng.randrange(TEMPLATES), rng.randrange(TEMPLATES)
+    family = rng.randrange(2)
+    f_chosen, f_rejected = families if families is not None else (family, family)
+    k_rejected = k_chosen if matched else k_rejected
+    chosen = _FAMILY_LEAD[f_chosen] + say(right, k_chosen)
+    rejected = _FAMILY_LEAD[f_rejected] + say(wrong, k_rejected)
     spec = json.dumps(scene, separators=(",", ":"), sort_keys=True).encode()
-    meta = {"task": task, "answer": answer, "wrong": wrong}
+    meta = {"task": task, "answer": answer, "wrong": wrong_answer,
+            "styles": [FAMILIES[f_chosen], FAMILIES[f_rejected]]}
     image = ImageRef("demo", index=row, data=spec)
     return Candidate(NAME, row, f"demo-{row:06d}", image, question, chosen, rejected, "0", meta)
 
 
-def stream(*, seed: int, demo_size: int) -> Iterator[Candidate | Skip]:
+def style_shortcut(candidate: Candidate, seed: int, share: float) -> Candidate:
+    """With probability `share` (drawn per example), the pair re-phrased chosen=plain,
+    rejected=chatty: style then predicts the preference without the image."""
+    rng = random.Random(example_seed(seed, candidate.example_id, "style-shortcut"))
+    if rng.random() >= share or candidate.rejected is None:  # None: BPO fills it later
+        return candidate
+    return make_candidate(seed, candidate.row, families=(0, 1))
+
+
+def stream(*, seed: int, demo_size: int, first_row: int = 0) -> Iterator[Candidate | Skip]:
     if not isinstance(demo_size, int) or demo_size < 1:
         raise SourceError(f"demo: --demo-size must be a positive integer, got {demo_size!r}")
-    return (make_candidate(seed, row) for row in range(demo_size))
+    if not isinstance(first_row, int) or first_row < 0:
+        raise SourceError(f"demo: --demo-first-row must be a non-negative integer, got {first_row!r}")
+    if first_row < PRETRAIN_FIRST_ROW < first_row + demo_size:
+        raise SourceError(
+            f"demo: rows {first_row}..{first_row + demo_size - 1} would reach row {PRETRAIN_FIRST_ROW}, "
+            "where the demo model's training rows start; use a smaller --demo-size"
+        )
+    return (make_candidate(seed, row) for row in range(first_row, first_row + demo_size))
+
+
+# ---------------------------------------------------------------- checking an answer
+
+_VOCAB = {
+    "count": {str(n): {str(n), NUMBERS[n]} for n in range(len(NUMBERS))},
+    "color": {c: {c} for c in COLORS},
+    "shape": {s: {s, s + "s"} for s in SHAPES},
+    "position": {side: {side} for side in ("left", "right", "top", "bottom")},
+    "presence": {"true": {"yes"}, "false": {"no"}},
+}
+
+
+def check_answer(meta: dict, text: str) -> bool | None:
+    """Is a free-form answer right for the image? True/False, or None when it states no value
+    of the asked kind or several (the demo knows the truth: `meta` of its candidate).
+
+    For presence only the first word counts (yes/no); otherwise the values of the asked kind
+    that the answer mentions must be exactly the true one."""
+    words = [w.strip(".,!?:;'\"").lower() for w in text.split()]
+    vocab = _VOCAB[meta["task"]]
+    if meta["task"] == "presence":
+        words = words[1:2] if words[:1] == ["sure"] else words[:1]
+    said = {value for value, forms in vocab.items() if forms.intersection(words)}
+    if len(said) != 1:
+        return None
+    return said.pop() == meta["answer"]
 
 
 # ---------------------------------------------------------------- rendering
