@@ -94,6 +94,26 @@ def test_batches_reproduce_the_stored_reference_logps(demo, tiny):
         assert torch.allclose(by_sequence[name], stored, atol=1e-3), name
 
 
+def test_batches_with_a_system_prompt_reproduce_the_stored_reference_logps(tmp_path, tiny):
+    """The system message is part of the scored prompt: the trainer's packed rows carry it too,
+    so at step 0 the policy equals the reference on data built with --system-prompt."""
+    from mdpo_data.logprobs import packed_logps
+    from train_fixtures import scored_demo
+
+    data = scored_demo(tmp_path / "sys", n=6, eval_fraction=0.0,
+                       system_prompt="You answer questions about simple shapes.")
+    model, processor = tiny
+    source, _ = inspect_source(data)
+    rows = load_splits(source, SEQUENCES)["train"].take(range(3))
+    assert schema.system_of(rows[0]["prompt"]) == "You answer questions about simple shapes."
+    for share in (True, False):
+        batch = make_batch(rows, processor, SEQUENCES, max_length=2048, share=share)
+        with one_thread(), torch.no_grad():
+            logps, _ = packed_logps(model, batch.inputs)
+        for name, got in zip(SEQUENCES, logps.view(3, -1)):
+            assert torch.allclose(got, batch.reference[name], atol=1e-3), (share, name)
+
+
 def test_examples_longer_than_max_length_are_dropped_not_truncated(demo, tiny):
     _, processor = tiny
     source, _ = inspect_source(demo)

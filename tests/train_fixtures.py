@@ -29,11 +29,12 @@ def one_thread():
 
 
 def scored_demo(out: Path, *, n: int = 24, eval_fraction: float = 0.25, seed: int = 0,
-                ref_model: str = "tiny") -> Path:
+                ref_model: str = "tiny", system_prompt: str = "auto") -> Path:
     """A scored demo build folder with about n * (1 - eval_fraction) train rows."""
     with one_thread(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the smoke-test model warns, by design
-        config = BuildConfig(source="demo", n=n, rejected="crop:0-0.2", seed=seed, eval_fraction=eval_fraction)
+        config = BuildConfig(source="demo", n=n, rejected="crop:0-0.2", seed=seed,
+                             eval_fraction=eval_fraction, system_prompt=system_prompt)
         run_build(config, out, overwrite=True, progress=False)
         score_build(out, ref_model, progress=False)
     return Path(out)
