@@ -52,7 +52,8 @@ def greedy_answers(model, processor, candidates: list[Candidate], *, max_new_tok
                    batch_size: int = 32) -> list[tuple[str, bool]]:
     """Per candidate: (greedy answer text, ended its turn within max_new_tokens)."""
     from mdpo_data import schema
-    from mdpo_data.bpo import _add_special_tokens, _greedy
+    from mdpo_data.bpo_generate import greedy
+    from mdpo_data.logprobs import _add_special_tokens
 
     out = []
     render = processor.apply_chat_template
@@ -64,7 +65,7 @@ def greedy_answers(model, processor, candidates: list[Candidate], *, max_new_tok
             text=prompts, images=[image_of(c) for c in chunk], padding=True, padding_side="left",
             add_special_tokens=_add_special_tokens(processor.tokenizer, prompts[0]), return_tensors="pt",
         )
-        out += [(g.text, g.finished) for g in _greedy(model, processor.tokenizer, inputs, max_new_tokens)]
+        out += [(g.text, g.finished) for g in greedy(model, processor.tokenizer, inputs, max_new_tokens)]
     return out
 
 
