@@ -350,14 +350,20 @@ def token_logps(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts)
 
 
-def _forward_logits(model, inputs: dict[str, Any], keep: int) -> torch.Tensor:
-    """Logits of the last `keep` positions (asks the model to skip the rest of the lm_head)."""
+def _logits(model, inputs: dict[str, Any], keep) -> torch.Tensor:
+    """The model's logits, asking it to run the LM head at `keep` only (an int: the last keep
+    positions; a bool [R, T] mask: those positions); a model without `logits_to_keep` gives all."""
     try:
-        logits = model(**inputs, logits_to_keep=keep, use_cache=False).logits
+        return model(**inputs, logits_to_keep=keep, use_cache=False).logits
     except TypeError as error:
         if "logits_to_keep" not in str(error):
             raise
-        logits = model(**inputs, use_cache=False).logits
+        return model(**inputs, use_cache=False).logits
+
+
+def _forward_logits(model, inputs: dict[str, Any], keep: int) -> torch.Tensor:
+    """Logits of the last `keep` positions (asks the model to skip the rest of the lm_head)."""
+    logits = _logits(model, inputs, keep)
     return logits[:, -keep:] if logits.shape[1] != keep else logits
 
 
@@ -497,12 +503,7 @@ def _logits_at(model, inputs: dict[str, Any], keep: torch.Tensor) -> torch.Tenso
     transformers applies the LM head to those positions only (`logits_to_keep` as a boolean
     mask), through the public forward, so DDP/FSDP wrappers see a normal forward.
     """
-    try:
-        logits = model(**inputs, logits_to_keep=keep, use_cache=False).logits
-    except TypeError as error:
-        if "logits_to_keep" not in str(error):
-            raise
-        logits = model(**inputs, use_cache=False).logits
+    logits = _logits(model, inputs, keep)
     if logits.dim() == 3 and logits.shape[:2] == keep.shape:  # a model that ignored the mask
         logits = logits[keep]
     if logits.dim() != 2 or logits.shape[0] != int(keep.sum()):
