@@ -124,60 +124,17 @@ def _tokenizer(recipe: Recipe):
 def build_initial(path: str | Path, recipe: Recipe = DEFAULT_RECIPE) -> Path:
     """The untrained model (random weights from recipe.seed) + its processor, at `path`."""
     import torch
-    from transformers import (
-        CLIPImageProcessor,
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
-    )
+
+    from mdpo_data.tiny import llava
 
     path = Path(path)
     tokenizer = _tokenizer(recipe)
-    size = recipe.image_size
-    image_processor = CLIPImageProcessor(
-        size={"shortest_edge": size}, crop_size={"height": size, "width": size}
-    )
-    processor = LlavaProcessor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        patch_size=recipe.patch_size,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,
-        chat_template=_TEMPLATE,
-    )
-    vision = CLIPVisionConfig(
-        hidden_size=recipe.vision_hidden,
-        intermediate_size=2 * recipe.vision_hidden,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        image_size=size,
-        patch_size=recipe.patch_size,
-        projection_dim=recipe.vision_hidden,
-    )
-    text = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=recipe.hidden_size,
-        intermediate_size=2 * recipe.hidden_size,
-        num_hidden_layers=recipe.num_layers,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=512,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=False,
-    )
-    config = LlavaConfig(
-        vision_config=vision,
-        text_config=text,
-        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
-        vision_feature_select_strategy="default",
-        vision_feature_layer=-2,  # with one vision layer: the patch embeddings themselves
-    )
-    torch.manual_seed(recipe.seed)
-    model = LlavaForConditionalGeneration(config).eval()
+    model, processor = llava(
+        tokenizer, chat_template=_TEMPLATE, image_size=recipe.image_size,
+        patch_size=recipe.patch_size, vision_hidden=recipe.vision_hidden, vision_layers=1,
+        hidden_size=recipe.hidden_size, num_layers=recipe.num_layers, max_positions=512,
+        seed=recipe.seed,
+    )  # with one vision layer, the default feature layer (-2) is the patch embeddings themselves
     if recipe.position_std:  # CLIP's position embeddings start at std 0.02
         embeddings = next(m for m in model.modules() if type(m).__name__ == "CLIPVisionEmbeddings")
         with torch.no_grad():

@@ -106,6 +106,73 @@ def _mark_smoke_test(path: Path, name: str, seed: int) -> None:
     (path / "README.md").write_text(_MODEL_CARD.format(name=name, seed=seed))
 
 
+def llava(tokenizer, *, chat_template: str, image_size: int, patch_size: int, vision_hidden: int,
+          vision_layers: int, hidden_size: int, num_layers: int, max_positions: int, seed: int,
+          image_token: str = "<image>"):
+    """(model, processor): a LLaVA with the classes of real checkpoints (CLIP vision tower,
+    Llama text model, LlavaProcessor), random weights from `seed`. Shared by `tiny` and `demo`."""
+    import torch
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
+
+    processor = LlavaProcessor(
+        image_processor=CLIPImageProcessor(
+            size={"shortest_edge": image_size},
+            crop_size={"height": image_size, "width": image_size},
+        ),
+        tokenizer=tokenizer,
+        patch_size=patch_size,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,  # CLIP's CLS token, dropped by the "default" strategy
+        chat_template=chat_template,
+        image_token=image_token,
+    )
+    vision = CLIPVisionConfig(
+        hidden_size=vision_hidden,
+        intermediate_size=2 * vision_hidden,
+        num_hidden_layers=vision_layers,
+        num_attention_heads=4,
+        image_size=image_size,
+        patch_size=patch_size,
+        projection_dim=vision_hidden,
+    )
+    text = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=max_positions,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    config = LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=tokenizer.convert_tokens_to_ids(image_token),
+        vision_feature_select_strategy="default",
+    )
+    torch.manual_seed(seed)
+    return LlavaForConditionalGeneration(config).eval(), processor
+
+
+def _save(model, processor, path: Path, name: str, seed: int) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    _mark_smoke_test(path, name, seed)
+    return path
+
+
 def build_tiny_llava(
     path: str | Path,
     seed: int = 0,
@@ -124,65 +191,17 @@ def build_tiny_llava(
     `tokens` ({"special": [...], "bos", "eos", "pad", "image"}) and `chat_template` give it
     another model family's special tokens and template (the template tests use them).
     """
-    import torch
-    from transformers import (
-        CLIPImageProcessor,
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
-    )
-
     path = Path(path)
     tokens = tokens or {"special": ["<unk>", "<s>", "</s>", "<pad>", "<image>"], "bos": "<s>",
                         "eos": "</s>", "pad": "<pad>", "image": "<image>", "unk": "<unk>"}
     tokenizer = _tokenizer(tokens["special"], bos=tokens["bos"], eos=tokens["eos"], pad=tokens["pad"])
     if tokens.get("unk"):
         tokenizer.unk_token = tokens["unk"]
-    image_processor = CLIPImageProcessor(
-        size={"shortest_edge": image_size},
-        crop_size={"height": image_size, "width": image_size},
+    model, processor = llava(
+        tokenizer, chat_template=chat_template or _LLAVA_TEMPLATE, image_token=tokens["image"],
+        image_size=image_size, patch_size=patch_size, vision_hidden=64, vision_layers=2,
+        hidden_size=hidden_size, num_layers=num_layers, max_positions=4096, seed=seed,
     )
-    processor = LlavaProcessor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        patch_size=patch_size,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,  # CLIP's CLS token, dropped by the "default" strategy
-        chat_template=chat_template or _LLAVA_TEMPLATE,
-        image_token=tokens["image"],
-    )
-    vision = CLIPVisionConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        image_size=image_size,
-        patch_size=patch_size,
-        projection_dim=64,
-    )
-    text = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        intermediate_size=2 * hidden_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=4096,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=False,
-    )
-    config = LlavaConfig(
-        vision_config=vision,
-        text_config=text,
-        image_token_id=tokenizer.convert_tokens_to_ids(tokens["image"]),
-        vision_feature_select_strategy="default",
-    )
-    torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration(config).eval()
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     # Random weights almost never emit </s>: let generation (BPO's weakened answers) also
     # stop at any punctuation token, so the smoke-test model writes short "answers" and a
@@ -192,11 +211,32 @@ def build_tiny_llava(
         if len(t.lstrip("Ġ")) == 1 and t.lstrip("Ġ") in ".,;:!?()-" and i != tokenizer.eos_token_id
     )
     model.generation_config.eos_token_id = stops
-    path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    _mark_smoke_test(path, SMOKE_TEST_NAME, seed)
-    return path
+    return _save(model, processor, path, SMOKE_TEST_NAME, seed)
+
+
+def _chatml_tokenizer():
+    """The Qwen2-VL family's special tokens on a tiny tokenizer -> (tokenizer, {token: id})."""
+    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+               "<|image_pad|>", "<|video_pad|>"]
+    tokenizer = _tokenizer(special, bos=None, eos="<|im_end|>", pad="<|endoftext|>")
+    return tokenizer, {name: tokenizer.convert_tokens_to_ids(name) for name in special}
+
+
+def _qwen_text_config(tokenizer, ids: dict[str, int]) -> dict:
+    return {
+        "vocab_size": len(tokenizer), "hidden_size": 64, "intermediate_size": 128,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "max_position_embeddings": 4096,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+        "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"],
+        "pad_token_id": ids["<|endoftext|>"],
+    }
+
+
+def _qwen_token_ids(ids: dict[str, int]) -> dict[str, int]:
+    return {"image_token_id": ids["<|image_pad|>"], "video_token_id": ids["<|video_pad|>"],
+            "vision_start_token_id": ids["<|vision_start|>"],
+            "vision_end_token_id": ids["<|vision_end|>"]}
 
 
 def build_tiny_qwen2_vl(path: str | Path, seed: int = 0) -> Path:
@@ -211,9 +251,7 @@ def build_tiny_qwen2_vl(path: str | Path, seed: int = 0) -> Path:
     )
 
     path = Path(path)
-    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
-               "<|image_pad|>", "<|video_pad|>"]
-    tokenizer = _tokenizer(special, bos=None, eos="<|im_end|>", pad="<|endoftext|>")
+    tokenizer, ids = _chatml_tokenizer()
     image_processor = Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=112 * 112)
     processor = Qwen2VLProcessor(
         image_processor=image_processor,
@@ -221,34 +259,14 @@ def build_tiny_qwen2_vl(path: str | Path, seed: int = 0) -> Path:
         video_processor=Qwen2VLVideoProcessor(),
         chat_template=_CHATML_TEMPLATE,
     )
-    ids = {name: tokenizer.convert_tokens_to_ids(name) for name in special}
     config = Qwen2VLConfig(
-        text_config={
-            "vocab_size": len(tokenizer),
-            "hidden_size": 64,
-            "intermediate_size": 128,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-            "max_position_embeddings": 4096,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
-            "bos_token_id": ids["<|endoftext|>"],
-            "eos_token_id": ids["<|im_end|>"],
-            "pad_token_id": ids["<|endoftext|>"],
-        },
+        text_config=_qwen_text_config(tokenizer, ids),
         vision_config={"depth": 2, "embed_dim": 32, "hidden_size": 64, "num_heads": 2, "mlp_ratio": 2},
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
+        **_qwen_token_ids(ids),
     )
     torch.manual_seed(seed)
     model = Qwen2VLForConditionalGeneration(config).eval()
-    path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    _mark_smoke_test(path, "mdpo-tiny-qwen2-vl-smoke-test", seed)
-    return path
+    return _save(model, processor, path, "mdpo-tiny-qwen2-vl-smoke-test", seed)
 
 
 def build_tiny_qwen2_5_vl(path: str | Path, seed: int = 0) -> Path:
@@ -264,39 +282,22 @@ def build_tiny_qwen2_5_vl(path: str | Path, seed: int = 0) -> Path:
     )
 
     path = Path(path)
-    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
-               "<|image_pad|>", "<|video_pad|>"]
-    tokenizer = _tokenizer(special, bos=None, eos="<|im_end|>", pad="<|endoftext|>")
+    tokenizer, ids = _chatml_tokenizer()
     processor = Qwen2_5_VLProcessor(
         image_processor=Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=112 * 112),
         tokenizer=tokenizer,
         video_processor=Qwen2VLVideoProcessor(),
         chat_template=_CHATML_TEMPLATE,
     )
-    ids = {name: tokenizer.convert_tokens_to_ids(name) for name in special}
     config = Qwen2_5_VLConfig(
-        text_config={
-            "vocab_size": len(tokenizer), "hidden_size": 64, "intermediate_size": 128,
-            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-            "max_position_embeddings": 4096,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
-            "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"],
-            "pad_token_id": ids["<|endoftext|>"],
-        },
+        text_config=_qwen_text_config(tokenizer, ids),
         vision_config={"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2,
                        "out_hidden_size": 64, "window_size": 56, "fullatt_block_indexes": [1]},
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
+        **_qwen_token_ids(ids),
     )
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(config).eval()
-    path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    _mark_smoke_test(path, "mdpo-tiny-qwen2.5-vl-smoke-test", seed)
-    return path
+    return _save(model, processor, path, "mdpo-tiny-qwen2.5-vl-smoke-test", seed)
 
 
 _IDEFICS3_TEMPLATE = (  # SmolVLM's published template (Idefics3 architecture)
@@ -343,11 +344,7 @@ def build_tiny_idefics3(path: str | Path, seed: int = 0) -> Path:
     )
     torch.manual_seed(seed)
     model = Idefics3ForConditionalGeneration(config).eval()
-    path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    _mark_smoke_test(path, "mdpo-tiny-idefics3-smoke-test", seed)
-    return path
+    return _save(model, processor, path, "mdpo-tiny-idefics3-smoke-test", seed)
 
 
 def cache_dir() -> Path:
