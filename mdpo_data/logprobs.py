@@ -428,23 +428,27 @@ class PrefixGroup:
         return [Sequence(self.image, self.question, r, self.system) for r in self.responses]
 
 
-def prefix_reuse_support(model) -> tuple[bool, str]:
-    """Whether `prefix_response_logps` can be exact for this architecture (static check).
+# Attention kernels that take an arbitrary 4-D mask (flash-attention and others do not).
+MASKED_ATTENTION = ("sdpa", "eager")
 
-    It packs a group's responses after ONE copy of their prefix, with explicit 1-D position
+
+def prefix_reuse_support(model) -> tuple[bool, str]:
+    """Whether packed rows (`mdpo_data.packing`) can be exact for this model (static check);
+    the scorer and the trainer both ask here.
+
+    A row packs a group's responses after ONE copy of their prefix, with explicit 1-D position
     ids and a custom 4-D attention mask: models with 3-D multimodal RoPE (Qwen2-VL family)
-    derive positions from the image grid, and flash-attention kernels take no custom mask.
+    derive positions from the image grid, and only MASKED_ATTENTION kernels take the mask.
     """
-    inner = _unwrap(model)
-    config = inner.config
+    config = _unwrap(model).config
     text = getattr(config, "text_config", None) or config
     rope = getattr(text, "rope_parameters", None) or getattr(text, "rope_scaling", None) or {}
     if isinstance(rope, dict) and "mrope_section" in rope:
         return False, f"{config.model_type}: 3-D multimodal rotary positions (M-RoPE)"
-    attention = str(getattr(config, "_attn_implementation", None) or "")
-    if "flash" in attention:
-        return False, f"{config.model_type}: {attention} takes no custom attention mask"
-    return True, f"{config.model_type}: 1-D positions, shared prefix packed with a 4-D mask"
+    attention = getattr(text, "_attn_implementation", None) or getattr(config, "_attn_implementation", None)
+    if attention not in MASKED_ATTENTION:
+        return False, f"{config.model_type}: {attention} attention takes no arbitrary 4-D mask"
+    return True, f"{config.model_type}: 1-D positions, {attention} attention with a 4-D block mask"
 
 
 def prefix_response_logps(

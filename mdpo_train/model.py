@@ -92,24 +92,12 @@ def make_policy(model: torch.nn.Module, cfg: TrainConfig) -> torch.nn.Module:
     return model
 
 
-# Attention kernels that apply an arbitrary 4-D mask (flash-attention takes none; flex takes a
-# BlockMask of its own): anything else trains without prefix sharing.
-MASKED_ATTENTION = ("sdpa", "eager")
-
-
 def prefix_sharing_support(model: torch.nn.Module) -> tuple[bool, str]:
-    """Whether y_w and y_l can share one row (4-D block mask + 1-D position ids), and why."""
-    from mdpo_data.logprobs import _unwrap, prefix_reuse_support
+    """Whether y_w and y_l can share one row (4-D block mask + 1-D position ids), and why:
+    the scorer's own check, so both run the same rows or both fall back."""
+    from mdpo_data.logprobs import prefix_reuse_support
 
-    config = _unwrap(model).config
-    ok, reason = prefix_reuse_support(model)
-    if not ok:
-        return False, reason
-    text = getattr(config, "text_config", None) or config
-    attention = getattr(text, "_attn_implementation", None) or getattr(config, "_attn_implementation", None)
-    if attention not in MASKED_ATTENTION:
-        return False, f"{config.model_type}: {attention} attention takes no arbitrary 4-D mask"
-    return True, f"{config.model_type}: 1-D positions, {attention} attention with a 4-D block mask"
+    return prefix_reuse_support(model)
 
 
 def sharing_difference(model: torch.nn.Module, processor, rows: list, sequences: tuple[str, ...],
