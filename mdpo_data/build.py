@@ -28,7 +28,7 @@ from typing import Any
 from mdpo_data import schema
 from mdpo_data.folder import STATE_DIR, check_target, has_our_manifest, hold, owned_files
 from mdpo_data.manifest import MANIFEST_NAME, library_versions, manifest_path, write_manifest
-from mdpo_data.records import Candidate
+from mdpo_data.records import Candidate, Skip
 from mdpo_data.sampling import draw, split_eval
 from mdpo_data.seeds import example_seed
 from mdpo_data.shards import SHARD_RE, sha256_file, shard_name, write_bytes_atomic, write_shard
@@ -160,6 +160,7 @@ def model_input(config: BuildConfig):
 def plan(config: BuildConfig):
     """Sample the examples and their swap partners -> (splits, pool, strategy, partners)."""
     from mdpo_data.contrast import parse_spec, pick_partner
+    from mdpo_data.sources import get as get_source
     from mdpo_data.sources import open_source
 
     strategy = parse_spec(config.rejected, model_input(config))
@@ -189,9 +190,8 @@ def plan(config: BuildConfig):
             f"source {config.source!r} yielded no usable pairs ({pool.rows} source rows read; "
             f"skipped: {dict(pool.skipped) or 'none'})"
         )
-    if config.rejected_response and config.source == "demo":
-        # The demo then stands in for a gold-answer source: its own wrong answers are dropped.
-        sampled = [dataclasses.replace(c, rejected=None) for c in sampled]
+    source = get_source(config.source)
+    sampled = source.after_sampling(config, sampled)
     if len(sampled) < config.n:
         warnings.warn(
             f"only {len(sampled)} pairs available from {config.source!r}, fewer than "
@@ -205,10 +205,7 @@ def plan(config: BuildConfig):
             j = pick_partner(i, keys, example_seed(config.seed, c.example_id, "swap"))
             partners[c.example_id] = sampled[j].image
     splits = split_eval(sampled, config.eval_fraction)
-    if config.demo_style_shortcut and config.source == "demo":
-        from mdpo_data.sources.demo import style_shortcut
-
-        splits["train"] = [style_shortcut(c, config.seed, config.demo_style_shortcut) for c in splits["train"]]
+    splits = source.after_split(config, splits)
     return splits, pool, strategy, partners
 
 
@@ -318,7 +315,7 @@ def _drop_stale(directory: Path, keep: set[str]) -> None:
             drop_markers(directory, path.name)
 
 
-def _results(tasks: list[Task], workers: int, pool) -> Iterator[tuple[str, Any]]:
+def _results(tasks: list[Task], workers: int, pool) -> Iterator[dict[str, Any] | Skip]:
     if pool is None:
         return map(make_example, tasks)
     return pool.imap(make_example, tasks, chunksize=max(1, min(16, len(tasks) // (4 * workers))))
@@ -327,11 +324,10 @@ def _results(tasks: list[Task], workers: int, pool) -> Iterator[tuple[str, Any]]
 def _write_one_shard(path: Path, tasks, workers, pool, skipped: Counter, on_row, stats: Counter) -> int:
     def batches():
         batch = []
-        for kind, value in _results(tasks, workers, pool):
+        for value in _results(tasks, workers, pool):
             on_row()
-            if kind == "skip":
-                reason, _detail = value
-                skipped[reason] += 1
+            if isinstance(value, Skip):
+                skipped[value.reason] += 1
                 continue
             stats.update(value.pop("_stats", {}))
             batch.append(schema.make_row(**value))
@@ -559,10 +555,9 @@ def _bootstrap(config: BuildConfig, splits, pool, directory: Path, runtime: dict
 
     strategy = parse_response_strategy(config.rejected_response)
     model = config.rejected_response_model or runtime.get("ref_model")
-    if strategy.kind == "weaken" and not model:
-        raise BuildError("--rejected-response weaken needs a model: pass --ref-model or --rejected-response-model")
-    if strategy.kind == "inject" and not config.inject_model:
-        raise BuildError("--rejected-response inject needs --inject-model (a text LLM id or path)")
+    problem = strategy.missing_model(model, config.inject_model)
+    if problem:
+        raise BuildError(problem)
     out: dict[str, list[Candidate]] = {}
     record: dict[str, Any] = {}
     bpo_skipped: Counter = Counter()

@@ -15,6 +15,8 @@ from typing import Any
 
 import click
 
+from mdpo_data import sources  # light: the registry only, no source module
+
 
 def _manifest_error() -> type[Exception]:
     # Imported on use: this module is the __main__ that spawned build workers re-import, so
@@ -133,7 +135,7 @@ def main() -> None:
 
 @main.command()
 @click.option("--pipeline", type=click.Path(dir_okay=False), help="YAML with the same options; flags override it.")
-@click.option("--source", type=click.Choice(["silkie", "llava-instruct", "pairs", "demo"]), help="Where pairs come from [demo].")
+@click.option("--source", type=click.Choice(sources.names()), help="Where pairs come from [demo].")
 @click.option("--source-path", help="Local file/folder of the source (default: its Hub id).")
 @click.option("--image-root", help="Folder that relative image paths resolve under (never escaped).")
 @click.option("--n", type=int, help="Pairs to sample [1000].")
@@ -145,8 +147,8 @@ def main() -> None:
 @click.option("--seed", type=int, help="Build seed: same seed + config = byte-identical output [0].")
 @click.option("--system-prompt", help="System message in each prompt: auto | none | TEXT [auto: the source's "
               "own, else the --ref-model family's training prompt (LLaVA-1.5: Vicuna v1), else none].")
-@click.option("--pairing", type=click.Choice(["best-worst", "all", "best-random"]), help="Silkie pairing rule [all: every pair of completions, as VLFeedback's authors pair it].")
-@click.option("--subset", type=click.Choice(["llava"]), help="Silkie: keep ids starting with llava- (the paper).")
+@click.option("--pairing", type=click.Choice(sources.PAIRINGS), help="Silkie pairing rule [all: every pair of completions, as VLFeedback's authors pair it].")
+@click.option("--subset", type=click.Choice(sources.subset_names()), help="Silkie: keep ids starting with llava- (the paper).")
 @click.option("--id-prefix", help="Silkie: keep ids with this prefix.")
 @click.option("--columns", help="pairs: map columns, e.g. image=img,question=q,chosen=good,rejected=bad.")
 @click.option("--demo-size", type=int, help="demo: pairs in the built-in pool [2000].")

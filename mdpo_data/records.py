@@ -8,11 +8,12 @@ for the sampled rows, inside the worker processes.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import os
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 
 class BadRow(ValueError):
@@ -56,7 +57,8 @@ def safe_member_name(name: str) -> bool:
 class ImageRef:
     """Where an example's image lives; `load()` returns its raw (undecoded) bytes.
 
-    Picklable plain fields, so worker processes can resolve it. Kinds:
+    Picklable plain fields, so worker processes can resolve it. `kind` names an `ImageKind`
+    in `IMAGE_KINDS`, which says how to load it:
       file    - `root`/`path`, never outside `root`
       zip     - member `path` of the archive `root` (member names that escape are refused)
       bytes   - embedded `data`
@@ -73,52 +75,135 @@ class ImageRef:
     @property
     def key(self) -> str:
         """Identity used to detect duplicate pairs and to keep swaps off the same image."""
-        if self.kind == "bytes":
-            return "sha256:" + hashlib.sha256(self.data).hexdigest()
-        return f"{self.kind}:{self.root}:{self.path}:{self.index}"
+        return image_kind(self.kind).key(self)
 
     def load(self, max_bytes: int = 256 * 1024 * 1024) -> bytes:
-        if self.kind == "bytes":
-            return self.data
-        if self.kind == "file":
-            target = resolve_under(self.root, self.path)
-            if not target.is_file():
-                raise BadRow("image_missing", str(target))
-            if target.stat().st_size > max_bytes:
-                raise BadRow("image_too_large", f"{target} is over {max_bytes} bytes")
-            return target.read_bytes()
-        if self.kind == "zip":
-            if not safe_member_name(self.path):
-                raise BadRow("zip_member_escapes_target", repr(self.path))
-            archive = _open_zip(self.root)
-            try:
-                info = archive.getinfo(self.path)
-            except KeyError:
-                raise BadRow("image_missing", f"{self.path} not in {self.root}") from None
-            if info.file_size > max_bytes:
-                raise BadRow("image_too_large", f"{self.path} is over {max_bytes} bytes")
-            try:
-                return archive.read(info)
-            except (zipfile.BadZipFile, OSError, EOFError) as error:
-                raise BadRow("image_corrupt", f"{self.path} in {self.root}: {error}") from None
-        if self.kind == "parquet":
-            table = _parquet_row(self.root, self.index, self.path)
-            cell = table.column(self.path)[0].as_py()
-            if isinstance(cell, list):  # TRL's `images` column: a list holding one image
-                if len(cell) != 1:
-                    raise BadRow("not_one_image", f"{self.root} row {self.index} has {len(cell)} images")
-                cell = cell[0]
-            if cell is None:
-                raise BadRow("image_missing", f"{self.root} row {self.index}")
-            data = cell.get("bytes") if isinstance(cell, dict) else cell
-            if not data:
-                raise BadRow("image_missing", f"{self.root} row {self.index} has no bytes")
-            return data
-        if self.kind == "demo":
-            from mdpo_data.sources.demo import render_image
+        return image_kind(self.kind).load(self, max_bytes)
 
-            return render_image(self)
-        raise ValueError(f"unknown ImageRef kind {self.kind!r}")
+    def identity(self) -> list[Any]:
+        """What identifies the image's content without reading it (resume fingerprints)."""
+        return image_kind(self.kind).identity(self)
+
+
+# --------------------------------------------------------------------------- image kinds
+
+
+class ImageKind:
+    """How to load one kind of `ImageRef`; subclasses set `name` and define `load`."""
+
+    name: ClassVar[str]
+
+    def key(self, ref: ImageRef) -> str:
+        return f"{ref.kind}:{ref.root}:{ref.path}:{ref.index}"
+
+    def load(self, ref: ImageRef, max_bytes: int) -> bytes:
+        raise NotImplementedError
+
+    def stored_in(self, ref: ImageRef) -> Path:
+        """The local file holding the image (an archive, a parquet file)."""
+        return Path(ref.root)
+
+    def identity(self, ref: ImageRef) -> list[Any]:
+        """kind, name, and the size and mtime of the local file holding it."""
+        try:
+            stat = self.stored_in(ref).stat()
+            return [ref.kind, ref.path, ref.index, stat.st_size, stat.st_mtime_ns]
+        except OSError:
+            return [ref.kind, ref.path, ref.index, "missing"]
+
+
+class InlineImage(ImageKind):
+    """A kind whose `data` holds the content (or its full recipe): identified by its hash."""
+
+    def identity(self, ref: ImageRef) -> list[Any]:
+        return [ref.kind, ref.path, ref.index, hashlib.sha256(ref.data).hexdigest()]
+
+
+IMAGE_KINDS: dict[str, ImageKind] = {}
+# Kinds registered by a module that records.py must not import (it imports records): the
+# module registers its kind when first imported, e.g. in a worker process unpickling a ref.
+LAZY_IMAGE_KINDS: dict[str, str] = {"demo": "mdpo_data.sources.demo"}
+
+
+def register_image_kind(cls: type[ImageKind]) -> type[ImageKind]:
+    IMAGE_KINDS[cls.name] = cls()
+    return cls
+
+
+def image_kind(name: str) -> ImageKind:
+    """The registered kind `name` (importing its module if registered lazily)."""
+    if name not in IMAGE_KINDS and name in LAZY_IMAGE_KINDS:
+        importlib.import_module(LAZY_IMAGE_KINDS[name])
+    if name not in IMAGE_KINDS:
+        known = ", ".join(sorted({*IMAGE_KINDS, *LAZY_IMAGE_KINDS}))
+        raise ValueError(f"unknown ImageRef kind {name!r}; known kinds: {known}")
+    return IMAGE_KINDS[name]
+
+
+@register_image_kind
+class BytesImage(InlineImage):
+    name = "bytes"
+
+    def key(self, ref: ImageRef) -> str:
+        return "sha256:" + hashlib.sha256(ref.data).hexdigest()
+
+    def load(self, ref: ImageRef, max_bytes: int) -> bytes:
+        return ref.data
+
+
+@register_image_kind
+class FileImage(ImageKind):
+    name = "file"
+
+    def stored_in(self, ref: ImageRef) -> Path:
+        return Path(ref.root) / ref.path
+
+    def load(self, ref: ImageRef, max_bytes: int) -> bytes:
+        target = resolve_under(ref.root, ref.path)
+        if not target.is_file():
+            raise BadRow("image_missing", str(target))
+        if target.stat().st_size > max_bytes:
+            raise BadRow("image_too_large", f"{target} is over {max_bytes} bytes")
+        return target.read_bytes()
+
+
+@register_image_kind
+class ZipImage(ImageKind):
+    name = "zip"
+
+    def load(self, ref: ImageRef, max_bytes: int) -> bytes:
+        if not safe_member_name(ref.path):
+            raise BadRow("zip_member_escapes_target", repr(ref.path))
+        archive = _open_zip(ref.root)
+        try:
+            info = archive.getinfo(ref.path)
+        except KeyError:
+            raise BadRow("image_missing", f"{ref.path} not in {ref.root}") from None
+        if info.file_size > max_bytes:
+            raise BadRow("image_too_large", f"{ref.path} is over {max_bytes} bytes")
+        try:
+            return archive.read(info)
+        except (zipfile.BadZipFile, OSError, EOFError) as error:
+            raise BadRow("image_corrupt", f"{ref.path} in {ref.root}: {error}") from None
+
+
+@register_image_kind
+class ParquetImage(ImageKind):
+    name = "parquet"
+
+    def load(self, ref: ImageRef, max_bytes: int) -> bytes:
+        table = _parquet_row(ref.root, ref.index, ref.path)
+        cell = table.column(ref.path)[0].as_py()
+        if isinstance(cell, list):  # TRL's `images` column: a list holding one image
+            if len(cell) != 1:
+                raise BadRow("not_one_image", f"{ref.root} row {ref.index} has {len(cell)} images")
+            cell = cell[0]
+        if cell is None:
+            raise BadRow("image_missing", f"{ref.root} row {ref.index}")
+        data = cell.get("bytes") if isinstance(cell, dict) else cell
+        if not data:
+            raise BadRow("image_missing", f"{ref.root} row {ref.index} has no bytes")
+        return data
 
 
 _ZIPS: dict[tuple[str, int], zipfile.ZipFile] = {}

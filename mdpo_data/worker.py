@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from mdpo_data.records import BadRow, Candidate
+from mdpo_data.records import BadRow, Candidate, Skip
 
 
 @dataclass(frozen=True)
@@ -37,8 +37,8 @@ def _strategy(spec: str, model_input: str | None = None):
     return _STRATEGIES[spec, model_input]
 
 
-def make_example(task: Task) -> tuple[str, Any]:
-    """-> ("row", keyword arguments of schema.make_row) or ("skip", (reason, detail)).
+def make_example(task: Task) -> dict[str, Any] | Skip:
+    """-> the keyword arguments of schema.make_row, or a `Skip` saying why there is no row.
 
     Never raises on bad data. Returns plain values rather than a row so that workers never
     import `datasets` (3 s and 100 MB per process) just to build a dict.
@@ -58,15 +58,15 @@ def make_example(task: Task) -> tuple[str, Any]:
                 pdata = task.partner.load()
                 pimage, pfmt = images.load_image(pdata, max_pixels=task.max_pixels, where=where)
             except BadRow as error:
-                return "skip", ("swap_partner_" + error.reason, f"{where}: {error.detail}")
+                return Skip("swap_partner_" + error.reason, where, error.detail, c.row)
             rejected_bytes = images.stored_bytes(pdata, pimage, pfmt)
             if rejected_bytes == chosen_bytes:
-                return "skip", ("swap_same_image", where)
+                return Skip("swap_same_image", where, "", c.row)
         else:
             rejected, stats = strategy.apply_with_stats(image, task.seed)
             rejected_bytes = images.encode(rejected, "PNG" if strategy.lossless else fmt)
     except BadRow as error:
-        return "skip", (error.reason, f"{where}: {error.detail}")
+        return Skip(error.reason, where, error.detail, c.row)
     row = dict(
         example_id=c.example_id,
         source=c.source,
@@ -85,7 +85,7 @@ def make_example(task: Task) -> tuple[str, Any]:
     )
     if stats:
         row["_stats"] = stats  # summed into the manifest by the build, not stored in the row
-    return "row", row
+    return row
 
 
 def worker_init() -> None:

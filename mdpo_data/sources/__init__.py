@@ -5,23 +5,27 @@
     pairs           any pairwise set: mDPO json, RLAIF-V, TRL, HA-DPO, POVID, or a column map
     demo            built-in synthetic shapes, no files, no network
 
-`open_source` validates the configuration eagerly (a `SourceError` naming the option and
-the fix, before anything is read) and returns a lazy iterator. Candidates are text only:
-images stay behind an `ImageRef` until the sampled rows are materialised. Submodules are
-imported on use so that `import mdpo_data.sources` stays cheap.
+Each source is one small class in the `SOURCES` registry (as contrast.py's strategies and
+mdpo_train/losses.py's terms): its name, license, citation, the options it reads, the module
+that streams it, and the hooks by which it shapes a build's plan. Everything else asks the
+registry (`get`, `names`), never tests a source's name. `open_source` validates the options
+eagerly (a `SourceError` naming the option and the fix, before anything is read) and returns
+a lazy iterator. Candidates are text only: images stay behind an `ImageRef` until the sampled
+rows are materialised. Source modules are imported on use, so `import mdpo_data.sources`
+stays cheap.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import warnings
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     from mdpo_data.records import Candidate, Skip
 
-SOURCE_NAMES = ("silkie", "llava-instruct", "pairs", "demo")
 PAIRINGS = ("best-worst", "all", "best-random")
 
 
@@ -29,46 +33,120 @@ class SourceError(ValueError):
     """A source configuration problem (missing path, bad column map, unknown pairing)."""
 
 
-LICENSES: dict[str, str] = {
-    "silkie": "unspecified",  # VLFeedback declares no license
-    "llava-instruct": "cc-by-4.0",
-    "pairs": "unspecified",  # user data: the card asks the user to fill it in
-    "demo": "apache-2.0",
-}
+class Source:
+    """One data source. Subclasses set the class attributes and may override the hooks."""
 
-CITATIONS: dict[str, str] = {
-    "silkie": """@article{2023vlfeedback,
+    name: ClassVar[str]
+    module: ClassVar[str]  # defines `stream(**options)` for the options in `uses`
+    license: ClassVar[str] = "unspecified"  # the card asks the user to fill it in
+    citation: ClassVar[str] = ""
+    # Options it reads; others are ignored, with a warning when set (the build seed is
+    # global, so it never warns).
+    uses: ClassVar[frozenset[str]] = frozenset()
+    subsets: ClassVar[dict[str, str]] = {}  # --subset name -> id prefix
+
+    def stream(self, **options: Any) -> Iterator[Candidate | Skip]:
+        return importlib.import_module(self.module).stream(**options)
+
+    def after_sampling(self, config: Any, sampled: list[Candidate]) -> list[Candidate]:
+        """The sampled pairs as the build uses them (`config`: a BuildConfig)."""
+        return sampled
+
+    def after_split(self, config: Any, splits: dict[str, list[Candidate]]) -> dict[str, list[Candidate]]:
+        """The train/eval splits as the build writes them."""
+        return splits
+
+
+SOURCES: dict[str, Source] = {}
+
+
+def register(cls: type[Source]) -> type[Source]:
+    SOURCES[cls.name] = cls()
+    return cls
+
+
+def names() -> tuple[str, ...]:
+    """The source names, in registry order (for CLI choices and messages)."""
+    return tuple(SOURCES)
+
+
+def subset_names() -> tuple[str, ...]:
+    """Every `--subset` some source offers (each source checks its own)."""
+    return tuple(dict.fromkeys(name for source in SOURCES.values() for name in source.subsets))
+
+
+def get(name: str) -> Source:
+    """The registered source `name`; SourceError listing the known names otherwise."""
+    if name not in SOURCES:
+        raise SourceError(f"unknown source {name!r}; choose one of {', '.join(SOURCES)}")
+    return SOURCES[name]
+
+
+@register
+class Silkie(Source):
+    name = "silkie"
+    module = "mdpo_data.sources.silkie"
+    license = "unspecified"  # VLFeedback declares no license
+    citation = """@article{2023vlfeedback,
   author = {Lei Li and Zhihui Xie and Mukai Li and Shunian Chen and Peiyi Wang and Liang Chen
             and Yazheng Yang and Benyou Wang and Lingpeng Kong},
   title = {Silkie: Preference Distillation for Large Visual Language Models},
   publisher = {arXiv:2312.10665},
   year = {2023}
-}""",
-    "llava-instruct": """@inproceedings{liu2023llava,
+}"""
+    uses = frozenset({"path", "seed", "pairing", "subset", "id_prefix", "image_root"})
+    subsets = {"llava": "llava-"}  # the paper's setting: instructions from LLaVA-Instruct-150K
+
+
+@register
+class LlavaInstruct(Source):
+    name = "llava-instruct"
+    module = "mdpo_data.sources.llava_instruct"
+    license = "cc-by-4.0"
+    citation = """@inproceedings{liu2023llava,
   author = {Haotian Liu and Chunyuan Li and Qingyang Wu and Yong Jae Lee},
   title = {Visual Instruction Tuning},
   booktitle = {Advances in Neural Information Processing Systems (NeurIPS)},
   year = {2023}
-}""",
-    "pairs": "",
-    "demo": "",
-}
+}"""
+    uses = frozenset({"path", "image_root"})
 
-_MODULES = {
-    "silkie": "mdpo_data.sources.silkie",
-    "llava-instruct": "mdpo_data.sources.llava_instruct",
-    "pairs": "mdpo_data.sources.pairs",
-    "demo": "mdpo_data.sources.demo",
-}
 
-# Options each source reads; others are ignored, with a warning when set (the build seed is
-# global, so it never warns).
-_USES = {
-    "silkie": {"path", "seed", "pairing", "subset", "id_prefix", "image_root"},
-    "llava-instruct": {"path", "image_root"},
-    "pairs": {"path", "image_root", "columns"},
-    "demo": {"seed", "demo_size", "first_row"},
-}
+@register
+class Pairs(Source):
+    name = "pairs"
+    module = "mdpo_data.sources.pairs"
+    uses = frozenset({"path", "image_root", "columns"})
+
+
+@register
+class Demo(Source):
+    name = "demo"
+    module = "mdpo_data.sources.demo"
+    license = "apache-2.0"
+    uses = frozenset({"seed", "demo_size", "first_row"})
+
+    def after_sampling(self, config, sampled):
+        """With --rejected-response the demo stands in for a gold-answer source: its own
+        wrong answers are dropped, to be bootstrapped."""
+        if config.rejected_response:
+            return [dataclasses.replace(c, rejected=None) for c in sampled]
+        return sampled
+
+    def after_split(self, config, splits):
+        """--demo-style-shortcut: a share of TRAIN pairs phrased chosen=plain, rejected=chatty."""
+        if not config.demo_style_shortcut:
+            return splits
+        from mdpo_data.sources.demo import style_shortcut
+
+        share = config.demo_style_shortcut
+        return {**splits, "train": [style_shortcut(c, config.seed, share) for c in splits["train"]]}
+
+
+# Views of the registry kept for callers that read one fact for every source.
+SOURCE_NAMES = names()
+LICENSES: dict[str, str] = {name: source.license for name, source in SOURCES.items()}
+CITATIONS: dict[str, str] = {name: source.citation for name, source in SOURCES.items()}
 
 
 def open_source(
@@ -85,8 +163,7 @@ def open_source(
     demo_first_row: int = 0,
 ) -> Iterator[Candidate | Skip]:
     """Validate the options for source `name` and return its (lazy) record stream."""
-    if name not in SOURCE_NAMES:
-        raise SourceError(f"unknown source {name!r}; choose one of {', '.join(SOURCE_NAMES)}")
+    source = get(name)
     if pairing not in PAIRINGS:
         raise SourceError(f"unknown pairing {pairing!r}; choose one of {', '.join(PAIRINGS)}")
     given = {
@@ -104,12 +181,11 @@ def open_source(
     ignored = [
         key
         for key, value in given.items()
-        if key not in _USES[name]
+        if key not in source.uses
         and key != "seed"
         and value is not None
         and value != defaults.get(key)
     ]
     if ignored:
         warnings.warn(f"source {name!r} ignores option(s) {', '.join(ignored)}", stacklevel=2)
-    module = importlib.import_module(_MODULES[name])
-    return module.stream(**{key: given[key] for key in sorted(_USES[name])})
+    return source.stream(**{key: given[key] for key in sorted(source.uses)})

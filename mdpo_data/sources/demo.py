@@ -15,7 +15,7 @@ import json
 import random
 from collections.abc import Iterator
 
-from mdpo_data.records import BadRow, Candidate, ImageRef, Skip
+from mdpo_data.records import BadRow, Candidate, ImageRef, InlineImage, Skip, register_image_kind
 from mdpo_data.seeds import example_seed
 from mdpo_data.sources import SourceError
 
@@ -287,6 +287,16 @@ def check_answer(meta: dict, text: str) -> bool | None:
 
 
 # ---------------------------------------------------------------- rendering
+
+
+@register_image_kind
+class DemoImage(InlineImage):
+    """`ImageRef(kind="demo")`: a scene drawn from its spec (registered lazily by records.py)."""
+
+    name = "demo"
+
+    def load(self, ref: ImageRef, max_bytes: int) -> bytes:
+        return render_image(ref)
 
 
 def render_image(ref: ImageRef) -> bytes:

@@ -31,6 +31,7 @@ from mdpo_data.records import BadRow, Candidate, ImageRef, Skip, safe_member_nam
 from mdpo_data.sampling import Ref
 from mdpo_data.seeds import example_seed
 from mdpo_data.sources import SourceError
+from mdpo_data.sources import get as get_source
 from mdpo_data.sources.hub import local_or_hub
 from mdpo_data.sources.readers import (
     Record,
@@ -49,7 +50,7 @@ NAME = "silkie"
 HUB_ID = "MMInstruction/VLFeedback"
 HUB_PATTERNS = ["*.jsonl", "data/*.parquet", "merged_images.zip", "README.md"]
 ASPECTS = ("Helpfulness", "Ethical Considerations", "Visual Faithfulness")
-SUBSETS = {"llava": "llava-"}  # the paper's setting: instructions from LLaVA-Instruct-150K
+SUBSETS = get_source(NAME).subsets  # --subset name -> id prefix (the registry entry holds it)
 _CITATION = re.compile(r"[ \t]*【\d+(?::\d+)?†[^】\n]{0,40}】")
 
 
