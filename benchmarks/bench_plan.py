@@ -8,8 +8,17 @@ peak memory (ru_maxrss) is the step's own:
   plan   - `mdpo_data.build.plan` for `--n` examples (parse, pair, dedup, sample)
 and prints seconds, peak RSS and the ratio. Target: plan <= 2x floor and < 500 MB.
 
+`--parquet` writes the Hub layout instead (`data/train-*.parquet`: `completions` as the struct
+of lists `datasets` writes, an embedded `image` struct of ~40 KB per row) and plans it with
+three parquet readers, each in a fresh subprocess:
+  all-columns - pyarrow reading every column, image bytes included (no projection)
+  pyarrow     - the code's reader: pyarrow batches of the text columns only
+  polars      - `polars.scan_parquet` with the same projection, rows via `to_dicts`
+The sampled ids must agree; the ratios say which reader the code should use.
+
     python benchmarks/bench_plan.py                 # 80K prompts (~650 MB file, cached in /tmp)
     python benchmarks/bench_plan.py --prompts 5000  # a quick check
+    python benchmarks/bench_plan.py --parquet --prompts 10000
 """
 
 from __future__ import annotations
@@ -93,6 +102,59 @@ def make_source(root: Path, prompts: int, seed: int = 0) -> Path:
     return data
 
 
+def make_parquet(root: Path, prompts: int, seed: int = 0) -> Path:
+    """`data/train-00000-of-00001.parquet` as the Hub export holds VLFeedback, images embedded."""
+    data, done = root / "data" / "train-00000-of-00001.parquet", root / f".done-{prompts}-{seed}"
+    if done.exists():
+        return data
+    import os
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data.parent.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    pool = _sentences(rng, 3000)
+    aspect = pa.struct([("Rating", pa.string()), ("Rationale", pa.string())])
+    parts = [("annotations", pa.struct([(a, aspect) for a in ASPECTS])), ("model", pa.string()),
+             ("response", pa.string())]
+    schema = pa.schema([
+        ("id", pa.string()), ("prompt", pa.string()), ("models", pa.list_(pa.string())),
+        ("completions", pa.struct([(name, pa.list_(kind)) for name, kind in parts])),
+        ("image", pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
+    ])
+    noise = os.urandom(40_000)  # incompressible, as JPEG bytes are
+    with pq.ParquetWriter(data, schema) as writer:
+        for start in range(0, prompts, 500):
+            rows = [make_row(rng, pool, row) for row in range(start, min(prompts, start + 500))]
+            writer.write_table(pa.table({
+                "id": [r["id"] for r in rows],
+                "prompt": [r["prompt"] for r in rows],
+                "models": [r["models"] for r in rows],
+                "completions": [{n: [c[n] for c in r["completions"]] for n, _ in parts} for r in rows],
+                "image": [{"bytes": noise + r["id"].encode(), "path": r["id"] + ".jpg"} for r in rows],
+            }, schema=schema))
+    done.touch()
+    return data
+
+
+READERS = """
+from mdpo_data.sources import readers
+
+def all_columns(file, columns):
+    import pyarrow.parquet as pq
+    for batch in pq.ParquetFile(file).iter_batches(batch_size=512):
+        yield [{k: row[k] for k in columns} for row in batch.to_pylist()]
+
+def polars(file, columns):
+    import polars as pl
+    for frame in pl.scan_parquet(file).select(columns).collect_batches(chunk_size=512):
+        yield frame.to_dicts()
+
+if sys.argv[3] != "pyarrow":
+    readers._parquet_batches = {"all-columns": all_columns, "polars": polars}[sys.argv[3]]
+"""
+
 FLOOR = """
 import json, resource, sys, time
 started = time.perf_counter()
@@ -126,12 +188,32 @@ def measure(code: str, *args: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def main_parquet(args) -> None:
+    root = args.data or Path(f"/tmp/mdpo-bench-plan-parquet-{args.prompts}")
+    data = make_parquet(root, args.prompts)
+    print(f"source: {data} ({data.stat().st_size / 1e6:.0f} MB, {args.prompts} prompts, images embedded)")
+    code = PLAN.replace("from mdpo_data.build", READERS + "from mdpo_data.build")
+    runs = {reader: measure(code, str(root), str(args.n), reader)
+            for reader in ("all-columns", "pyarrow", "polars")}
+    for reader, run in runs.items():
+        print(f"plan   {reader:<16} : {run['seconds']:7.2f} s  peak RSS {run['rss_mb']:6.0f} MB"
+              f"  ({run['candidates']} candidates; first ids {run['ids'][:3]})")
+    assert len({json.dumps(run["ids"]) for run in runs.values()}) == 1, "readers sampled differently"
+    for new, old in (("pyarrow", "all-columns"), ("polars", "all-columns"), ("polars", "pyarrow")):
+        a, b = runs[new], runs[old]
+        print(f"ratio  {new} / {old:<12}: {a['seconds'] / b['seconds']:5.2f} x time, "
+              f"{a['rss_mb'] / b['rss_mb']:5.2f} x peak RSS")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--prompts", type=int, default=80_000)
     parser.add_argument("--n", type=int, default=10, help="examples the plan samples")
     parser.add_argument("--data", type=Path, default=None, help="where to write the source")
+    parser.add_argument("--parquet", action="store_true", help="the Hub parquet layout, three readers")
     args = parser.parse_args()
+    if args.parquet:
+        return main_parquet(args)
     root = args.data or Path(f"/tmp/mdpo-bench-plan-{args.prompts}")
     data = make_source(root, args.prompts)
     print(f"source: {data} ({data.stat().st_size / 1e6:.0f} MB, {args.prompts} prompts)")
