@@ -1,6 +1,7 @@
 """Rejected-image (m_l) strategies: how the corrupted image of the conditional term is drawn.
 
-A strategy is parsed once from its spec string (`parse_spec("crop:0-0.2")`) and applied per
+Each strategy is a small class in the `STRATEGIES` registry, keyed by the spec's name; it is
+parsed once from its spec string (`parse_spec("crop:0-0.2")`) and applied per
 example with that example's seed (`mdpo_data.seeds.example_seed`), so m_l depends only on
 (image, build seed, example id): not on worker count, shard size or resume point. Each m_l
 is drawn ONCE and its bytes stored; the reference log-prob is computed on those bytes (the
@@ -160,8 +161,16 @@ class Strategy:
 
     spec: str
     resolved: str
+    name: ClassVar[str]  # its key in STRATEGIES: the spec's part before ':'
     needs_partner: ClassVar[bool] = False
     lossless: ClassVar[bool] = False  # store m_l as PNG whatever the source format
+
+    @classmethod
+    def from_spec(cls, spec: str, arg: str | None, model_input: ModelInput | None) -> Strategy:
+        """The strategy for `spec`; `arg` is the text after ':' (None without one)."""
+        if arg is not None:
+            raise SpecError(spec, f"{cls.name} takes no argument")
+        return cls(spec, cls.name)
 
     def describe(self) -> str:
         raise NotImplementedError
@@ -174,10 +183,28 @@ class Strategy:
         return self.apply(image, seed), {}
 
 
+STRATEGIES: dict[str, type[Strategy]] = {}
+
+
+def register(cls: type[Strategy]) -> type[Strategy]:
+    STRATEGIES[cls.name] = cls
+    return cls
+
+
+@register
 @dataclass(frozen=True)
 class Crop(Strategy):
     lo: float = CROP_MIN_AREA
     hi: float = 0.2
+    name: ClassVar[str] = "crop"
+
+    @classmethod
+    def from_spec(cls, spec, arg, model_input):
+        lo, hi = _parse_range(spec, arg) if arg is not None else (0.0, 0.2)
+        effective_lo = lo if lo > 0 else CROP_MIN_AREA
+        if effective_lo >= hi:
+            raise SpecError(spec, f"LO=0 means {CROP_MIN_AREA} of the area, so HI must be above it")
+        return cls(spec, f"crop:{effective_lo:g}-{hi:g}", effective_lo, hi)
 
     def describe(self) -> str:
         return (
@@ -189,10 +216,12 @@ class Crop(Strategy):
         return resized_crop(image, self.lo, self.hi, _rng(seed))
 
 
+@register
 @dataclass(frozen=True)
 class Swap(Strategy):
     """The build picks the partner with `pick_partner` and passes ITS image to `apply`."""
 
+    name: ClassVar[str] = "swap"
     needs_partner: ClassVar[bool] = True
 
     def describe(self) -> str:
@@ -205,8 +234,11 @@ class Swap(Strategy):
         return image  # `image` is already the partner's image: nothing to draw
 
 
+@register
 @dataclass(frozen=True)
 class Moco(Strategy):
+    name: ClassVar[str] = "moco"
+
     def describe(self) -> str:
         return (
             "MoCo v2 augmentation: random resized crop keeping 20%-100% of the area (aspect ratio "
@@ -219,11 +251,18 @@ class Moco(Strategy):
         return moco_v2(image, _rng(seed))
 
 
+@register
 @dataclass(frozen=True)
 class Noise(Strategy):
     t: int = 900
     model_input: ModelInput | None = None  # None: LLAVA_15_INPUT
+    name: ClassVar[str] = "noise"
     lossless: ClassVar[bool] = True  # JPEG would smooth the noise away
+
+    @classmethod
+    def from_spec(cls, spec, arg, model_input):
+        t = _parse_step(spec, arg) if arg is not None else 900
+        return cls(spec, f"noise:{t}", t, model_input)
 
     @property
     def space(self) -> ModelInput:
@@ -249,6 +288,7 @@ class Noise(Strategy):
         return out, {"noise_clipped": clipped, "noise_values": out.width * out.height * 3}
 
 
+@register
 @dataclass(frozen=True)
 class Albumentations(Strategy):
     """A user's pipeline; `text` is the file as read once, so every worker runs the same one."""
@@ -256,6 +296,7 @@ class Albumentations(Strategy):
     path: str = ""
     text: str = ""
     data_format: str = "yaml"
+    name: ClassVar[str] = "albumentations"
 
     @property
     def sha256(self) -> str:
@@ -275,10 +316,11 @@ class Albumentations(Strategy):
         return apply_pipeline(self.text, self.data_format, image, seed)
 
     @classmethod
-    def parse(cls, spec: str, path: str) -> Albumentations:
+    def from_spec(cls, spec, arg, model_input):
         """Read and load the pipeline now, so a bad file fails before any work."""
         from mdpo_data.augment import PipelineError, load_pipeline, pipeline_sha256, read_pipeline
 
+        path = arg or ""
         if not path:
             raise SpecError(spec, "albumentations needs a pipeline file: albumentations:FILE.yaml")
         try:
@@ -298,22 +340,9 @@ def parse_spec(spec: str, model_input: ModelInput | None = None) -> Strategy:
         raise SpecError(repr(spec), "expected a string")
     name, sep, arg = spec.strip().partition(":")
     name, arg = name.strip().lower(), arg.strip()
-    if name == "crop":
-        lo, hi = _parse_range(spec, arg) if sep else (0.0, 0.2)
-        effective_lo = lo if lo > 0 else CROP_MIN_AREA
-        if effective_lo >= hi:
-            raise SpecError(spec, f"LO=0 means {CROP_MIN_AREA} of the area, so HI must be above it")
-        return Crop(spec, f"crop:{effective_lo:g}-{hi:g}", effective_lo, hi)
-    if name == "noise":
-        t = _parse_step(spec, arg) if sep else 900
-        return Noise(spec, f"noise:{t}", t, model_input)
-    if name == "albumentations":
-        return Albumentations.parse(spec, arg)
-    if name in ("swap", "moco"):
-        if sep:
-            raise SpecError(spec, f"{name} takes no argument")
-        return Swap(spec, "swap") if name == "swap" else Moco(spec, "moco")
-    raise SpecError(spec, f"unknown strategy {name!r}")
+    if name not in STRATEGIES:
+        raise SpecError(spec, f"unknown strategy {name!r}")
+    return STRATEGIES[name].from_spec(spec, arg if sep else None, model_input)
 
 
 _NUMBER = r"(\d+(?:\.\d*)?|\.\d+)"

@@ -12,7 +12,7 @@ import importlib
 import os
 import zipfile
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar
 
 
@@ -84,6 +84,10 @@ class ImageRef:
         """What identifies the image's content without reading it (resume fingerprints)."""
         return image_kind(self.kind).identity(self)
 
+    def id_hint(self) -> str | None:
+        """An id for a row that has none (a file's name stem), or None."""
+        return image_kind(self.kind).id_hint(self)
+
 
 # --------------------------------------------------------------------------- image kinds
 
@@ -98,6 +102,9 @@ class ImageKind:
 
     def load(self, ref: ImageRef, max_bytes: int) -> bytes:
         raise NotImplementedError
+
+    def id_hint(self, ref: ImageRef) -> str | None:
+        return None
 
     def stored_in(self, ref: ImageRef) -> Path:
         """The local file holding the image (an archive, a parquet file)."""
@@ -157,6 +164,9 @@ class FileImage(ImageKind):
 
     def stored_in(self, ref: ImageRef) -> Path:
         return Path(ref.root) / ref.path
+
+    def id_hint(self, ref: ImageRef) -> str | None:
+        return PurePosixPath(ref.path).stem
 
     def load(self, ref: ImageRef, max_bytes: int) -> bytes:
         target = resolve_under(ref.root, ref.path)

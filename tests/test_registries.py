@@ -226,3 +226,26 @@ def test_a_parquet_plan_reads_the_text_columns_and_not_the_image_bytes(tmp_path)
     start = _bytes_read()
     assert ref.load() == image + bytes([123])  # one row group of one column, not the file
     assert _bytes_read() - start < total / 3
+
+
+# ------------------------------------------------------------------------------- image strategies
+
+
+def test_rejected_image_strategies_are_parsed_through_their_registry():
+    from mdpo_data.contrast import STRATEGIES, SpecError, parse_spec
+
+    assert set(STRATEGIES) == {"crop", "swap", "moco", "noise", "albumentations"}
+    for spec, cls in (("crop", "Crop"), ("swap", "Swap"), ("moco", "Moco"), ("noise:10", "Noise")):
+        strategy = parse_spec(spec)
+        assert type(strategy) is STRATEGIES[strategy.name] and type(strategy).__name__ == cls
+    assert parse_spec(" Crop:0-0.5 ").resolved == "crop:0.01-0.5"
+    with pytest.raises(SpecError, match="unknown strategy 'blur'.*Valid forms: crop"):
+        parse_spec("blur")
+    with pytest.raises(SpecError, match="moco takes no argument"):
+        parse_spec("moco:2")
+
+
+def test_an_image_names_a_row_without_an_id_only_when_it_is_a_file(tmp_path):
+    assert ImageRef("file", root=str(tmp_path), path="coco/0001.jpg").id_hint() == "0001"
+    assert ImageRef("bytes", data=b"x").id_hint() is None
+    assert ImageRef("parquet", root="x.parquet", path="image", index=3).id_hint() is None

@@ -297,10 +297,9 @@ def _candidate(record: Record, file: _File) -> Candidate:
         image = image_ref(data.get(layout.image), file.paths)
     if layout.id and data.get(layout.id) not in (None, ""):
         source_id = str(data[layout.id])
-    elif image.kind == "file":
-        source_id = PurePosixPath(image.path).stem
     else:
-        source_id = str(record.row)
+        hint = image.id_hint()
+        source_id = hint if hint is not None else str(record.row)
     meta = {"layout": layout.name}
     meta.update({k: data[k] for k in ("ds_name", "origin_dataset") if isinstance(data.get(k), str)})
     return Candidate(NAME, record.row, source_id, image, question, chosen, rejected, "0", meta, system)
