@@ -190,7 +190,12 @@ def measure(code: str, *args: str) -> dict:
 
 def main_parquet(args) -> None:
     root = args.data or Path(f"/tmp/mdpo-bench-plan-parquet-{args.prompts}")
-    data = make_parquet(root, args.prompts)
+    # written by a child process: a child's ru_maxrss starts from its parent's at fork
+    subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); "
+                    "from pathlib import Path; from bench_plan import make_parquet; "
+                    "make_parquet(Path(sys.argv[2]), int(sys.argv[3]))",
+                    str(Path(__file__).parent), str(root), str(args.prompts)], check=True)
+    data = make_parquet(root, args.prompts)  # already written: returns its path
     print(f"source: {data} ({data.stat().st_size / 1e6:.0f} MB, {args.prompts} prompts, images embedded)")
     code = PLAN.replace("from mdpo_data.build", READERS + "from mdpo_data.build")
     runs = {reader: measure(code, str(root), str(args.n), reader)

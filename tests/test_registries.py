@@ -34,6 +34,8 @@ def test_every_fact_about_a_source_comes_from_its_registry_entry():
         assert sources.LICENSES[name] == entry.license
         assert sources.CITATIONS[name] == entry.citation
         assert entry.module.startswith("mdpo_data.sources.")
+    assert sources.get("silkie").hub_id == "MMInstruction/VLFeedback"
+    assert sources.get("demo").hub_id is None and sources.get("pairs").hub_id is None
     assert "llava" in sources.subset_names()
     assert sources.get("silkie").subsets["llava"] == "llava-"
 

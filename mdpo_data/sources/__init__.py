@@ -48,6 +48,11 @@ class Source:
     def stream(self, **options: Any) -> Iterator[Candidate | Skip]:
         return importlib.import_module(self.module).stream(**options)
 
+    @property
+    def hub_id(self) -> str | None:
+        """The Hub dataset it downloads by default (its module's HUB_ID), for the card."""
+        return getattr(importlib.import_module(self.module), "HUB_ID", None)
+
     def after_sampling(self, config: Any, sampled: list[Candidate]) -> list[Candidate]:
         """The sampled pairs as the build uses them (`config`: a BuildConfig)."""
         return sampled

@@ -232,8 +232,8 @@ def _parquet_records(file: Path, name: str, skip_columns: set[str]):
 def _parquet_batches(file: Path, columns: list[str]) -> Iterator[list[dict[str, Any]]]:
     """Rows of `columns` as dicts, 512 at a time: the projection means other columns (image
     bytes) are never read. pyarrow, not polars: a plan of a 10K-prompt VLFeedback parquet
-    took 1.34x the time and 1.22x the peak memory with polars' scan_parquet (same projection)
-    + to_dicts (benchmarks/bench_plan.py --parquet)."""
+    took 1.2-1.34x the time and 1.22-1.27x the peak memory with polars' scan_parquet (same
+    projection) + to_dicts (benchmarks/bench_plan.py --parquet)."""
     import pyarrow.parquet as pq
 
     for batch in pq.ParquetFile(file).iter_batches(batch_size=512, columns=columns):
