@@ -160,8 +160,7 @@ def model_input(config: BuildConfig):
 def plan(config: BuildConfig):
     """Sample the examples and their swap partners -> (splits, pool, strategy, partners)."""
     from mdpo_data.contrast import parse_spec, pick_partner
-    from mdpo_data.sources import get as get_source
-    from mdpo_data.sources import open_source
+    from mdpo_data.sources import get as get_source, open_source
 
     strategy = parse_spec(config.rejected, model_input(config))
     items = open_source(
