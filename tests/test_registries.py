@@ -251,3 +251,22 @@ def test_an_image_names_a_row_without_an_id_only_when_it_is_a_file(tmp_path):
     assert ImageRef("file", root=str(tmp_path), path="coco/0001.jpg").id_hint() == "0001"
     assert ImageRef("bytes", data=b"x").id_hint() is None
     assert ImageRef("parquet", root="x.parquet", path="image", index=3).id_hint() is None
+
+
+def test_image_identity_is_what_the_build_fingerprints(tmp_path):
+    """`ImageRef.identity()` gives exactly build's resume fingerprint, kind by kind."""
+    import zipfile
+
+    from mdpo_data.build import _image_identity
+
+    (tmp_path / "a.jpg").write_bytes(b"x")
+    with zipfile.ZipFile(tmp_path / "m.zip", "w") as archive:
+        archive.writestr("merged_images/a.jpg", b"x")
+    demo = next(iter(open_source("demo", demo_size=1))).image
+    refs = [ImageRef("file", root=str(tmp_path), path="a.jpg"),
+            ImageRef("file", root=str(tmp_path), path="gone.jpg"),
+            ImageRef("zip", root=str(tmp_path / "m.zip"), path="merged_images/a.jpg"),
+            ImageRef("parquet", root=str(tmp_path / "none.parquet"), path="image", index=4),
+            ImageRef("bytes", data=b"abc"), demo]
+    for ref in refs:
+        assert ref.identity() == _image_identity(ref), ref.kind
