@@ -140,7 +140,7 @@ def main() -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def _build_settings():
+def _build_classes():
     from mdpo_data.build import BuildConfig
     from mdpo_data.runtime import Runtime
 
@@ -150,7 +150,7 @@ def _build_settings():
 @main.command(cls=OptionsCommand)
 @click.option("--pipeline", "--config", "pipeline", type=click.Path(dir_okay=False),
               help="YAML with the same options (dashes or underscores); flags override it.")
-@dataclass_options(_build_settings, overrides={"columns": {"callback": _parse_columns, "metavar": "KEY=COLUMN,..."}})
+@dataclass_options(_build_classes, overrides={"columns": {"callback": _parse_columns, "metavar": "KEY=COLUMN,..."}})
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
 def build(ctx, pipeline, quiet, **_) -> None:
@@ -163,42 +163,12 @@ def build(ctx, pipeline, quiet, **_) -> None:
     mdpo-data build --pipeline pipelines/paper_silkie_crop.yaml --out out/paper
     """
     from mdpo_data.build import BuildError, run_build, warn_short
-    from mdpo_data.config_io import given
     from mdpo_data.contrast import SpecError
-    from mdpo_data.folder import FolderError, check_target
-    from mdpo_data.pipeline_config import PipelineError, load_pipeline, merge, needs_model_input, settings
+    from mdpo_data.folder import FolderError
     from mdpo_data.sources import SourceError
 
-    flags = {k: v for k, v in given(ctx).items() if k not in ("pipeline", "quiet")}
-    try:  # defaults < pipeline file < flags given; checked once, every problem in one line
-        config, runtime = settings(merge(load_pipeline(pipeline) if pipeline else {}, flags))
-    except PipelineError as error:
-        raise click.UsageError(str(error)) from None
-    if needs_model_input(config, runtime):  # recorded in the config key
-        config = dataclasses.replace(config, noise_input=_model_input(runtime))
-    try:
-        from mdpo_data.contrast import parse_spec
-
-        parse_spec(config.rejected)
-    except SpecError as error:
-        raise click.BadParameter(str(error), param_hint="--rejected") from None
+    config, runtime = _build_settings_checked(ctx, pipeline)
     out = runtime.out
-    if not out:
-        raise click.UsageError("--out is required (or `out:` in the pipeline file)")
-    if config.rejected_response:
-        from mdpo_data.bpo import parse_response_strategy
-
-        try:
-            parse_response_strategy(config.rejected_response)
-        except ValueError as error:
-            raise click.BadParameter(str(error), param_hint="--rejected-response") from None
-    if runtime.ref_model or config.rejected_response:
-        _check_device(runtime.device)
-    try:
-        check_target(out)
-    except FolderError as error:
-        _fail(str(error))
-
     started = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
@@ -245,6 +215,43 @@ def build(ctx, pipeline, quiet, **_) -> None:
     if runtime.ref_model:
         _score(out, runtime, quiet)
     _write_card(out)
+
+
+def _build_settings_checked(ctx: click.Context, pipeline: str | None):
+    """(BuildConfig, Runtime) from defaults < the pipeline file < the flags given, checked once
+    (every problem in one line), then the checks that need the resolved values."""
+    from mdpo_data.config_io import given
+    from mdpo_data.contrast import SpecError, parse_spec
+    from mdpo_data.folder import FolderError, check_target
+    from mdpo_data.pipeline_config import PipelineError, load_pipeline, merge, needs_model_input, settings
+
+    flags = {k: v for k, v in given(ctx).items() if k not in ("pipeline", "quiet")}
+    try:
+        config, runtime = settings(merge(load_pipeline(pipeline) if pipeline else {}, flags))
+    except PipelineError as error:
+        raise click.UsageError(str(error)) from None
+    if needs_model_input(config, runtime):  # recorded in the config key
+        config = dataclasses.replace(config, noise_input=_model_input(runtime))
+    try:
+        parse_spec(config.rejected)
+    except SpecError as error:
+        raise click.BadParameter(str(error), param_hint="--rejected") from None
+    if not runtime.out:
+        raise click.UsageError("--out is required (or `out:` in the pipeline file)")
+    if config.rejected_response:
+        from mdpo_data.bpo import parse_response_strategy
+
+        try:
+            parse_response_strategy(config.rejected_response)
+        except ValueError as error:
+            raise click.BadParameter(str(error), param_hint="--rejected-response") from None
+    if runtime.ref_model or config.rejected_response:
+        _check_device(runtime.device)
+    try:
+        check_target(runtime.out)
+    except FolderError as error:
+        _fail(str(error))
+    return config, runtime
 
 
 def _model_input(runtime) -> str:
@@ -306,7 +313,7 @@ def _write_card(out) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def _runtime():
+def _runtime_class():
     from mdpo_data.runtime import Runtime
 
     return (Runtime,)
@@ -314,7 +321,7 @@ def _runtime():
 
 @main.command(cls=OptionsCommand)
 @click.argument("directory", type=click.Path(exists=True, file_okay=False))
-@dataclass_options(_runtime, only=SCORE_OPTIONS, overrides={"ref_model": {
+@dataclass_options(_runtime_class, only=SCORE_OPTIONS, overrides={"ref_model": {
     "required": True, "help": "Reference model id or local path ('tiny': smoke-test model; 'demo': demo model)."}})
 @click.option("--force", is_flag=True, help="Re-score shards scored with a different fingerprint.")
 @click.option("--quiet", is_flag=True)
