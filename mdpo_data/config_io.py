@@ -7,6 +7,10 @@ with the closest known key) and the type checks of values (`check_fields`). Both
 build` (BuildConfig + Runtime) and `mdpo-train` (TrainConfig) use it, so the precedence is the
 same everywhere: field defaults < the YAML file < the flags given on the command line (`given`,
 from click's parameter sources, so a flag typed with its default value still wins).
+
+To add an option, add one field: `name: int = setting(4, "What it does.", min=1)` to BuildConfig
+(it shapes the output, so it enters the build key), Runtime (how a build runs) or TrainConfig.
+The flag `--name`, the YAML key, the help, the type and range checks all follow from it.
 """
 
 from __future__ import annotations
