@@ -6,7 +6,6 @@ library's own errors (bad spec, bad source, bad folder) into one clear line and 
 
 from __future__ import annotations
 
-import dataclasses
 import shlex
 import sys
 import time
@@ -223,15 +222,13 @@ def _build_settings_checked(ctx: click.Context, pipeline: str | None):
     from mdpo_data.config_io import given
     from mdpo_data.contrast import SpecError, parse_spec
     from mdpo_data.folder import FolderError, check_target
-    from mdpo_data.pipeline_config import PipelineError, load_pipeline, merge, needs_model_input, settings
+    from mdpo_data.pipeline_config import PipelineError, load_pipeline, merge, settings
 
     flags = {k: v for k, v in given(ctx).items() if k not in ("pipeline", "quiet")}
     try:
-        config, runtime = settings(merge(load_pipeline(pipeline) if pipeline else {}, flags))
+        config, runtime = settings(merge(load_pipeline(pipeline) if pipeline else {}, flags), _model_input)
     except PipelineError as error:
         raise click.UsageError(str(error)) from None
-    if needs_model_input(config, runtime):  # recorded in the config key
-        config = dataclasses.replace(config, noise_input=_model_input(runtime))
     try:
         parse_spec(config.rejected)
     except SpecError as error:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from mdpo_data import config_io
@@ -75,19 +76,24 @@ def build_config(options: dict[str, Any]) -> BuildConfig:
     return config
 
 
-def settings(options: dict[str, Any]) -> tuple[BuildConfig, Runtime]:
+def settings(options: dict[str, Any], model_input: Callable[[Runtime], str] | None = None
+             ) -> tuple[BuildConfig, Runtime]:
     """Merged options -> (BuildConfig, Runtime), every problem of both in one error, with what
     --ref-model implies filled in (`implied`)."""
     config = build_config(options)
     runtime = runtime_config(options)
-    return implied(config, runtime), runtime
+    return implied(config, runtime, model_input), runtime
 
 
-def implied(config: BuildConfig, runtime: Runtime) -> BuildConfig:
+def implied(config: BuildConfig, runtime: Runtime,
+            model_input: Callable[[Runtime], str] | None = None) -> BuildConfig:
     """What --ref-model implies for the output, as a new config (recorded in the build key):
-    BPO generates with the reference model unless told otherwise, and `--system-prompt auto`
-    falls back to that model family's training prompt."""
+    BPO generates with the reference model unless told otherwise, `--system-prompt auto` falls
+    back to that model family's training prompt, and `--rejected noise:T` works in that model's
+    input space (`model_input(runtime)`: the ModelInput JSON of its image processor)."""
     changes: dict[str, Any] = {}
+    if model_input is not None and needs_model_input(config, runtime):
+        changes["noise_input"] = model_input(runtime)
     model = config.rejected_response_model
     if config.rejected_response and not model:
         model = changes["rejected_response_model"] = runtime.ref_model
