@@ -9,8 +9,8 @@ key; every problem is reported at once, in one line, before any work.
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from mdpo_data import config_io
@@ -23,9 +23,6 @@ RUNTIME_KEYS = set(config_io.fields(Runtime))  # how the build runs; allowed in 
 
 class PipelineError(ValueError):
     pass
-
-
-normalize_key = config_io.normalize_key
 
 
 def load_pipeline(path: str | Path) -> dict[str, Any]:
