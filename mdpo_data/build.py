@@ -26,9 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from mdpo_data import schema
+from mdpo_data.config_io import names_from, setting
 from mdpo_data.folder import STATE_DIR, check_target, has_our_manifest, hold, owned_files
 from mdpo_data.manifest import MANIFEST_NAME, library_versions, manifest_path, write_manifest
 from mdpo_data.records import Candidate, Skip
+from mdpo_data.runtime import Runtime
 from mdpo_data.sampling import draw, split_eval
 from mdpo_data.seeds import example_seed
 from mdpo_data.shards import SHARD_RE, sha256_file, shard_name, write_bytes_atomic, write_shard
@@ -42,33 +44,50 @@ class BuildError(ValueError):
     """A problem with the build's configuration or output folder, reported before any work."""
 
 
+def _subset_names() -> tuple[str, ...]:
+    from mdpo_data.sources import subset_names
+
+    return subset_names()
+
+
 @dataclass
 class BuildConfig:
-    """Every option that shapes the output bytes. Runtime-only options live elsewhere."""
+    """Every option that shapes the output bytes. Runtime-only options live in `Runtime`.
+    Each field is also a `mdpo-data build` flag and a pipeline YAML key (`config_io.setting`)."""
 
-    source: str = "demo"
-    n: int = 1000
-    rejected: str = "crop:0-0.2"
-    seed: int = 0
-    source_path: str | None = None
-    image_root: str | None = None
-    pairing: str = "all"  # VLFeedback's own DPO pairing (see sources/silkie.py)
-    subset: str | None = None
-    id_prefix: str | None = None
-    columns: dict[str, str] | None = None
-    demo_size: int = 2000
-    demo_first_row: int = 0  # demo: first row of the pool (the demo model trains on other rows)
-    demo_style_shortcut: float = 0.0  # demo: share of TRAIN pairs phrased chosen=plain, rejected=chatty
-    eval_fraction: float = 0.0
-    shard_size: int = 1000
-    max_pixels: int = 40_000_000
-    rejected_response: str | None = None  # BPO bootstrapping, e.g. "weaken:900" or "inject"
-    rejected_response_model: str | None = None  # generates weakened answers (default: --ref-model)
-    inject_model: str | None = None  # text LLM that rewrites gold answers for "inject"
-    rejected_response_max_new_tokens: int = 256  # longer generations are counted skips
-    noise_input: str | None = None  # `noise`: the model's input space (ModelInput JSON; None = LLaVA-1.5's)
-    system_prompt: str = "auto"  # auto | none | TEXT (see mdpo_data.system_prompts)
-    system_prompt_family: str | None = None  # the model family `auto` falls back to (set from --ref-model)
+    source: str = setting("demo", "Where pairs come from.", choices=names_from("mdpo_data.sources", "SOURCES"))
+    n: int = setting(1000, "Pairs to sample.", min=1)
+    rejected: str = setting("crop:0-0.2", "Rejected image m_l: crop:LO-HI | swap | moco | noise:T | "
+                            "albumentations:PIPELINE.yaml.")
+    seed: int = setting(0, "Build seed: same seed + config = byte-identical output.")
+    source_path: str | None = setting(None, "Local file/folder of the source (default: its Hub id).")
+    image_root: str | None = setting(None, "Folder that relative image paths resolve under (never escaped).")
+    pairing: str = setting("all", "Silkie pairing rule.", choices=names_from("mdpo_data.sources", "PAIRINGS"),
+                           shown="all: every pair of completions, as VLFeedback's authors pair it")
+    subset: str | None = setting(None, "Silkie: keep ids starting with llava- (the paper).", choices=_subset_names)
+    id_prefix: str | None = setting(None, "Silkie: keep ids with this prefix.")
+    columns: dict[str, str] | None = setting(
+        None, "pairs: map columns, e.g. image=img,question=q,chosen=good,rejected=bad.")
+    demo_size: int = setting(2000, "demo: pairs in the built-in pool.", min=1)
+    demo_first_row: int = setting(0, "demo: first row of the pool (the demo model trains on other rows).")
+    demo_style_shortcut: float = setting(0.0, "demo: share of train pairs whose chosen answer is plain and "
+                                         "rejected chatty (a text-only cue).")
+    eval_fraction: float = setting(0.0, "Share of sampled pairs put in an eval split.")
+    shard_size: int = setting(1000, "Rows per shard.", min=1)
+    max_pixels: int = setting(40_000_000, "Refuse larger images (decompression bombs).", min=1)
+    rejected_response: str | None = setting(None, "Bootstrap missing rejected answers (BPO): weaken[:T] | inject.")
+    rejected_response_model: str | None = setting(None, "Model that generates weakened answers.",
+                                                  shown="--ref-model")
+    inject_model: str | None = setting(None, "Text LLM for --rejected-response inject.")
+    rejected_response_max_new_tokens: int = setting(256, "Longer bootstrapped answers are counted skips.", min=1)
+    noise_input: str | None = setting(None, "`noise`: the model's input space (ModelInput JSON; None = "
+                                      "LLaVA-1.5's), set from --ref-model.", cli=False)
+    system_prompt: str = setting("auto", "System message in each prompt: auto | none | TEXT.",
+                                 shown="auto: the source's own, else the --ref-model family's training "
+                                 "prompt (LLaVA-1.5: Vicuna v1), else none")
+    system_prompt_family: str | None = setting(
+        None, "The model family `auto` falls back to (set from --ref-model).", cli=False,
+        choices=names_from("mdpo_data.system_prompts", "FAMILIES"))
 
     def key(self) -> str:
         """Hash of the config and of the libraries whose output bytes it fixes.
@@ -348,7 +367,7 @@ def run_build(
     progress: bool = True,
     command: str | None = None,
     after_shard: Callable[[str], None] | None = None,
-    runtime: dict[str, Any] | None = None,
+    runtime: Runtime | None = None,
 ) -> BuildResult:
     """Build (or resume building) `out` from `config`. Returns the manifest written.
 
@@ -370,11 +389,11 @@ def run_build(
     with hold(directory):
         _prepare_out(directory, key, overwrite)
         return _build_locked(config, directory, key, planned, workers=workers, progress=progress,
-                             command=command, after_shard=after_shard, runtime=runtime or {})
+                             command=command, after_shard=after_shard, runtime=runtime or Runtime())
 
 
 def _build_locked(config: BuildConfig, directory: Path, key: str, planned, *, workers: int,
-                  progress: bool, command: str | None, after_shard, runtime: dict) -> BuildResult:
+                  progress: bool, command: str | None, after_shard, runtime: Runtime) -> BuildResult:
     splits, pool, strategy, partners = planned
     result = BuildResult(directory=directory, manifest={})
     splits, system_record = _system_prompts(config, splits)
@@ -548,12 +567,12 @@ def _previous_manifest(directory: Path) -> dict | None:
     return previous if isinstance(previous, dict) else None
 
 
-def _bootstrap(config: BuildConfig, splits, pool, directory: Path, runtime: dict, progress: bool):
+def _bootstrap(config: BuildConfig, splits, pool, directory: Path, runtime: Runtime, progress: bool):
     """BPO: generate rejected answers for sampled pairs that lack one (cached, resumable)."""
     from mdpo_data.bpo import bootstrap_rejected, parse_response_strategy
 
     strategy = parse_response_strategy(config.rejected_response)
-    model = config.rejected_response_model or runtime.get("ref_model")
+    model = config.rejected_response_model or runtime.ref_model
     problem = strategy.missing_model(model, config.inject_model)
     if problem:
         raise BuildError(problem)
@@ -569,13 +588,13 @@ def _bootstrap(config: BuildConfig, splits, pool, directory: Path, runtime: dict
             seed=config.seed,
             state_dir=directory / STATE_DIR,
             inject_model=config.inject_model,
-            batch_size=runtime.get("batch_size") or 8,
-            device=runtime.get("device") or "auto",
-            dtype=runtime.get("dtype") or "auto",
+            batch_size=runtime.bpo_batch_size,
+            device=runtime.device,
+            dtype=runtime.dtype,
             max_pixels=config.max_pixels,
             max_new_tokens=config.rejected_response_max_new_tokens,
-            trust_remote_code=bool(runtime.get("trust_remote_code")),
-            revision=runtime.get("revision") if model == runtime.get("ref_model") else None,
+            trust_remote_code=runtime.trust_remote_code,
+            revision=runtime.revision if model == runtime.ref_model else None,
             progress=progress,
         )
         bpo_skipped.update(skipped)

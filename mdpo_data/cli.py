@@ -15,7 +15,11 @@ from typing import Any
 
 import click
 
-from mdpo_data import sources  # light: the registry only, no source module
+from mdpo_data.config_io import OptionsCommand, dataclass_options
+
+# Runtime fields that are `mdpo-data score` flags (the rest only apply to a build).
+SCORE_OPTIONS = ("ref_model", "dtype", "batch_size", "device", "max_length", "no_image_logps",
+                 "trust_remote_code", "revision")
 
 
 def _manifest_error() -> type[Exception]:
@@ -29,7 +33,8 @@ def _fail(message: str) -> None:
     raise click.ClickException(message)
 
 
-def _parse_columns(value: str | None) -> dict[str, str] | None:
+def _parse_columns(ctx, param, value: str | None) -> dict[str, str] | None:
+    """--columns KEY=COLUMN,... -> {key: column}."""
     if not value:
         return None
     mapping = {}
@@ -44,37 +49,38 @@ def _parse_columns(value: str | None) -> dict[str, str] | None:
     return mapping
 
 
-def _portable(arg: str) -> str:
-    """An absolute local path (or --opt=/abs/path) -> its last component: manifests and cards
-    are published, and the same config should give the same manifest on every machine."""
+def _portable(value: str) -> str:
+    """An absolute local path -> its last component: manifests and cards are published, and the
+    same config should give the same manifest on every machine."""
     from mdpo_data.build import portable_path
 
-    name, sep, value = arg.partition("=")
-    if sep and name.startswith("--"):
-        return f"{name}={portable_path(value)}"
-    return portable_path(arg) or arg
+    return portable_path(value) or value
 
 
-def _command_line() -> str:
-    """The command as typed, minus what cannot change the output (output folder, workers,
-    progress), so the manifest of a given config is the same on every machine."""
-    drop_flag, drop_with_value = {"--quiet", "--overwrite"}, {"--workers"}
-    args, it = [], iter(sys.argv[1:])
-    for arg in it:
-        name = arg.split("=", 1)[0]
-        if name in drop_flag:
+# Options that cannot change the output: left out of the recorded command (--out is kept as OUT).
+_UNRECORDED = ("quiet", "overwrite", "workers")
+
+
+def _command_line(ctx: click.Context) -> str:
+    """The command as given (flags in the order typed, from click's parameter sources), minus
+    what cannot change the output, so the manifest of a given config is the same on every
+    machine."""
+    from mdpo_data.config_io import given
+
+    params = {p.name: p for p in ctx.command.get_params(ctx)}
+    args = [ctx.info_name]
+    for name, value in given(ctx).items():
+        opt = params[name].opts[0]
+        if name in _UNRECORDED:
             continue
-        if name in drop_with_value:
-            if "=" not in arg:
-                next(it, None)
-            continue
-        if name == "--out":
-            args.append("--out")
-            args.append("OUT")
-            if "=" not in arg:
-                next(it, None)
-            continue
-        args.append(_portable(arg))
+        if name == "out":
+            args += [opt, "OUT"]
+        elif params[name].is_flag:
+            args.append(opt)
+        elif isinstance(value, dict):  # --columns, as typed
+            args += [opt, ",".join(f"{k}={v}" for k, v in value.items())]
+        else:
+            args += [opt, _portable(str(value))]
     return shlex.join(["mdpo-data", *args])
 
 
@@ -133,43 +139,20 @@ def main() -> None:
 # --------------------------------------------------------------------------------------------
 
 
-@main.command()
-@click.option("--pipeline", type=click.Path(dir_okay=False), help="YAML with the same options; flags override it.")
-@click.option("--source", type=click.Choice(sources.names()), help="Where pairs come from [demo].")
-@click.option("--source-path", help="Local file/folder of the source (default: its Hub id).")
-@click.option("--image-root", help="Folder that relative image paths resolve under (never escaped).")
-@click.option("--n", type=int, help="Pairs to sample [1000].")
-@click.option("--rejected", help="Rejected image m_l: crop:LO-HI | swap | moco | noise:T | albumentations:PIPELINE.yaml [crop:0-0.2].")
-@click.option("--rejected-response", help="Bootstrap missing rejected answers (BPO): weaken[:T] | inject.")
-@click.option("--rejected-response-model", help="Model that generates weakened answers [--ref-model].")
-@click.option("--inject-model", help="Text LLM for --rejected-response inject.")
-@click.option("--rejected-response-max-new-tokens", type=int, help="Longer bootstrapped answers are counted skips [256].")
-@click.option("--seed", type=int, help="Build seed: same seed + config = byte-identical output [0].")
-@click.option("--system-prompt", help="System message in each prompt: auto | none | TEXT [auto: the source's "
-              "own, else the --ref-model family's training prompt (LLaVA-1.5: Vicuna v1), else none].")
-@click.option("--pairing", type=click.Choice(sources.PAIRINGS), help="Silkie pairing rule [all: every pair of completions, as VLFeedback's authors pair it].")
-@click.option("--subset", type=click.Choice(sources.subset_names()), help="Silkie: keep ids starting with llava- (the paper).")
-@click.option("--id-prefix", help="Silkie: keep ids with this prefix.")
-@click.option("--columns", help="pairs: map columns, e.g. image=img,question=q,chosen=good,rejected=bad.")
-@click.option("--demo-size", type=int, help="demo: pairs in the built-in pool [2000].")
-@click.option("--demo-first-row", type=int, help="demo: first row of the pool [0].")
-@click.option("--demo-style-shortcut", type=float, help="demo: share of train pairs whose chosen answer is plain and rejected chatty (a text-only cue) [0].")
-@click.option("--eval-fraction", type=float, help="Share of sampled pairs put in an eval split [0].")
-@click.option("--shard-size", type=int, help="Rows per shard [1000].")
-@click.option("--max-pixels", type=int, help="Refuse larger images (decompression bombs) [40000000].")
-@click.option("--out", type=click.Path(file_okay=False), help="Output folder.")
-@click.option("--workers", type=click.IntRange(min=1), help="Image worker processes [1].")
-@click.option("--overwrite", is_flag=True, default=None, help="Replace a different build in --out.")
-@click.option("--ref-model", help="Score with this reference model after building ('tiny': smoke-test model; 'demo': small model trained on the demo source, built on first use).")
-@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), help="Scoring dtype.")
-@click.option("--batch-size", type=click.IntRange(min=1), help="Scoring batch size [automatic].")
-@click.option("--device", help="Scoring device [auto].")
-@click.option("--max-length", type=click.IntRange(min=1), help="Scoring: longest sequence in tokens [2048].")
-@click.option("--no-image-logps", is_flag=True, default=None, help="Also store log-probs with the image removed.")
-@click.option("--trust-remote-code", is_flag=True, default=None, help="Allow model code from the Hub.")
-@click.option("--revision", help="Model revision for --ref-model.")
+def _build_classes():
+    from mdpo_data.build import BuildConfig
+    from mdpo_data.runtime import Runtime
+
+    return BuildConfig, Runtime
+
+
+@main.command(cls=OptionsCommand)
+@click.option("--pipeline", "--config", "pipeline", type=click.Path(dir_okay=False),
+              help="YAML with the same options (dashes or underscores); flags override it.")
+@dataclass_options(_build_classes, overrides={"columns": {"callback": _parse_columns, "metavar": "KEY=COLUMN,..."}})
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def build(pipeline, quiet, **flags) -> None:
+@click.pass_context
+def build(ctx, pipeline, quiet, **_) -> None:
     """Build a preference dataset into Arrow shards + manifest.json (+ scores + card).
 
     \b
@@ -180,48 +163,11 @@ def build(pipeline, quiet, **flags) -> None:
     """
     from mdpo_data.build import BuildError, run_build, warn_short
     from mdpo_data.contrast import SpecError
-    from mdpo_data.pipeline_config import PipelineError, build_config, load_pipeline, merge
+    from mdpo_data.folder import FolderError
     from mdpo_data.sources import SourceError
 
-    flags["columns"] = _parse_columns(flags["columns"])
-    try:
-        options = merge(load_pipeline(pipeline) if pipeline else {}, flags)
-        config = build_config(options)
-        if config.rejected_response and not config.rejected_response_model:
-            config.rejected_response_model = options.get("ref_model")  # recorded in the config key
-        if config.system_prompt == "auto" and not config.system_prompt_family:
-            from mdpo_data.system_prompts import model_family
-
-            config.system_prompt_family = model_family(config.rejected_response_model or options.get("ref_model"))
-        if config.rejected.strip().lower().startswith("noise") and not config.noise_input and options.get("ref_model"):
-            config.noise_input = _model_input(options["ref_model"], options)  # recorded in the config key
-    except PipelineError as error:
-        raise click.UsageError(str(error)) from None
-    try:
-        from mdpo_data.contrast import parse_spec
-
-        parse_spec(config.rejected)
-    except SpecError as error:
-        raise click.BadParameter(str(error), param_hint="--rejected") from None
-    out = options.get("out")
-    if not out:
-        raise click.UsageError("--out is required (or `out:` in the pipeline file)")
-    if config.rejected_response:
-        from mdpo_data.bpo import parse_response_strategy
-
-        try:
-            parse_response_strategy(config.rejected_response)
-        except ValueError as error:
-            raise click.BadParameter(str(error), param_hint="--rejected-response") from None
-    if options.get("ref_model") or config.rejected_response:
-        _check_device(options.get("device"))
-    from mdpo_data.folder import FolderError, check_target
-
-    try:
-        check_target(out)
-    except FolderError as error:
-        _fail(str(error))
-
+    config, runtime = _build_settings_checked(ctx, pipeline)
+    out = runtime.out
     started = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
@@ -229,11 +175,11 @@ def build(pipeline, quiet, **flags) -> None:
             result = run_build(
                 config,
                 out,
-                workers=options.get("workers") or 1,
-                overwrite=bool(options.get("overwrite")),
+                workers=runtime.workers,
+                overwrite=runtime.overwrite,
                 progress=not quiet,
-                command=_command_line(),
-                runtime=options,
+                command=_command_line(ctx),
+                runtime=runtime,
             )
         except (BuildError, SourceError, SpecError, FolderError) as error:
             _fail(str(error))
@@ -265,29 +211,64 @@ def build(pipeline, quiet, **flags) -> None:
         _fail(f"the build wrote 0 train rows: every one of the {counts['sampled']} sampled pairs "
               f"was skipped (skips: {reasons}); see {Path(out) / 'manifest.json'}")
 
-    if options.get("ref_model"):
-        _score(out, options, quiet)
+    if runtime.ref_model:
+        _score(out, runtime, quiet)
     _write_card(out)
 
 
-def _model_input(model: str, options: dict[str, Any]) -> str:
+def _build_settings_checked(ctx: click.Context, pipeline: str | None):
+    """(BuildConfig, Runtime) from defaults < the pipeline file < the flags given, checked once
+    (every problem in one line), then the checks that need the resolved values."""
+    from mdpo_data.config_io import given
+    from mdpo_data.contrast import SpecError, parse_spec
+    from mdpo_data.folder import FolderError, check_target
+    from mdpo_data.pipeline_config import PipelineError, load_pipeline, merge, settings
+
+    flags = {k: v for k, v in given(ctx).items() if k not in ("pipeline", "quiet")}
+    try:
+        config, runtime = settings(merge(load_pipeline(pipeline) if pipeline else {}, flags), _model_input)
+    except PipelineError as error:
+        raise click.UsageError(str(error)) from None
+    try:
+        parse_spec(config.rejected)
+    except SpecError as error:
+        raise click.BadParameter(str(error), param_hint="--rejected") from None
+    if not runtime.out:
+        raise click.UsageError("--out is required (or `out:` in the pipeline file)")
+    if config.rejected_response:
+        from mdpo_data.bpo import parse_response_strategy
+
+        try:
+            parse_response_strategy(config.rejected_response)
+        except ValueError as error:
+            raise click.BadParameter(str(error), param_hint="--rejected-response") from None
+    if runtime.ref_model or config.rejected_response:
+        _check_device(runtime.device)
+    try:
+        check_target(runtime.out)
+    except FolderError as error:
+        _fail(str(error))
+    return config, runtime
+
+
+def _model_input(runtime) -> str:
     """The reference model's image input space (for `--rejected noise:T`), as JSON."""
     from transformers import AutoProcessor
 
     from mdpo_data.contrast import ModelInput
     from mdpo_data.models import resolve_model
 
+    model = runtime.ref_model
     try:
         processor = AutoProcessor.from_pretrained(
-            resolve_model(model), revision=options.get("revision"),
-            trust_remote_code=bool(options.get("trust_remote_code")))
+            resolve_model(model), revision=runtime.revision, trust_remote_code=runtime.trust_remote_code)
     except Exception as error:  # noqa: BLE001 - reported as one line
         _fail(f"--rejected noise: cannot load the image processor of --ref-model {model!r} to add the "
               f"noise at its input resolution ({type(error).__name__}: {error})")
     return ModelInput.of(getattr(processor, "image_processor", processor)).to_json()
 
 
-def _score(out, options: dict[str, Any], quiet: bool, force: bool = False) -> None:
+def _score(out, runtime, quiet: bool, force: bool = False) -> None:
     from mdpo_data.score import score_build
 
     if quiet:
@@ -298,14 +279,14 @@ def _score(out, options: dict[str, Any], quiet: bool, force: bool = False) -> No
     try:
         stats = score_build(
             out,
-            options["ref_model"],
-            dtype=options.get("dtype") or "auto",
-            batch_size=options.get("batch_size"),
-            device=options.get("device") or "auto",
-            max_length=options.get("max_length") or 2048,
-            no_image_logps=bool(options.get("no_image_logps")),
-            trust_remote_code=bool(options.get("trust_remote_code")),
-            revision=options.get("revision"),
+            runtime.ref_model,
+            dtype=runtime.dtype,
+            batch_size=runtime.batch_size,
+            device=runtime.device,
+            max_length=runtime.max_length,
+            no_image_logps=runtime.no_image_logps,
+            trust_remote_code=runtime.trust_remote_code,
+            revision=runtime.revision,
             progress=not quiet,
             force=force,
         )
@@ -329,16 +310,16 @@ def _write_card(out) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-@main.command()
+def _runtime_class():
+    from mdpo_data.runtime import Runtime
+
+    return (Runtime,)
+
+
+@main.command(cls=OptionsCommand)
 @click.argument("directory", type=click.Path(exists=True, file_okay=False))
-@click.option("--ref-model", required=True, help="Reference model id or local path ('tiny': smoke-test model; 'demo': demo model).")
-@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto", show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), help="Sequences per forward [automatic].")
-@click.option("--device", default="auto", show_default=True)
-@click.option("--max-length", type=click.IntRange(min=1), default=2048, show_default=True, help="Longer examples are counted skips.")
-@click.option("--no-image-logps", is_flag=True, help="Also store log-probs with the image removed.")
-@click.option("--trust-remote-code", is_flag=True, help="Allow model code from the Hub.")
-@click.option("--revision", help="Model revision.")
+@dataclass_options(_runtime_class, only=SCORE_OPTIONS, overrides={"ref_model": {
+    "required": True, "help": "Reference model id or local path ('tiny': smoke-test model; 'demo': demo model)."}})
 @click.option("--force", is_flag=True, help="Re-score shards scored with a different fingerprint.")
 @click.option("--quiet", is_flag=True)
 def score(directory, quiet, force, **options) -> None:
@@ -348,8 +329,11 @@ def score(directory, quiet, force, **options) -> None:
     mdpo-data score out/demo --ref-model tiny
     accelerate launch -m mdpo_data.cli score out/silkie --ref-model llava-hf/llava-1.5-7b-hf --dtype bfloat16
     """
-    _check_device(options.get("device"))
-    _score(directory, options, quiet, force=force)
+    from mdpo_data.runtime import Runtime
+
+    runtime = Runtime(**options)  # click checked each value (choices, ranges)
+    _check_device(runtime.device)
+    _score(directory, runtime, quiet, force=force)
     _write_card(directory)
 
 

@@ -1,142 +1,124 @@
-"""Pipeline YAML files: the same options as `mdpo-data build` flags, validated before any work.
+"""`mdpo-data build` settings: BuildConfig (what the build writes) + Runtime (how it runs).
 
-Precedence: BuildConfig defaults < the YAML file < command-line flags. Keys may use dashes
-(as on the command line) or underscores. Unknown keys are errors, all reported at once.
+One path for flags and pipeline YAML files: the fields of both dataclasses are the flags and the
+YAML keys (`mdpo_data.config_io`). Precedence: field defaults < the YAML file < the flags
+given. Keys may use dashes or underscores; unknown keys are errors naming the closest known
+key; every problem is reported at once, in one line, before any work.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from mdpo_data import config_io
 from mdpo_data.build import BuildConfig
-from mdpo_data.system_prompts import FAMILIES
+from mdpo_data.runtime import Runtime
 
-# Options that change how the build runs but not what it writes; allowed in a pipeline file.
-RUNTIME_KEYS = {
-    "out", "workers", "overwrite", "ref_model", "dtype", "batch_size", "device", "max_length",
-    "no_image_logps", "trust_remote_code", "revision",
-}
-BUILD_KEYS = {f.name for f in dataclasses.fields(BuildConfig)}
-DTYPES = ("auto", "float32", "bfloat16", "float16")
-# Runtime option -> (type, smallest value or allowed values): checked where they are parsed.
-RUNTIME_TYPES: dict[str, tuple[type, Any]] = {
-    "out": (str, None), "workers": (int, 1), "overwrite": (bool, None), "ref_model": (str, None),
-    "dtype": (str, DTYPES), "batch_size": (int, 1), "device": (str, None),
-    "max_length": (int, 1), "no_image_logps": (bool, None), "trust_remote_code": (bool, None),
-    "revision": (str, None),
-}
+BUILD_KEYS = set(config_io.fields(BuildConfig))
+RUNTIME_KEYS = set(config_io.fields(Runtime))  # how the build runs; allowed in a pipeline file
 
 
 class PipelineError(ValueError):
     pass
 
 
-def normalize_key(key: str) -> str:
-    return key.strip().replace("-", "_")
-
-
 def load_pipeline(path: str | Path) -> dict[str, Any]:
     """Read and check a pipeline YAML; returns {option: value} with underscore keys."""
-    path = Path(path)
-    if not path.is_file():
-        raise PipelineError(f"pipeline file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_bytes().decode("utf-8")) or {}
-    except UnicodeDecodeError as error:
-        raise PipelineError(f"{path} is not UTF-8 text (byte {error.start})") from None
-    except OSError as error:
-        raise PipelineError(f"pipeline file {path} cannot be read: {error.strerror}") from None
-    except yaml.YAMLError as error:
-        message = " ".join(str(error).split())
-        raise PipelineError(f"{path} is not valid YAML: {message}") from None
-    if not isinstance(data, dict):
-        raise PipelineError(f"{path} must be a mapping of option: value, got {type(data).__name__}")
-    options = {normalize_key(str(k)): v for k, v in data.items()}
-    options.pop("description", None)  # free text for people
-    unknown = sorted(set(options) - BUILD_KEYS - RUNTIME_KEYS)
+        options = config_io.read_yaml(path, "pipeline")
+    except config_io.ConfigFileError as error:
+        raise PipelineError(str(error)) from None
+    unknown = config_io.unknown_keys(options, BUILD_KEYS | RUNTIME_KEYS)
     if unknown:
+        hints = "; ".join(config_io.suggestion(name, close) for name, close in unknown.items())
         valid = ", ".join(sorted(BUILD_KEYS | RUNTIME_KEYS))
-        raise PipelineError(f"{path}: unknown key(s) {', '.join(unknown)}; valid keys: {valid}")
+        raise PipelineError(f"{path}: unknown key(s) {', '.join(unknown)} ({hints}); valid keys: {valid}")
     return options
 
 
 def merge(pipeline: dict[str, Any], flags: dict[str, Any]) -> dict[str, Any]:
-    """Flags given on the command line (not None) override the pipeline file."""
+    """The flags given on the command line (not None) override the pipeline file."""
     merged = dict(pipeline)
-    merged.update({k: v for k, v in flags.items() if v is not None})
+    merged.update({config_io.normalize_key(k): v for k, v in flags.items() if v is not None})
     return merged
 
 
 def runtime_problems(options: dict[str, Any]) -> list[str]:
     """Type and range problems of the runtime options (workers >= 1, a known dtype, ...)."""
-    problems = []
-    for name, (kind, rule) in RUNTIME_TYPES.items():
-        value = options.get(name)
-        if value is None:
-            continue
-        flag = "--" + name.replace("_", "-")
-        if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
-            problems.append(f"{flag}: expected a whole number, got {value!r}")
-        elif kind is not int and not isinstance(value, kind):
-            problems.append(f"{flag}: expected {kind.__name__}, got {value!r}")
-        elif kind is int and value < rule:
-            problems.append(f"{flag}: must be at least {rule}, got {value}")
-        elif isinstance(rule, tuple) and value not in rule:
-            problems.append(f"{flag}: {value!r} is not one of {', '.join(rule)}")
-    return problems
+    return config_io.check_fields(Runtime, _given(options))[1]
+
+
+def runtime_config(options: dict[str, Any]) -> Runtime:
+    """The Runtime part of merged options; raises PipelineError naming every problem."""
+    values, problems = config_io.check_fields(Runtime, _given(options))
+    if problems:
+        raise PipelineError("; ".join(problems))
+    return Runtime(**values)
 
 
 def build_config(options: dict[str, Any]) -> BuildConfig:
-    """The BuildConfig part of merged options, type-checked with errors collected."""
-    fields = {f.name: f for f in dataclasses.fields(BuildConfig)}
-    values, problems = {}, []
-    for name, value in options.items():
-        if name not in fields or value is None:
-            continue
-        default = fields[name].default
-        if isinstance(default, bool) or isinstance(value, bool):
-            ok = isinstance(value, bool) and (isinstance(default, bool) or default is None)
-        elif isinstance(default, int):
-            ok = isinstance(value, int)
-        elif isinstance(default, float):
-            ok = isinstance(value, (int, float))
-            value = float(value) if ok else value
-        elif name == "columns":
-            ok = isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
-        else:
-            ok = isinstance(value, (str, int, float))
-            value = str(value) if ok else value
-        if not ok:
-            problems.append(f"{name.replace('_', '-')}: bad value {value!r}")
-        values[name] = value
+    """The BuildConfig part of merged options, checked once with every problem collected
+    (the runtime options' too, so one message lists all)."""
+    values, problems = config_io.check_fields(BuildConfig, _given(options), scalars_as_text=True)
     problems += runtime_problems(options)
     if problems:
         raise PipelineError("; ".join(problems))
     config = BuildConfig(**values)
-    if config.n < 1:
-        problems.append(f"n: must be at least 1, got {config.n}")
-    if config.shard_size < 1:
-        problems.append(f"shard-size: must be at least 1, got {config.shard_size}")
-    if not 0.0 <= config.eval_fraction < 1.0:
-        problems.append(f"eval-fraction: must be in [0, 1), got {config.eval_fraction}")
-    if not config.system_prompt.strip():
-        problems.append("system-prompt: expected auto, none or a non-empty text")
-    if config.system_prompt_family is not None and config.system_prompt_family not in FAMILIES:
-        problems.append(f"system-prompt-family: unknown {config.system_prompt_family!r}; known: "
-                        f"{', '.join(FAMILIES)}")
-    if config.rejected_response_max_new_tokens < 1:
-        problems.append("rejected-response-max-new-tokens: must be at least 1, got "
-                        f"{config.rejected_response_max_new_tokens}")
-    if config.demo_size < 1:
-        problems.append(f"demo-size: must be at least 1, got {config.demo_size}")
-    if not 0.0 <= config.demo_style_shortcut <= 1.0:
-        problems.append(f"demo-style-shortcut: must be in [0, 1], got {config.demo_style_shortcut}")
-    if config.max_pixels < 1:
-        problems.append(f"max-pixels: must be positive, got {config.max_pixels}")
+    problems = _value_problems(config)
     if problems:
         raise PipelineError("; ".join(problems))
     return config
+
+
+def settings(options: dict[str, Any], model_input: Callable[[Runtime], str] | None = None
+             ) -> tuple[BuildConfig, Runtime]:
+    """Merged options -> (BuildConfig, Runtime), every problem of both in one error, with what
+    --ref-model implies filled in (`implied`)."""
+    config = build_config(options)
+    runtime = runtime_config(options)
+    return implied(config, runtime, model_input), runtime
+
+
+def implied(config: BuildConfig, runtime: Runtime,
+            model_input: Callable[[Runtime], str] | None = None) -> BuildConfig:
+    """What --ref-model implies for the output, as a new config (recorded in the build key):
+    BPO generates with the reference model unless told otherwise, `--system-prompt auto` falls
+    back to that model family's training prompt, and `--rejected noise:T` works in that model's
+    input space (`model_input(runtime)`: the ModelInput JSON of its image processor)."""
+    changes: dict[str, Any] = {}
+    if model_input is not None and needs_model_input(config, runtime):
+        changes["noise_input"] = model_input(runtime)
+    model = config.rejected_response_model
+    if config.rejected_response and not model:
+        model = changes["rejected_response_model"] = runtime.ref_model
+    if config.system_prompt == "auto" and not config.system_prompt_family:
+        from mdpo_data.system_prompts import model_family
+
+        changes["system_prompt_family"] = model_family(model or runtime.ref_model)
+    return dataclasses.replace(config, **changes) if changes else config
+
+
+def needs_model_input(config: BuildConfig, runtime: Runtime) -> bool:
+    """`--rejected noise:T` with a --ref-model: the noise is added in that model's input space."""
+    return config.rejected.strip().lower().startswith("noise") and not config.noise_input \
+        and bool(runtime.ref_model)
+
+
+def _given(options: dict[str, Any]) -> dict[str, Any]:
+    """A null value (`key: ~`, a flag not given) means the default."""
+    return {k: v for k, v in options.items() if v is not None}
+
+
+def _value_problems(config: BuildConfig) -> list[str]:
+    """Problems no field type or range can say."""
+    problems = []
+    if not 0.0 <= config.eval_fraction < 1.0:
+        problems.append(f"--eval-fraction: must be in [0, 1), got {config.eval_fraction}")
+    if not config.system_prompt.strip():
+        problems.append("--system-prompt: expected auto, none or a non-empty text")
+    if not 0.0 <= config.demo_style_shortcut <= 1.0:
+        problems.append(f"--demo-style-shortcut: must be in [0, 1], got {config.demo_style_shortcut}")
+    return problems

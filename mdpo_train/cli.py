@@ -1,4 +1,5 @@
-"""`mdpo-train`: one flag per TrainConfig field, generated from the dataclass (one source of truth).
+"""`mdpo-train`: one flag per TrainConfig field, generated from the dataclass (one source of truth,
+`mdpo_data.config_io`, as for `mdpo-data build`).
 
 Precedence: defaults < --config YAML < flags. Config problems exit with status 2 and the whole
 list; model/data problems found later (spot check, non-finite loss) exit 1 with one message.
@@ -6,12 +7,10 @@ list; model/data problems found later (spot check, non-finite loss) exit 1 with 
 
 from __future__ import annotations
 
-import dataclasses
-import typing
-
 import click
 
-from mdpo_train.config import FIELDS, ConfigError, TrainConfig, field_help, flag, load_config
+from mdpo_data.config_io import OptionsCommand, dataclass_options, given
+from mdpo_train.config import ConfigError, TrainConfig, load_config
 
 
 def _parse_weights(ctx, param, values):
@@ -27,38 +26,26 @@ def _parse_weights(ctx, param, values):
     return weights or None
 
 
-def _option(name: str):
-    """A click option for one config field; default None so only given flags override."""
-    hint = typing.get_type_hints(TrainConfig)[name]
-    base = next((a for a in typing.get_args(hint) if a is not type(None)), hint)
-    default = FIELDS[name].default
-    default = None if default is dataclasses.MISSING else default
-    help_text = field_help().get(name, "")
-    if default not in (None, False, ""):
-        help_text += f" [default: {default}]"
-    if name == "loss_weights":
-        return click.option("--loss-weight", "loss_weights", multiple=True, callback=_parse_weights,
-                            metavar="TERM=W", help=help_text)
-    if name == "resume":
-        return click.option("--resume", is_flag=False, flag_value="latest", default=None,
-                            metavar="[latest|CHECKPOINT]", help=help_text)
-    if base is bool:
-        return click.option(f"{flag(name)}/--no-{name.replace('_', '-')}", name, default=None, help=help_text)
-    kind = {int: int, float: float}.get(base, str)
-    return click.option(flag(name), name, type=kind, default=None, help=help_text)
+def _train_classes():
+    return (TrainConfig,)
 
 
-def _command(function):
-    for name in reversed(list(FIELDS)):
-        function = _option(name)(function)
-    return click.option("--config", "config_path", type=click.Path(dir_okay=False),
-                        help="YAML of the same keys (dashes or underscores); flags override it.")(function)
+# Flags that do not follow from a field's type alone.
+ODD_FLAGS = {
+    "loss_weights": {"multiple": True, "callback": _parse_weights, "metavar": "TERM=W", "default": (),
+                     "type": str},
+    "resume": {"is_flag": False, "flag_value": "latest", "metavar": "[latest|CHECKPOINT]"},
+}
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.command(cls=OptionsCommand, context_settings={"help_option_names": ["-h", "--help"],
+                                                     "max_content_width": 110})
 @click.version_option(package_name="mdpo-toolkit")
-@_command
-def main(config_path: str | None, **flags) -> None:
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help="YAML of the same keys (dashes or underscores); flags override it.")
+@dataclass_options(_train_classes, negatable=True, overrides=ODD_FLAGS)
+@click.pass_context
+def main(ctx, config_path: str | None, **_) -> None:
     """Train MDPO (or DPO and the paper's ablations) with LoRA from scored mdpo-data shards,
     without ever loading the reference model.
 
@@ -76,6 +63,7 @@ def main(config_path: str | None, **flags) -> None:
     from mdpo_train.verify import SpotCheckError
 
     try:  # every config, data-folder and run-folder problem, before any model loads
+        flags = {k: v for k, v in given(ctx).items() if k != "config_path"}  # typed flags win
         recipe = MDPORecipe(load_config(config_path, flags))
     except ConfigError as error:
         raise click.UsageError(str(error)) from None

@@ -1,25 +1,22 @@
 """The training config: one flat dataclass, loaded from YAML and overridden by CLI flags.
 
-Precedence: defaults < `--config` YAML < flags. Keys may use dashes or underscores. Unknown
-keys, wrong types and out-of-range values are all collected and reported together, before
-anything heavy is imported or loaded. Defaults follow the MDPO paper and its released config.
+Each field is a YAML key and an `mdpo-train` flag, its help text in the field's metadata
+(`mdpo_data.config_io`, shared with `mdpo-data build`). Precedence: defaults < `--config` YAML
+< flags. Keys may use dashes or underscores. Unknown keys (with the closest known one), wrong
+types and out-of-range values are all collected and reported together, before anything heavy
+is imported or loaded. Defaults follow the MDPO paper and its released config.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import inspect
 import math
-import re
-import types
-import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from mdpo_data import config_io
+from mdpo_data.config_io import setting
 from mdpo_train.losses import LOSSES, TERMS, LossOptions
 
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
@@ -44,57 +41,64 @@ class ConfigError(ValueError):
 @dataclass
 class TrainConfig:
     # ---- data and output
-    shards: str | None = None  # scored build folder (Arrow shards) or Hub export (data/*.parquet)
-    output_dir: str | None = None  # run folder: checkpoints, metrics, adapter, card
-    resume: str | None = None  # "latest" (newest checkpoint in output_dir) or a checkpoint folder
+    shards: str | None = setting(None, "scored build folder (Arrow shards) or Hub export (data/*.parquet)")
+    output_dir: str | None = setting(None, "run folder: checkpoints, metrics, adapter, card")
+    resume: str | None = setting(None, '"latest" (newest checkpoint in output_dir) or a checkpoint folder')
     # ---- model
-    model: str | None = None  # default: the model that scored the reference log-probs
-    force_model: bool = False  # train another model on these reference log-probs anyway
-    revision: str | None = None  # Hub revision of the model
-    trust_remote_code: bool = False  # run the model repository's own code
-    dtype: str | None = None  # bf16|fp16|fp32; default: the dtype the reference was scored in
-    max_length: int | None = None  # longer examples are dropped, never truncated; default: the scorer's
-    finetune: str = "lora"  # lora: adapters on the language model; full: all of the language model
-    lora_r: int = 64  # LoRA rank (paper: 64)
-    lora_alpha: int = 128  # LoRA alpha (paper: 128)
-    lora_dropout: float = 0.05  # LoRA dropout
-    lora_target: list[str] | None = None  # e.g. q_proj,v_proj; default: every linear layer of the LM
-    gradient_checkpointing: bool = False  # ~30% slower, far less activation memory
-    prefix_sharing: bool = True  # y_w and y_l under one image as one sequence (block mask; exact)
+    model: str | None = setting(None, "default: the model that scored the reference log-probs")
+    force_model: bool = setting(False, "train another model on these reference log-probs anyway")
+    revision: str | None = setting(None, "Hub revision of the model")
+    trust_remote_code: bool = setting(False, "run the model repository's own code")
+    dtype: str | None = setting(None, "bf16|fp16|fp32; default: the dtype the reference was scored in")
+    max_length: int | None = setting(None, "longer examples are dropped, never truncated; default: the "
+                                     "scorer's")
+    finetune: str = setting("lora", "lora: adapters on the language model; full: all of the language model")
+    lora_r: int = setting(64, "LoRA rank (paper: 64)")
+    lora_alpha: int = setting(128, "LoRA alpha (paper: 128)")
+    lora_dropout: float = setting(0.05, "LoRA dropout")
+    lora_target: list[str] | None = setting(None, "e.g. q_proj,v_proj; default: every linear layer of the LM")
+    gradient_checkpointing: bool = setting(False, "~30% slower, far less activation memory")
+    prefix_sharing: bool = setting(True, "y_w and y_l under one image as one sequence (block mask; exact)")
     # ---- loss (METHOD.md)
-    loss: str = "mdpo"  # mdpo | dpo | mdpo_no_cond | mdpo_no_anchor | sft (needs no reference scores)
-    beta: float = 0.1  # reward scale, r = beta (log pi - log pi_ref) (paper: 0.1)
-    delta: float = 0.0  # anchor value (paper: 0)
-    anchor_rejected: bool = False  # extra term: reward of the rejected response below delta
-    anchor_rejected_image: bool = False  # extra term: reward of y_w under the rejected image below delta
-    loss_weights: dict[str, float] = field(default_factory=dict)  # per term, e.g. conditional=0.5 (default 1); >0 adds it
-    no_image: bool = False  # "DPO (No Image)": text only, against the stored no-image reference log-probs
+    loss: str = setting("mdpo", "mdpo | dpo | mdpo_no_cond | mdpo_no_anchor | sft (needs no reference "
+                        "scores)")
+    beta: float = setting(0.1, "reward scale, r = beta (log pi - log pi_ref) (paper: 0.1)")
+    delta: float = setting(0.0, "anchor value (paper: 0)")
+    anchor_rejected: bool = setting(False, "extra term: reward of the rejected response below delta")
+    anchor_rejected_image: bool = setting(False, "extra term: reward of y_w under the rejected image below "
+                                          "delta")
+    loss_weights: dict[str, float] = setting(help="per term, e.g. conditional=0.5 (default 1); >0 adds it",
+                                             factory=dict, flag="--loss-weight")
+    no_image: bool = setting(False, '"DPO (No Image)": text only, against the stored no-image reference '
+                             "log-probs")
     # ---- optimization (paper + released config)
-    epochs: int = 3  # passes over the train split (paper: 3)
-    max_steps: int | None = None  # stop after this many optimizer steps (the schedule ends there)
-    global_batch_size: int = 32  # = per-device batch x grad accumulation x processes (paper: 32)
-    per_device_batch_size: int = 4  # examples per forward; each is 3 sequences for MDPO
-    lr: float = 1e-5  # peak learning rate (paper: 1e-5)
-    lr_scheduler: str = "cosine"  # cosine | linear | constant, after linear warmup
-    warmup_ratio: float = 0.1  # fraction of the steps spent warming up (paper: 0.1)
-    weight_decay: float = 0.05  # AdamW weight decay on matrices (released config: 0.05)
-    adam_beta1: float = 0.9  # AdamW beta1
-    adam_beta2: float = 0.98  # AdamW beta2 (released config: 0.98)
-    adam_epsilon: float = 1e-8  # AdamW epsilon
-    max_grad_norm: float = 1.0  # gradient clipping norm; 0 disables clipping
-    seed: int = 42  # data order, LoRA init and dropout
+    epochs: int = setting(3, "passes over the train split (paper: 3)")
+    max_steps: int | None = setting(None, "stop after this many optimizer steps (the schedule ends there)")
+    global_batch_size: int = setting(32, "= per-device batch x grad accumulation x processes (paper: 32)")
+    per_device_batch_size: int = setting(4, "examples per forward; each is 3 sequences for MDPO")
+    lr: float = setting(1e-5, "peak learning rate (paper: 1e-5)")
+    lr_scheduler: str = setting("cosine", "cosine | linear | constant, after linear warmup")
+    warmup_ratio: float = setting(0.1, "fraction of the steps spent warming up (paper: 0.1)")
+    weight_decay: float = setting(0.05, "AdamW weight decay on matrices (released config: 0.05)")
+    adam_beta1: float = setting(0.9, "AdamW beta1")
+    adam_beta2: float = setting(0.98, "AdamW beta2 (released config: 0.98)")
+    adam_epsilon: float = setting(1e-8, "AdamW epsilon")
+    max_grad_norm: float = setting(1.0, "gradient clipping norm; 0 disables clipping")
+    seed: int = setting(42, "data order, LoRA init and dropout")
     # ---- loop, logging, outputs
-    save_steps: int = 500  # checkpoint every N optimizer steps; 0: no checkpoints
-    save_total_limit: int = 2  # keep the newest N checkpoints; 0 keeps all
-    eval_steps: int = 0  # evaluate every N steps; 0: at the end of each epoch (if an eval split)
-    eval_batch_size: int | None = None  # default: per-device batch size
-    logging_steps: int = 1  # write metrics every N steps
-    report_to: str = "none"  # none | tensorboard | wandb (through accelerate's trackers)
-    spot_check_rows: int = 4  # rows whose stored reference log-probs are recomputed at start; 0 skips
-    spot_check_tolerance: float | None = None  # absolute tolerance; default by dtype (SPOT_CHECK_TOLERANCE)
-    num_workers: int = 0  # DataLoader worker processes decoding and encoding batches
-    merge: bool = False  # also write the LoRA merged into the base weights (RUN/merged)
-    progress: bool = True  # tqdm progress bar on the main process
+    save_steps: int = setting(500, "checkpoint every N optimizer steps; 0: no checkpoints")
+    save_total_limit: int = setting(2, "keep the newest N checkpoints; 0 keeps all")
+    eval_steps: int = setting(0, "evaluate every N steps; 0: at the end of each epoch (if an eval split)")
+    eval_batch_size: int | None = setting(None, "default: per-device batch size")
+    logging_steps: int = setting(1, "write metrics every N steps")
+    report_to: str = setting("none", "none | tensorboard | wandb (through accelerate's trackers)")
+    spot_check_rows: int = setting(4, "rows whose stored reference log-probs are recomputed at start; "
+                                   "0 skips")
+    spot_check_tolerance: float | None = setting(None, "absolute tolerance; default by dtype "
+                                                 "(SPOT_CHECK_TOLERANCE)")
+    num_workers: int = setting(0, "DataLoader worker processes decoding and encoding batches")
+    merge: bool = setting(False, "also write the LoRA merged into the base weights (RUN/merged)")
+    progress: bool = setting(True, "tqdm progress bar on the main process")
 
     def loss_options(self) -> LossOptions:
         return LossOptions(
@@ -109,7 +113,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+FIELDS = config_io.fields(TrainConfig)
 # Names people bring from transformers/TRL configs -> ours (for the "did you mean" hint).
 ALIASES = {
     "learning_rate": "lr", "num_train_epochs": "epochs", "num_epochs": "epochs",
@@ -119,101 +123,34 @@ ALIASES = {
 }
 REQUIRED = ("shards", "output_dir")
 
+normalize_key = config_io.normalize_key
+flag = config_io.flag
+
 
 def field_help() -> dict[str, str]:
-    """Each field's trailing comment in the source above: the CLI help, kept in one place."""
-    found = {}
-    for line in inspect.getsource(TrainConfig).splitlines():
-        match = re.match(r"\s+(\w+): [^#]*#\s*(.+)$", line)
-        if match:
-            found[match[1]] = match[2]
-    return found
-
-
-def normalize_key(key: Any) -> str:
-    return str(key).strip().replace("-", "_")
-
-
-def flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-# ------------------------------------------------------------------ type checking, one value
-def _field_type(name: str):
-    return typing.get_type_hints(TrainConfig)[name]
-
-
-def _check_value(name: str, value: Any) -> tuple[Any, str | None]:
-    """(coerced value, problem or None) for one key, from its annotated type."""
-    hint = _field_type(name)
-    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
-    if value is None:
-        ok = union and type(None) in typing.get_args(hint)
-        return value, None if ok else f"{name}: may not be null"
-    base = next(a for a in typing.get_args(hint) if a is not type(None)) if union else hint
-    origin = typing.get_origin(base)
-    if base is bool:
-        return value, None if isinstance(value, bool) else f"{name}: expected true/false, got {value!r}"
-    if base is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-        return value, None if ok else f"{name}: expected an integer, got {value!r}"
-    if base is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        return (float(value) if ok else value), None if ok else f"{name}: expected a number, got {value!r}"
-    if base is str:
-        ok = isinstance(value, (str, Path))
-        return (str(value) if ok else value), None if ok else f"{name}: expected a string, got {value!r}"
-    if origin is list:
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
-        return value, None if ok else f"{name}: expected a list of strings, got {value!r}"
-    if origin is dict:
-        ok = isinstance(value, dict) and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value.values()
-        )
-        return (
-            ({str(k): float(v) for k, v in value.items()} if ok else value),
-            None if ok else f"{name}: expected a mapping of name: number, got {value!r}",
-        )
-    raise AssertionError(f"unhandled config type {hint} for {name}")
+    """Each field's help text (the flag's help), from its metadata."""
+    return {name: f.metadata["help"] for name, f in FIELDS.items()}
 
 
 # ------------------------------------------------------------------ loading
 def read_yaml(path: str | Path) -> tuple[dict[str, Any], list[str]]:
     """Options of a YAML config (underscore keys) and the problems found reading it."""
-    path = Path(path)
-    if not path.is_file():
-        return {}, [f"config: {path} does not exist"]
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        return {}, [f"config: {path} is not valid YAML: {error}"]
-    if not isinstance(data, dict):
-        return {}, [f"config: {path} must be a mapping of key: value, got {type(data).__name__}"]
-    data = {normalize_key(k): v for k, v in data.items()}
-    data.pop("description", None)  # free text for people
-    return data, []
+        return config_io.read_yaml(path, "config"), []
+    except config_io.ConfigFileError as error:
+        return {}, [f"config: {error}"]
 
 
 def build_config(options: dict[str, Any], problems: list[str] | None = None) -> TrainConfig:
     """A validated TrainConfig from merged options; raises ConfigError listing every problem."""
     problems = list(problems or [])
-    values = {}
-    for key, value in options.items():
-        name = normalize_key(key)
-        if name not in FIELDS:
-            close = [ALIASES[name]] if name in ALIASES else difflib.get_close_matches(name, FIELDS, n=1)
-            hint = f"did you mean {close[0]!r}?" if close else f"valid keys: {', '.join(FIELDS)}"
-            problems.append(f"{name}: unknown key; {hint}")
-            continue
-        value, problem = _check_value(name, value)
-        if problem:
-            problems.append(problem)
-        else:
-            values[name] = value
+    options = {normalize_key(k): v for k, v in options.items()}
+    for name, close in config_io.unknown_keys(options, FIELDS, ALIASES).items():
+        hint = f"did you mean {close!r}?" if close else f"valid keys: {', '.join(FIELDS)}"
+        problems.append(f"{name}: unknown key; {hint}")
+    values, type_problems = config_io.check_fields(TrainConfig, options, label=str)
     config = TrainConfig(**values)  # badly typed keys keep their defaults here
-    problems += validate(config)
+    problems += type_problems + validate(config)
     if problems:
         raise ConfigError(problems)
     return config

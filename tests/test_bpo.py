@@ -239,13 +239,14 @@ def test_weaken_llava_instruct_every_candidate_gets_an_answer_or_a_counted_skip(
 def test_build_pairs_gold_with_bootstrapped_answers(tmp_path, stopping_vlm):
     """Through the build: rows record the strategy; a re-run reuses the cache, byte for byte."""
     from mdpo_data.build import STATE_DIR, BuildConfig, run_build
+    from mdpo_data.runtime import Runtime
     from mdpo_data.shards import read_shard, sha256_file, shard_files
 
     built = make_llava_instruct(tmp_path / "src", rows=6)
     config = BuildConfig(source="llava-instruct", source_path=str(built.data), image_root=str(built.images),
                          n=6, rejected_response="weaken:900", rejected_response_model=str(stopping_vlm))
     out = tmp_path / "out"
-    manifest = run_build(config, out, progress=False, runtime={"batch_size": 6}).manifest
+    manifest = run_build(config, out, progress=False, runtime=Runtime(batch_size=6)).manifest
     assert manifest["rejected_response"]["strategy"] == "weaken:900"
     counts = manifest["counts"]
     assert counts["written"] >= 2 and counts["written"] + sum(counts["skipped"].values()) == 6
@@ -261,7 +262,7 @@ def test_build_pairs_gold_with_bootstrapped_answers(tmp_path, stopping_vlm):
     before = {p.name: sha256_file(p) for p in out.iterdir() if p.is_file()}
     for shard in shard_files(out, "train"):
         shard.unlink()
-    run_build(config, out, progress=False, runtime={"batch_size": 6})
+    run_build(config, out, progress=False, runtime=Runtime(batch_size=6))
     assert {p.name: sha256_file(p) for p in out.iterdir() if p.is_file()} == before
     assert len(cache_lines(out / STATE_DIR)) == 6  # nothing generated twice
 

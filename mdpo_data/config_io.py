@@ -1,0 +1,293 @@
+"""Typed options for both commands: one definition gives the YAML keys, the flags and the help.
+
+A config is a dataclass whose fields carry their command-line facts in metadata (`setting`:
+help text, flag name, choices, smallest value, shown default). From it come the click options
+(`dataclass_options` + `OptionsCommand`), the strict YAML reader (`read_yaml`, `unknown_keys`
+with the closest known key) and the type checks of values (`check_fields`). Both `mdpo-data
+build` (BuildConfig + Runtime) and `mdpo-train` (TrainConfig) use it, so the precedence is the
+same everywhere: field defaults < the YAML file < the flags given on the command line (`given`,
+from click's parameter sources, so a flag typed with its default value still wins).
+
+To add an option, add one field: `name: int = setting(4, "What it does.", min=1)` to BuildConfig
+(it shapes the output, so it enters the build key), Runtime (how a build runs) or TrainConfig.
+The flag `--name`, the YAML key, the help, the type and range checks all follow from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+import types
+import typing
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import click
+import yaml
+
+FREE_TEXT_KEYS = ("description",)  # free text for people, allowed in every YAML file
+
+
+class ConfigFileError(ValueError):
+    """A YAML config that cannot be used at all (missing, unreadable, not UTF-8, not a mapping)."""
+
+
+# ------------------------------------------------------------------ fields
+
+
+def setting(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = dataclasses.MISSING,
+            flag: str | None = None, choices: Iterable[str] | Callable[[], Iterable[str]] | None = None,
+            min: int | None = None, shown: str | None = None, cli: bool = True,
+            click_args: Mapping[str, Any] | None = None) -> Any:
+    """A dataclass field with its command-line facts. `choices` may be a function (names from a
+    registry, read when the options are made); `min` is the smallest whole number allowed;
+    `shown` replaces the default in the help; `cli=False` keeps a field out of the flags (it is
+    still a YAML key); `click_args` are extra `click.option` arguments for odd flags."""
+    metadata = {"help": help, "flag": flag, "choices": choices, "min": min, "shown": shown,
+                "cli": cli, "click": dict(click_args or {})}
+    return dataclasses.field(default=default, default_factory=factory, metadata=metadata)
+
+
+def names_from(module: str, attribute: str) -> Callable[[], tuple[str, ...]]:
+    """Choices read from where they are defined (a registry, a table), when first needed."""
+    return lambda: tuple(getattr(importlib.import_module(module), attribute))
+
+
+def fields(cls) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls)}
+
+
+def normalize_key(key: Any) -> str:
+    """YAML keys may use dashes (as on the command line) or underscores."""
+    return str(key).strip().replace("-", "_")
+
+
+def flag(field: dataclasses.Field | str) -> str:
+    """The field's command-line flag, `--name-with-dashes` unless its metadata names another."""
+    if isinstance(field, str):
+        return "--" + field.replace("_", "-")
+    return field.metadata.get("flag") or flag(field.name)
+
+
+def choices_of(field: dataclasses.Field) -> tuple[str, ...] | None:
+    choices = field.metadata.get("choices")
+    return tuple(choices() if callable(choices) else choices) if choices is not None else None
+
+
+def default_of(field: dataclasses.Field) -> Any:
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return None
+
+
+def _base_type(cls, name: str) -> tuple[Any, bool]:
+    """(the field's type without None, whether None is allowed)."""
+    hint = typing.get_type_hints(cls)[name]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return args[0], len(args) < len(typing.get_args(hint))
+    return hint, False
+
+
+# ------------------------------------------------------------------ YAML
+
+
+def read_yaml(path: str | Path, what: str = "config") -> dict[str, Any]:
+    """A YAML file of `key: value` as {underscore_key: value}, without the free-text keys.
+    Raises ConfigFileError with one line when the file cannot be used at all."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigFileError(f"{what} file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_bytes().decode("utf-8")) or {}
+    except UnicodeDecodeError as error:
+        raise ConfigFileError(f"{path} is not UTF-8 text (byte {error.start})") from None
+    except OSError as error:
+        raise ConfigFileError(f"{what} file {path} cannot be read: {error.strerror}") from None
+    except yaml.YAMLError as error:
+        message = " ".join(str(error).split())
+        raise ConfigFileError(f"{path} is not valid YAML: {message}") from None
+    if not isinstance(data, dict):
+        raise ConfigFileError(f"{path} must be a mapping of key: value, got {type(data).__name__}")
+    options = {normalize_key(k): v for k, v in data.items()}
+    for key in FREE_TEXT_KEYS:
+        options.pop(key, None)
+    return options
+
+
+def closest_key(name: str, known: Iterable[str], aliases: Mapping[str, str] | None = None) -> str | None:
+    """The known key a mistyped `name` most likely meant (an alias first), or None."""
+    if aliases and name in aliases:
+        return aliases[name]
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return close[0] if close else None
+
+
+def unknown_keys(options: Iterable[str], known: Iterable[str],
+                 aliases: Mapping[str, str] | None = None) -> dict[str, str | None]:
+    """Each key not in `known` (sorted) -> the closest known key or None."""
+    known = list(known)
+    return {name: closest_key(name, known, aliases) for name in sorted(set(options) - set(known))}
+
+
+def suggestion(name: str, close: str | None) -> str:
+    return f"{name}: did you mean {close!r}?" if close else f"{name}: no similar key"
+
+
+# ------------------------------------------------------------------ values
+
+
+def check_value(cls, name: str, value: Any, *, scalars_as_text: bool = False) -> tuple[Any, str | None]:
+    """(coerced value, problem or None) for one field from its annotated type; the problem is
+    the text after the field's label, e.g. "expected a number, got 'high'"."""
+    base, optional = _base_type(cls, name)
+    if value is None:
+        return value, None if optional else "may not be null"
+    origin = typing.get_origin(base)
+    if base is bool:
+        return value, None if isinstance(value, bool) else f"expected true/false, got {value!r}"
+    if base is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        return value, None if ok else f"expected a whole number, got {value!r}"
+    if base is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return (float(value) if ok else value), None if ok else f"expected a number, got {value!r}"
+    if base is str:
+        scalar = scalars_as_text and isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = isinstance(value, (str, Path)) or scalar
+        return (str(value) if ok else value), None if ok else f"expected string, got {value!r}"
+    if origin is list:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        return value, None if ok else f"expected a list of strings, got {value!r}"
+    if origin is dict:
+        return _check_mapping(typing.get_args(base)[1], value)
+    raise AssertionError(f"unhandled config type {base} for {name}")
+
+
+def _check_mapping(kind: type, value: Any) -> tuple[Any, str | None]:
+    if kind is float:
+        ok = isinstance(value, dict) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value.values())
+        coerced = {str(k): float(v) for k, v in value.items()} if ok else value
+        return coerced, None if ok else f"expected a mapping of name: number, got {value!r}"
+    ok = isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
+    return value, None if ok else f"expected a mapping of name: text, got {value!r}"
+
+
+def check_fields(cls, options: Mapping[str, Any], label: Callable[[str], str] = flag,
+                 *, scalars_as_text: bool = False) -> tuple[dict[str, Any], list[str]]:
+    """The options that are fields of `cls`, type-checked, and checked against their metadata's
+    choices and smallest value -> (values, every problem as "LABEL: ..."). Badly typed values
+    are left out of `values` (the field keeps its default). Options that are not fields of
+    `cls` are ignored (`unknown_keys` reports them)."""
+    values, problems = {}, []
+    for name, field in fields(cls).items():
+        if name not in options:
+            continue
+        value, problem = check_value(cls, name, options[name], scalars_as_text=scalars_as_text)
+        choices, least = choices_of(field), field.metadata.get("min")
+        if problem is None and value is not None and choices is not None and value not in choices:
+            problem = f"{value!r} is not one of {', '.join(choices)}"
+        if problem is None and least is not None and value is not None and value < least:
+            problem = f"must be at least {least}, got {value}"
+        if problem:
+            problems.append(f"{label(name)}: {problem}")
+        else:
+            values[name] = value
+    return values, problems
+
+
+# ------------------------------------------------------------------ click options
+
+
+def click_option(cls, field: dataclasses.Field, *, negatable: bool = False,
+                 extra: Mapping[str, Any] | None = None) -> click.Option:
+    """The click option of one field: its flag, help and shown default; its choices and
+    smallest value as click types (so a bad flag is one line from click); the real default,
+    so `given` tells typed flags from defaults."""
+    base, _ = _base_type(cls, field.name)
+    meta, default = field.metadata, default_of(field)
+    hidden = default is None or default is False or default in ("", [], {})
+    help_text = meta.get("help") or ""
+    if meta.get("shown"):
+        help_text += f"  [default: {meta['shown']}]"
+    kwargs: dict[str, Any] = {"help": help_text, "default": default,
+                              "show_default": not hidden and not meta.get("shown")}
+    decls = [flag(field), field.name]
+    if base is bool and negatable:
+        decls[0] = f"{flag(field)}/--no-{flag(field)[2:]}"
+    elif base is bool:
+        kwargs["is_flag"] = True
+    elif choices_of(field) is not None:
+        kwargs["type"] = click.Choice(choices_of(field))
+    elif base is int and meta.get("min") is not None:
+        kwargs["type"] = click.IntRange(min=meta["min"])
+    else:
+        kwargs["type"] = {int: int, float: float}.get(base, str)
+    kwargs.update(meta.get("click") or {})
+    kwargs.update(extra or {})
+    return click.Option(decls, **kwargs)
+
+
+class _Placeholder:
+    """Where generated options go among a command's hand-written ones (see OptionsCommand)."""
+
+    opts: tuple = ()
+    secondary_opts: tuple = ()
+
+    def __init__(self, make: Callable[[], list[click.Option]]):
+        self.make = make
+
+
+def dataclass_options(classes: Callable[[], Iterable[type]], *, only: Iterable[str] | None = None,
+                      negatable: bool = False, overrides: Mapping[str, Mapping[str, Any]] | None = None):
+    """Decorator: one option per field of the dataclasses `classes()` returns (fields with
+    `cli=False` and, when `only` is given, fields not in it are left out). `overrides` maps a
+    field to extra `click.option` arguments for this command. The classes are imported when
+    the command first needs its options (for --help or to parse), not when the CLI module
+    loads: spawned worker processes re-import that module. Use with `cls=OptionsCommand`."""
+    keep = set(only) if only is not None else None
+
+    def make() -> list[click.Option]:
+        options = []
+        for cls in classes():
+            for field in dataclasses.fields(cls):
+                if not field.metadata.get("cli", True) or (keep is not None and field.name not in keep):
+                    continue
+                extra = (overrides or {}).get(field.name)
+                options.append(click_option(cls, field, negatable=negatable, extra=extra))
+        return options
+
+    def decorator(function):
+        if not hasattr(function, "__click_params__"):
+            function.__click_params__ = []
+        function.__click_params__.append(_Placeholder(make))
+        return function
+
+    return decorator
+
+
+class OptionsCommand(click.Command):
+    """A click command whose `dataclass_options` are made on first use, in place."""
+
+    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+        if any(isinstance(p, _Placeholder) for p in self.params):
+            self.params = [q for p in self.params
+                           for q in (p.make() if isinstance(p, _Placeholder) else [p])]
+        return super().get_params(ctx)
+
+
+def given(ctx: click.Context) -> dict[str, Any]:
+    """The parameters the user gave (command line or environment), in the order typed; those
+    left at their defaults are absent, so they cannot override a YAML file."""
+    from click.core import ParameterSource
+
+    typed = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT, ParameterSource.PROMPT)
+    return {name: value for name, value in ctx.params.items()
+            if ctx.get_parameter_source(name) in typed}
