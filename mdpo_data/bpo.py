@@ -22,7 +22,7 @@ Images that fail to load (weaken only: inject never reads the image) skip with t
 `BadRow` reason, e.g. image_corrupt.
 
 Modules: `bpo_spec` (strategies, prompt, filters), `bpo_generate` (weakened image, greedy
-decoding, the two generators), `bpo_cache` (the JSONL answer cache, checkpoint identity);
+decoding, the two generators), `bpo_cache` (the JSONL answer cache);
 this one is the stage. Their public names are re-exported here.
 """
 
@@ -35,7 +35,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from mdpo_data.bpo_cache import CACHE_VERSION, AnswerCache, model_identity, sha
+from mdpo_data.bpo_cache import CACHE_VERSION, AnswerCache, sha
 from mdpo_data.bpo_generate import GREEDY, Inject, Weaken, input_resolution, weakened_image
 from mdpo_data.bpo_spec import (
     DEFAULT_STEP,
@@ -50,12 +50,12 @@ from mdpo_data.bpo_spec import (
     rejected_problem,
 )
 from mdpo_data.records import Candidate
-from mdpo_data.stage_state import bpo_cache_path
+from mdpo_data.stage_state import bpo_cache_path, write_bpo_marker
 
 __all__ = [
     "CACHE_VERSION", "DEFAULT_STEP", "GREEDY", "INJECT_PROMPT", "NOISE_STEPS", "PLAIN_SUFFIX",
     "VALID_FORMS", "ResponseStrategy", "bootstrap_rejected", "clean_rewrite", "input_resolution",
-    "model_identity", "normalize", "parse_response_strategy", "rejected_problem", "weakened_image",
+    "normalize", "parse_response_strategy", "rejected_problem", "weakened_image",
 ]
 
 
@@ -83,6 +83,7 @@ def bootstrap_rejected(
     trust_remote_code: bool = False,
     revision: str | None = None,
     progress: bool = True,
+    part: str = "all",
 ) -> tuple[list[Candidate], Counter, dict[str, Any]]:
     """Give every candidate a bootstrapped `rejected` answer, or count why it has none.
 
@@ -90,7 +91,8 @@ def bootstrap_rejected(
     Every candidate given is (re)generated, whatever its `rejected`; the caller passes those
     lacking one. `model` is the VLM for weaken; `inject_model` the text LLM for inject
     (`revision` applies to whichever is loaded). The model loads only if some answer is not
-    in the cache, so a finished stage re-runs in seconds.
+    in the cache, so a finished stage re-runs in seconds. The stage's marker for `part` (a
+    split) records what it produced and skipped; the build's counts are read from it.
     """
     if max_new_tokens < 1 or batch_size < 1:
         raise ValueError(f"max_new_tokens and batch_size must be >= 1, got {max_new_tokens}, {batch_size}")
@@ -118,13 +120,33 @@ def bootstrap_rejected(
         _generate(generator, todo, len(candidates), digests, cache, done, skipped,
                   batch_size=batch_size, max_new_tokens=max_new_tokens,
                   desc=f"bpo {strategy.resolved}", progress=progress)
-    return _fill(candidates, strategy, name, digests, done, skipped), skipped, record
+    filled = _fill(candidates, strategy, name, digests, done, skipped)
+    marker = _mark(state_dir, part, settings_key, digests, filled, skipped)
+    return filled, Counter(marker["skipped"]), record
+
+
+def _mark(state_dir: Path, part: str, settings_key: str, digests: dict[str, str],
+          filled: list[Candidate], skipped: Counter) -> dict[str, Any]:
+    """Write the stage's completion marker for `part`: its key covers the settings and every
+    candidate's input; its sha256 the answers given."""
+    answers = json.dumps([[c.example_id, c.rejected] for c in filled], ensure_ascii=False)
+    marker = {
+        "stage": "bpo",
+        "part": part,
+        "key": sha(settings_key, json.dumps(sorted(digests.items())))[:16],
+        "settings_key": settings_key,
+        "rows": len(filled),
+        "sha256": sha(answers),
+        "skipped": dict(sorted(skipped.items())),
+    }
+    write_bpo_marker(state_dir, part, marker)
+    return marker
 
 
 def _settings(strategy, name, model, inject_model, seed, dtype, device, max_new_tokens, revision):
     """(settings key, manifest record): every setting that shapes an answer keys the cache."""
     from mdpo_data.manifest import library_versions
-    from mdpo_data.models import resolve_device, resolve_dtype
+    from mdpo_data.models import checkpoint_identity, resolve_device, resolve_dtype
 
     resolved_dtype = resolve_dtype(dtype, resolve_device(device))
     generation = {"max_new_tokens": max_new_tokens, **GREEDY, "dtype": resolved_dtype,
@@ -133,7 +155,7 @@ def _settings(strategy, name, model, inject_model, seed, dtype, device, max_new_
     settings = {
         "cache_version": CACHE_VERSION,
         "strategy": strategy.resolved,
-        "model": model_identity(name, revision),
+        "model": checkpoint_identity(name, revision, cheap=True),
         "generation": generation,
         "prompt": prompt,
         "seed": seed if strategy.kind == "weaken" else None,  # greedy inject ignores the seed

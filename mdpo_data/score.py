@@ -150,7 +150,7 @@ def _score_shard(directory: Path, job: _Job, scorer: Scorer, key: str, no_image:
         "skipped": {"too_long": too_long},
         "method": scorer.method,
     }
-    stage_state.write_marker(directory, "score", job.path.name, marker)
+    stage_state.record(directory, "score", job.path.name, marker)
     return marker
 
 
@@ -251,16 +251,16 @@ def _write_reference(directory: Path, jobs: list[_Job], fp: dict, no_image: bool
         markers[job.path.name] = marker
     for split, entries in manifest.get("splits", {}).items():
         for entry in entries:
-            if entry["file"] in markers:
-                entry["sha256"] = markers[entry["file"]]["sha256"]
+            entry["sha256"] = stage_state.shard_sha256(directory, entry["file"]) or entry["sha256"]
     columns = list(schema.REF_LOGP_COLUMNS) + (list(schema.NO_IMAGE_COLUMNS) if no_image else [])
+    skipped = stage_state.merge_skips(markers.values())
     manifest["reference"] = {
         "scored": True,
         "fingerprint": fp,
         "no_image_logps": no_image,
         "columns": columns + list(schema.TOKEN_COLUMNS),
-        "rows_scored": sum(m["rows"] - m["skipped"]["too_long"] for m in markers.values()),
-        "skipped": {"too_long": sum(m["skipped"]["too_long"] for m in markers.values())},
+        "rows_scored": sum(m["rows"] for m in markers.values()) - skipped["too_long"],
+        "skipped": skipped,
         "skip_rule": SKIP_RULE,
     }
     try:
