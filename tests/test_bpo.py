@@ -266,6 +266,32 @@ def test_build_pairs_gold_with_bootstrapped_answers(tmp_path, stopping_vlm):
     assert len(cache_lines(out / STATE_DIR)) == 6  # nothing generated twice
 
 
+def test_bpo_resume_reports_the_clean_runs_counts(tmp_path, stopping_vlm):
+    """A build killed mid-generation (cache cut, no markers, no shards) resumes to the clean
+    run's bytes; the responses' skips are the merge of BPO's per-split markers."""
+    from mdpo_data import stage_state
+    from mdpo_data.build import STATE_DIR, BuildConfig, run_build
+
+    built = make_llava_instruct(tmp_path / "src", rows=8)
+    config = BuildConfig(source="llava-instruct", source_path=str(built.data), image_root=str(built.images),
+                         n=8, eval_fraction=0.25, rejected_response="weaken:900",
+                         rejected_response_model=str(stopping_vlm), rejected_response_max_new_tokens=12)
+    out = tmp_path / "out"
+    clean = run_build(config, out, progress=False, runtime={"batch_size": 3}).manifest
+    clean_bytes = (out / "manifest.json").read_bytes()
+    markers = [stage_state.read_json(p) for p in sorted((out / STATE_DIR).glob("bpo-*.json"))]
+    assert [m["part"] for m in markers] == ["eval", "train"]
+    assert clean["counts"]["skipped_by_stage"]["responses"] == stage_state.merge_skips(markers) != {}
+
+    (cache,) = (out / STATE_DIR).glob("bpo-*.jsonl")
+    cache.write_bytes(b"".join(cache.read_bytes().splitlines(keepends=True)[:3]))
+    for path in [*(out / STATE_DIR).glob("bpo-*.json"), *out.glob("*.arrow"), out / "manifest.json"]:
+        path.unlink()
+    run_build(config, out, progress=False, runtime={"batch_size": 3})
+    assert len(cache.read_bytes().splitlines()) == 8  # only the 5 lost answers generated again
+    assert (out / "manifest.json").read_bytes() == clean_bytes
+
+
 def test_weaken_filters_when_the_model_ends_its_turn(tmp_path, vlm):
     candidates = make_candidates(6)
     run(candidates, "weaken", tmp_path / "probe", model=str(vlm), max_new_tokens=12)
