@@ -9,7 +9,7 @@ score and bpo "key"), "rows", "sha256" (of the shard, or for BPO of its answers)
 
     build  DIR/.state/<shard>.json          + rows_key (the candidate rows), image_stats
     score  DIR/.state/score-<shard>.json    + no_image_logps, method, shard, split
-    bpo    DIR/.state/bpo-<split>.json      + unanswered (image failures by reason), settings_key
+    bpo    DIR/.state/bpo-<split>.json      + settings_key, unanswered (id -> [reason, image sha256])
            DIR/.state/bpo-<kind>-<key>.jsonl  BPO's answer cache (append-only; not a marker)
 
 Manifest numbers are merges of markers (`merge_skips`), so a resumed stage reports exactly
