@@ -15,11 +15,13 @@ Too-long rows (`SKIP_RULE`): a row any of whose sequences exceeds max_length kee
 with ALL reference columns null, and is counted in manifest["reference"]["skipped"]
 ["too_long"]. The trainer drops rows whose reference columns are null.
 
-Resume: after a shard is rewritten (atomically), DIR/.state/score-<shard>.json records the
-fingerprint key, the no-image flag and the shard's new sha256; a re-run skips shards whose
-marker matches, so re-scoring with the same model is a no-op. Scoring data already scored by
-another fingerprint needs force=True. Under `accelerate launch`, rank r scores the shards
-i % world_size == r, and rank 0 writes the manifest after a barrier.
+Resume: after a shard is rewritten (atomically), its stage marker (`mdpo_data.stage_state`,
+DIR/.state/score-<shard>.json) records the fingerprint key, the no-image flag, the shard's new
+sha256, rows and skips; a re-run skips shards whose marker matches, so re-scoring with the
+same model is a no-op, and the manifest's hashes and `reference` counts come from the markers.
+Scoring data already scored by another fingerprint needs force=True. Under `accelerate
+launch`, rank r scores the shards i % world_size == r, and rank 0 writes the manifest after a
+barrier.
 """
 
 from __future__ import annotations
@@ -79,8 +81,7 @@ def _read_marker(directory: Path, shard: Path) -> dict[str, Any] | None:
 
 def _marker_done(marker: dict | None, shard: Path, key: str, no_image: bool) -> bool:
     return (
-        marker is not None
-        and marker.get("key") == key
+        stage_state.is_complete(marker, "score", key)
         and marker.get("no_image_logps") == no_image
         and shard.is_file()
         and marker.get("sha256") == sha256_file(shard)
