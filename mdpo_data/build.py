@@ -473,6 +473,7 @@ def _make_shard(directory: Path, name: str, key: str, rows_key: str, tasks: list
         directory / name, tasks, workers, worker_pool, skipped, lambda: bar.update(), stats
     )
     done = {
+        "stage": "build",
         "config_key": key,
         "rows_key": rows_key,
         "rows": n_rows,

@@ -142,6 +142,7 @@ def _score_shard(directory: Path, job: _Job, scorer: Scorer, key: str, no_image:
     table, too_long = score_table(read_shard(job.path), scorer, no_image=no_image)
     write_shard(job.path, [table])
     marker = {
+        "stage": "score",
         "shard": job.path.name,
         "split": job.split,
         "key": key,

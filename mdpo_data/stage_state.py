@@ -3,9 +3,10 @@ and how the manifest's counts and hashes are derived from them (datatrove's patt
 JSON file per stage and unit of work, written atomically after the work; a torn or missing
 one means "not done").
 
-Every marker records the same core: the stage's key (what made the work: build "config_key",
-score and bpo "key"), "rows", "sha256" (of the shard, or for BPO of its answers) and
-"skipped" (reason -> count), plus what the stage itself needs to resume:
+Every marker records the same core: "stage", the stage's key (what made the work: build
+"config_key", score and bpo "key"), "rows", "sha256" (of the shard, or for BPO of its
+answers) and "skipped" (reason -> count), plus what the stage itself needs to resume (markers
+of older versions, without "stage", are read the same way):
 
     build  DIR/.state/<shard>.json          + rows_key (the candidate rows), image_stats
     score  DIR/.state/score-<shard>.json    + no_image_logps, method, shard, split
