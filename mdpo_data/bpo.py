@@ -11,7 +11,10 @@ model's pretraining bias (rejected). Two strategies:
 Decoding is greedy, so an answer depends only on (model, inputs), never on batching or on
 where a killed run resumed (checked by the tests at fp32). Answers are appended per batch
 to a JSONL cache in the build's state folder (flush + fsync); a re-run generates only the
-missing ones and ignores lines written under other settings.
+missing ones and ignores lines written under other settings. When a part (split) is done,
+its stage marker (`mdpo_data.stage_state`) records the answers' hash, the skips by reason
+and the images that failed to load, with their bytes' hash: a re-run counts those again
+without loading the model, and retries an image repaired in place.
 
 Filters (each a counted skip, BPO keeps only usable negatives):
   rejected_too_long        generation hit max_new_tokens without ending its turn: a cut-off
@@ -22,7 +25,7 @@ Images that fail to load (weaken only: inject never reads the image) skip with t
 `BadRow` reason, e.g. image_corrupt.
 
 Modules: `bpo_spec` (strategies, prompt, filters), `bpo_generate` (weakened image, greedy
-decoding, the two generators), `bpo_cache` (the JSONL answer cache, checkpoint identity);
+decoding, the two generators), `bpo_cache` (the JSONL answer cache);
 this one is the stage. Their public names are re-exported here.
 """
 
@@ -30,12 +33,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from hashlib import sha256
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from mdpo_data.bpo_cache import CACHE_VERSION, AnswerCache, model_identity, sha
+from mdpo_data.bpo_cache import CACHE_VERSION, AnswerCache, sha
 from mdpo_data.bpo_generate import GREEDY, Inject, Weaken, input_resolution, weakened_image
 from mdpo_data.bpo_spec import (
     DEFAULT_STEP,
@@ -49,13 +53,13 @@ from mdpo_data.bpo_spec import (
     parse_response_strategy,
     rejected_problem,
 )
-from mdpo_data.records import Candidate
-from mdpo_data.stage_state import bpo_cache_path
+from mdpo_data.records import BadRow, Candidate
+from mdpo_data.stage_state import bpo_cache_path, read_bpo_marker, write_bpo_marker
 
 __all__ = [
     "CACHE_VERSION", "DEFAULT_STEP", "GREEDY", "INJECT_PROMPT", "NOISE_STEPS", "PLAIN_SUFFIX",
     "VALID_FORMS", "ResponseStrategy", "bootstrap_rejected", "clean_rewrite", "input_resolution",
-    "model_identity", "normalize", "parse_response_strategy", "rejected_problem", "weakened_image",
+    "normalize", "parse_response_strategy", "rejected_problem", "weakened_image",
 ]
 
 
@@ -83,6 +87,7 @@ def bootstrap_rejected(
     trust_remote_code: bool = False,
     revision: str | None = None,
     progress: bool = True,
+    part: str = "all",
 ) -> tuple[list[Candidate], Counter, dict[str, Any]]:
     """Give every candidate a bootstrapped `rejected` answer, or count why it has none.
 
@@ -90,53 +95,98 @@ def bootstrap_rejected(
     Every candidate given is (re)generated, whatever its `rejected`; the caller passes those
     lacking one. `model` is the VLM for weaken; `inject_model` the text LLM for inject
     (`revision` applies to whichever is loaded). The model loads only if some answer is not
-    in the cache, so a finished stage re-runs in seconds.
+    in the cache and no image that failed before still fails, so a finished stage re-runs in
+    seconds. The stage's marker for `part` (a split) records what it produced and skipped.
     """
     if max_new_tokens < 1 or batch_size < 1:
         raise ValueError(f"max_new_tokens and batch_size must be >= 1, got {max_new_tokens}, {batch_size}")
-    if strategy.kind == "weaken":
-        generator, name = Weaken(strategy, seed, max_pixels), model
-        if not model:
-            raise ValueError("rejected-response weaken needs a vision-language model (model=...)")
-    else:
-        generator, name = Inject(), inject_model
-        if not inject_model:
-            raise ValueError("rejected-response inject needs a text LLM (inject_model=...)")
+    name = strategy.generating_model(model, inject_model)
+    if not name:
+        raise ValueError(f"rejected-response {strategy.kind} needs {strategy.handler.needs}")
+    generator = strategy.generator(seed, max_pixels)
     settings_key, record = _settings(strategy, name, model, inject_model, seed, dtype, device,
                                      max_new_tokens, revision)
     cache = AnswerCache(bpo_cache_path(state_dir, strategy.kind, settings_key),
                         {"strategy": strategy.resolved, "model": name, "settings": settings_key})
     done = cache.load()
     digests = {c.example_id: generator.input_digest(c) for c in candidates}
+    key = sha(settings_key, json.dumps(sorted(digests.items())), str(max_pixels))[:16]
     todo = [c for c in candidates if done.get(c.example_id, {}).get("input") != digests[c.example_id]]
+    failed = _known_failures(read_bpo_marker(state_dir, part, key), todo)
+    todo = [c for c in todo if c.example_id not in failed]
     todo.sort(key=lambda c: (generator.sort_key(c), c.example_id))  # less padding per batch
-    skipped: Counter = Counter()
     if todo:
         generator.load(
             name, dtype=dtype, device=device, trust_remote_code=trust_remote_code, revision=revision
         )
-        _generate(generator, todo, len(candidates), digests, cache, done, skipped,
+        _generate(generator, todo, len(candidates), digests, cache, done, failed,
                   batch_size=batch_size, max_new_tokens=max_new_tokens,
                   desc=f"bpo {strategy.resolved}", progress=progress)
-    return _fill(candidates, strategy, name, digests, done, skipped), skipped, record
+    skipped = Counter(failed.values())
+    filled = _fill(candidates, strategy, name, digests, done, skipped)
+    marker = _mark(state_dir, part, key, settings_key, filled, skipped,
+                   {c.example_id: [failed[c.example_id], _image_digest(c)]
+                    for c in candidates if c.example_id in failed})
+    return filled, Counter(marker["skipped"]), record
+
+
+def _image_digest(c: Candidate) -> str:
+    """What an image that failed to load held: its bytes' sha256, or why they are unreadable."""
+    try:
+        return sha256(c.image.load()).hexdigest()
+    except BadRow as error:
+        return f"unreadable: {error.reason}"
+
+
+def _known_failures(marker: dict[str, Any] | None, todo: list[Candidate]) -> dict[str, str]:
+    """example id -> reason, for candidates whose image a finished run of this part failed to
+    load and that still hold the same bytes: counted again without loading the model."""
+    recorded = (marker or {}).get("unanswered")
+    if not isinstance(recorded, dict):
+        return {}
+    known = {}
+    for c in todo:
+        entry = recorded.get(c.example_id)
+        if isinstance(entry, list) and len(entry) == 2 and entry[1] == _image_digest(c):
+            known[c.example_id] = str(entry[0])
+    return known
+
+
+def _mark(state_dir: Path, part: str, key: str, settings_key: str, filled: list[Candidate],
+          skipped: Counter, unanswered: dict[str, list[str]]) -> dict[str, Any]:
+    """Write the stage's completion marker for `part`: its key covers the settings and every
+    candidate's input; its sha256 the answers given; `unanswered` the images that failed."""
+    answers = json.dumps([[c.example_id, c.rejected] for c in filled], ensure_ascii=False)
+    marker = {
+        "stage": "bpo",
+        "part": part,
+        "key": key,
+        "settings_key": settings_key,
+        "rows": len(filled),
+        "sha256": sha(answers),
+        "skipped": dict(sorted(skipped.items())),
+        "unanswered": unanswered,
+    }
+    write_bpo_marker(state_dir, part, marker)
+    return marker
 
 
 def _settings(strategy, name, model, inject_model, seed, dtype, device, max_new_tokens, revision):
     """(settings key, manifest record): every setting that shapes an answer keys the cache."""
     from mdpo_data.manifest import library_versions
-    from mdpo_data.models import resolve_device, resolve_dtype
+    from mdpo_data.models import checkpoint_identity, resolve_device, resolve_dtype
 
     resolved_dtype = resolve_dtype(dtype, resolve_device(device))
     generation = {"max_new_tokens": max_new_tokens, **GREEDY, "dtype": resolved_dtype,
                   "stop": "the model's end-of-turn token(s) (generation_config.eos_token_id)"}
-    prompt = INJECT_PROMPT if strategy.kind == "inject" else None
+    prompt = strategy.prompt
     settings = {
         "cache_version": CACHE_VERSION,
         "strategy": strategy.resolved,
-        "model": model_identity(name, revision),
+        "model": checkpoint_identity(name, revision, cheap=True),
         "generation": generation,
         "prompt": prompt,
-        "seed": seed if strategy.kind == "weaken" else None,  # greedy inject ignores the seed
+        "seed": seed if strategy.uses_seed else None,  # greedy inject ignores the seed
         "versions": library_versions("torch", "transformers"),
     }
     settings_key = sha(json.dumps(settings, sort_keys=True))[:16]
@@ -144,7 +194,7 @@ def _settings(strategy, name, model, inject_model, seed, dtype, device, max_new_
         "strategy": strategy.resolved,
         "description": strategy.describe(),
         "model": name,
-        "inject_model": inject_model if strategy.kind == "inject" else None,
+        "inject_model": strategy.generating_model(None, inject_model),
         "prompt": prompt,
         "generation": generation,
         "settings_key": settings_key,
@@ -152,16 +202,17 @@ def _settings(strategy, name, model, inject_model, seed, dtype, device, max_new_
     return settings_key, record
 
 
-def _generate(generator, todo, total, digests, cache, done, skipped, *, batch_size,
+def _generate(generator, todo, total, digests, cache, done, failed, *, batch_size,
               max_new_tokens, desc, progress) -> None:
-    """Generate `todo` batch by batch, appending each batch's answers to the cache."""
+    """Generate `todo` batch by batch, appending each batch's answers to the cache; images
+    that fail to load go to `failed` (example id -> reason)."""
     from tqdm.auto import tqdm
 
     bar = tqdm(total=total, initial=total - len(todo), unit="answer", desc=desc,
                disable=not progress, dynamic_ncols=True)
     try:
         for batch in _chunks(todo, batch_size):
-            results = generator.generate(batch, max_new_tokens, skipped)
+            results = generator.generate(batch, max_new_tokens, failed)
             lines = [{"id": c.example_id, "input": digests[c.example_id], "text": g.text,
                       "finished": g.finished, "tokens": g.tokens} for c, g in results]
             cache.append(lines)

@@ -1,5 +1,5 @@
-"""BPO's answer cache: an append-only JSONL per settings key in the build's state folder, and
-the cheap checkpoint identity that goes into that key."""
+"""BPO's answer cache: an append-only JSONL per settings key in the build's state folder (the
+cheap checkpoint identity in that key is `models.checkpoint_identity(..., cheap=True)`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 CACHE_VERSION = 1  # bump when the cache line format or what a line means changes
-
 
 
 # --------------------------------------------------------------------------- cache
@@ -54,20 +53,3 @@ class AnswerCache:
 
 def sha(*parts: str) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
-
-
-def model_identity(model_id_or_path: str, revision: str | None) -> str:
-    """Cheap identity of a checkpoint: id@revision for the Hub; for a folder, a hash of its
-    small config files and its weight files' names and sizes (not their 14 GB of bytes)."""
-    from mdpo_data.models import resolve_model
-
-    path = Path(resolve_model(model_id_or_path)) if model_id_or_path else None
-    if path is None or not path.is_dir():
-        return f"{model_id_or_path}@{revision or 'default'}"
-    parts = []
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        name = file.relative_to(path).as_posix()
-        small = file.suffix in (".json", ".jinja", ".txt", ".model") and file.stat().st_size < 50_000_000
-        digest = hashlib.sha256(file.read_bytes()).hexdigest() if small else file.stat().st_size
-        parts.append(f"{name}:{digest}")
-    return "sha256:" + sha(*parts)

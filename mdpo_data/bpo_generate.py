@@ -5,7 +5,6 @@ torch and transformers are imported inside the functions that run a model."""
 from __future__ import annotations
 
 import dataclasses
-from collections import Counter
 from dataclasses import dataclass
 
 from mdpo_data import schema
@@ -131,8 +130,8 @@ class Weaken:
             raise ValueError(f"{name}: the processor has no chat template, so no prompt to answer; "
                              "use a chat/instruct checkpoint")
 
-    def generate(self, batch: list[Candidate], max_new_tokens: int, skipped: Counter):
-        """-> [(candidate, Generated)]; candidates whose image fails are counted in `skipped`."""
+    def generate(self, batch: list[Candidate], max_new_tokens: int, failed: dict[str, str]):
+        """-> [(candidate, Generated)]; candidates whose image fails go to `failed` (id -> reason)."""
         from mdpo_data import images
         from mdpo_data.seeds import example_seed
 
@@ -142,7 +141,7 @@ class Weaken:
             try:
                 image, _ = images.load_image(c.image.load(), max_pixels=self.max_pixels, where=where)
             except BadRow as error:
-                skipped[error.reason] += 1
+                failed[c.example_id] = error.reason
                 continue
             seed = example_seed(self.seed, c.example_id, "bpo")
             pictures.append(weakened_image(image, self.t, seed, self.processor.image_processor))
@@ -182,7 +181,7 @@ class Inject:
             return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         return text + PLAIN_SUFFIX
 
-    def generate(self, batch: list[Candidate], max_new_tokens: int, skipped: Counter):
+    def generate(self, batch: list[Candidate], max_new_tokens: int, failed: dict[str, str]):
         prompts = [self.prompt(c) for c in batch]
         inputs = self.tokenizer(
             prompts, padding=True, padding_side="left",

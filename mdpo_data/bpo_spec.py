@@ -80,6 +80,7 @@ class ResponseKind:
     name: ClassVar[str]
     prompt: ClassVar[str | None] = None
     uses_seed: ClassVar[bool] = False
+    needs: ClassVar[str] = "a model (model=...)"  # what generates its answers, for errors
 
     def parse(self, arg: str | None) -> ResponseStrategy:
         """`arg` is the text after ':' (None without one); ValueError names the problem."""
@@ -115,6 +116,7 @@ def register(cls: type[ResponseKind]) -> type[ResponseKind]:
 class WeakenResponse(ResponseKind):
     name = "weaken"
     uses_seed = True
+    needs = "a vision-language model (model=...)"
 
     def parse(self, arg):
         if arg is None:
@@ -153,6 +155,7 @@ class WeakenResponse(ResponseKind):
 class InjectResponse(ResponseKind):
     name = "inject"
     prompt = INJECT_PROMPT
+    needs = "a text LLM (inject_model=...)"
 
     def describe(self, strategy):
         return (

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mdpo_data import schema
+from mdpo_data import schema, stage_state
 from mdpo_data.config_io import names_from, setting
 from mdpo_data.folder import STATE_DIR, check_target, has_our_manifest, hold, owned_files
 from mdpo_data.manifest import MANIFEST_NAME, library_versions, manifest_path, write_manifest
@@ -34,7 +34,7 @@ from mdpo_data.runtime import Runtime
 from mdpo_data.sampling import draw, split_eval
 from mdpo_data.seeds import example_seed
 from mdpo_data.shards import SHARD_RE, sha256_file, shard_name, write_bytes_atomic, write_shard
-from mdpo_data.stage_state import drop_markers, read_json, read_marker, write_marker
+from mdpo_data.stage_state import drop_markers, read_json, read_marker
 from mdpo_data.worker import Task, make_example, worker_init
 
 WRITE_BATCH = 64  # rows per Arrow record batch: bounds memory while a shard is written
@@ -232,22 +232,9 @@ def plan(config: BuildConfig):
 # ---------------------------------------------------------------------------------------------
 
 
-def _image_identity(ref) -> list[Any]:
-    """What identifies an image's content without reading it: kind, name, and for a local file
-    (or the archive holding it) its size and mtime."""
-    if ref is None:
-        return []
-    ident: list[Any] = [ref.kind, ref.path, ref.index]
-    if ref.kind in ("bytes", "demo"):
-        ident.append(hashlib.sha256(ref.data).hexdigest())
-    else:
-        target = Path(ref.root) / ref.path if ref.kind == "file" else Path(ref.root)
-        try:
-            stat = target.stat()
-            ident += [stat.st_size, stat.st_mtime_ns]
-        except OSError:
-            ident.append("missing")
-    return ident
+def _identity(ref) -> list[Any]:
+    """An image's content identity without reading it (`ImageRef.identity`); [] for none."""
+    return [] if ref is None else ref.identity()
 
 
 def rows_fingerprint(tasks: list[Task]) -> str:
@@ -258,7 +245,7 @@ def rows_fingerprint(tasks: list[Task]) -> str:
     for task in tasks:
         c = task.candidate
         content = [c.example_id, c.source_id, c.question, c.chosen, c.rejected, c.meta,
-                   _image_identity(c.image), _image_identity(task.partner), task.seed,
+                   _identity(c.image), _identity(task.partner), task.seed,
                    task.response_strategy]
         digest.update(json.dumps(content, sort_keys=True, default=str).encode() + b"\n")
     return digest.hexdigest()
@@ -266,21 +253,12 @@ def rows_fingerprint(tasks: list[Task]) -> str:
 
 def _finished(directory: Path, name: str, key: str, rows_key: str) -> dict | None:
     """The marker of a shard a previous run completed from these rows with this config, if
-    its bytes check out. A torn or foreign marker counts as no marker (the shard is re-made)."""
+    the file still holds the bytes its latest writer (build, or score after it) recorded. A
+    torn or foreign marker counts as no marker (the shard is re-made)."""
     marker = read_marker(directory, "build", name)
-    if not (directory / name).is_file() or marker is None:
+    if not stage_state.is_complete(marker, "build", key) or marker.get("rows_key") != rows_key:
         return None
-    if marker.get("config_key") != key or marker.get("rows_key") != rows_key:
-        return None
-    if not isinstance(marker.get("rows"), int) or not isinstance(marker.get("skipped"), dict):
-        return None
-    current = sha256_file(directory / name)
-    if current != marker.get("sha256"):
-        # The score stage rewrites finished shards in place; its marker vouches for them.
-        scored = read_marker(directory, "score", name)
-        if scored is None or scored.get("sha256") != current:
-            return None
-    return {**marker, "sha256": current}
+    return marker if stage_state.vouched_sha256(directory, name) else None
 
 
 _TEMP = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]+\.tmp$")
@@ -404,103 +382,118 @@ def _build_locked(config: BuildConfig, directory: Path, key: str, planned, *, wo
         splits, response_record, bpo_skipped = _bootstrap(
             config, splits, pool, directory, runtime, progress
         )
-    entries, contrast_skipped, image_stats = _write_shards(
+    entries, markers = _write_shards(
         config, directory, key, splits, partners, response_record["strategy"], result,
         workers=workers, progress=progress, after_shard=after_shard,
     )
     _drop_stale(directory, {e["file"] for es in entries.values() for e in es})
     manifest = _manifest(config, key, command, strategy, response_record, pool, sampled,
-                         bpo_skipped, contrast_skipped, entries, image_stats, system_record)
-    previous = _previous_manifest(directory)
-    if previous and previous.get("config_key") == key and previous.get("splits") == entries:
-        manifest["reference"] = previous.get("reference")  # same shards, already scored
-    if previous != manifest:
-        write_manifest(directory, manifest)
+                         bpo_skipped, markers, entries, system_record)
+    _write_if_changed(directory, key, manifest)
     result.manifest = manifest
     return result
 
 
+def _write_if_changed(directory: Path, key: str, manifest: dict[str, Any]) -> None:
+    """Write the manifest unless the folder already has this one; the shards of a previous
+    run that scored exactly these shards keep their `reference` (the scores are in them)."""
+    previous = _previous_manifest(directory)
+    if previous and previous.get("config_key") == key and previous.get("splits") == manifest["splits"]:
+        manifest["reference"] = previous.get("reference")  # same shards, already scored
+    if previous != manifest:
+        write_manifest(directory, manifest)
+
+
 def _write_shards(config: BuildConfig, directory: Path, key: str, splits, partners,
                   response_strategy: str, result: BuildResult, *, workers: int, progress: bool,
-                  after_shard) -> tuple[dict[str, list[dict[str, Any]]], Counter, Counter]:
-    """Write (or reuse) every shard; returns the manifest's split entries, image skips and stats."""
+                  after_shard) -> tuple[dict[str, list[dict[str, Any]]], list[dict[str, Any]]]:
+    """Write (or reuse) every shard -> (the manifest's split entries, every shard's build marker)."""
     from tqdm.auto import tqdm
 
-    contrast_skipped: Counter = Counter()
-    image_stats: Counter = Counter()
     entries: dict[str, list[dict[str, Any]]] = {}
+    markers: list[dict[str, Any]] = []
     total = sum(len(rows) for rows in splits.values())
     bar = tqdm(total=total, unit="row", desc="build", disable=not progress, dynamic_ncols=True)
     context = multiprocessing.get_context("spawn")
     worker_pool = context.Pool(workers, initializer=worker_init) if workers > 1 else None
     try:
         for split, rows in splits.items():
-            n_shards = max(1, -(-len(rows) // config.shard_size))
             entries[split] = []
-            for index in range(n_shards):
-                name = shard_name(split, index, n_shards)
-                chunk = rows[index * config.shard_size : (index + 1) * config.shard_size]
-                tasks = [
-                    Task(
-                        candidate=c,
-                        partner=partners.get(c.example_id),
-                        rejected=config.rejected,
-                        seed=example_seed(config.seed, c.example_id),
-                        max_pixels=config.max_pixels,
-                        response_strategy=response_strategy,
-                        model_input=config.noise_input,
-                    )
-                    for c in chunk
-                ]
+            for name, chunk in _shard_chunks(split, rows, config.shard_size):
+                tasks = _tasks(config, chunk, partners, response_strategy)
                 rows_key = rows_fingerprint(tasks)
                 done = _finished(directory, name, key, rows_key)
                 if done is None:
-                    skipped: Counter = Counter()
-                    stats: Counter = Counter()
-                    n_rows = _write_one_shard(
-                        directory / name, tasks, workers, worker_pool, skipped, lambda: bar.update(), stats
-                    )
-                    done = {
-                        "config_key": key,
-                        "rows_key": rows_key,
-                        "rows": n_rows,
-                        "sha256": sha256_file(directory / name),
-                        "skipped": dict(sorted(skipped.items())),
-                    }
-                    if stats:
-                        done["image_stats"] = dict(sorted(stats.items()))
-                    write_marker(directory, "build", name, done)
+                    done = _make_shard(directory, name, key, rows_key, tasks, workers, worker_pool, bar)
                     result.shards_written += 1
                     if after_shard:
                         after_shard(name)
                 else:
                     bar.update(len(chunk))
                     result.shards_reused += 1
-                contrast_skipped.update(done["skipped"])
-                image_stats.update(done.get("image_stats", {}))
-                entries[split].append({"file": name, "rows": done["rows"], "sha256": done["sha256"]})
+                markers.append(done)
+                entries[split].append({"file": name, "rows": done["rows"],
+                                       "sha256": stage_state.shard_sha256(directory, name)})
     finally:
         bar.close()
         if worker_pool is not None:
             worker_pool.close()
             worker_pool.join()
-    return entries, contrast_skipped, image_stats
+    return entries, markers
+
+
+def _shard_chunks(split: str, rows: list, shard_size: int) -> Iterator[tuple[str, list]]:
+    """(shard name, its rows) of one split, in order; an empty split still gets one shard."""
+    n_shards = max(1, -(-len(rows) // shard_size))
+    for index in range(n_shards):
+        yield shard_name(split, index, n_shards), rows[index * shard_size : (index + 1) * shard_size]
+
+
+def _tasks(config: BuildConfig, chunk: list[Candidate], partners, response_strategy: str) -> list[Task]:
+    """The workers' picklable jobs for one shard's candidates."""
+    return [
+        Task(
+            candidate=c,
+            partner=partners.get(c.example_id),
+            rejected=config.rejected,
+            seed=example_seed(config.seed, c.example_id),
+            max_pixels=config.max_pixels,
+            response_strategy=response_strategy,
+            model_input=config.noise_input,
+        )
+        for c in chunk
+    ]
+
+
+def _make_shard(directory: Path, name: str, key: str, rows_key: str, tasks: list[Task], workers: int,
+                worker_pool, bar) -> dict[str, Any]:
+    """Write one shard atomically, then its build marker (which drops any score marker)."""
+    skipped: Counter = Counter()
+    stats: Counter = Counter()
+    n_rows = _write_one_shard(
+        directory / name, tasks, workers, worker_pool, skipped, lambda: bar.update(), stats
+    )
+    done = {
+        "stage": "build",
+        "config_key": key,
+        "rows_key": rows_key,
+        "rows": n_rows,
+        "sha256": sha256_file(directory / name),
+        "skipped": dict(sorted(skipped.items())),
+    }
+    if stats:
+        done["image_stats"] = dict(sorted(stats.items()))
+    stage_state.record(directory, "build", name, done)
+    return done
 
 
 def _manifest(config: BuildConfig, key: str, command: str | None, strategy, response_record,
-              pool, sampled: int, bpo_skipped: Counter, contrast_skipped: Counter,
-              entries, image_stats: Counter, system_record) -> dict[str, Any]:
+              pool, sampled: int, bpo_skipped: Counter, markers: list[dict[str, Any]],
+              entries, system_record) -> dict[str, Any]:
     """The manifest dict (see `mdpo_data.manifest`); no absolute paths."""
-    skipped_all = Counter(pool.skipped) + bpo_skipped + contrast_skipped
-    by_stage = {  # source: before sampling; responses (BPO) and images: sampled, then dropped
-        "source": dict(sorted(pool.skipped.items())),
-        "responses": dict(sorted(bpo_skipped.items())),
-        "images": dict(sorted(contrast_skipped.items())),
-    }
-    roots = [str(Path(config.source_path).parent) if config.source_path else "",
-             config.source_path or "", config.image_root or ""]
-    examples = {k: portable_text(v, roots) for k, v in sorted(pool.skip_examples.items())}
-    written = {split: sum(e["rows"] for e in es) for split, es in entries.items()}
+    image_stats: Counter = Counter()
+    for marker in markers:
+        image_stats.update(marker.get("image_stats", {}))
     return {
         "format_version": schema.FORMAT_VERSION,
         "command": command,
@@ -515,21 +508,36 @@ def _manifest(config: BuildConfig, key: str, command: str | None, strategy, resp
         },
         "rejected_response": response_record,
         "system_prompt": system_record,
-        "counts": {
-            "read": pool.rows,
-            "pairs": pool.pairs,
-            "candidates": pool.available,
-            "skipped": dict(sorted(skipped_all.items())),
-            "skipped_by_stage": by_stage,
-            "skip_examples": examples,
-            "requested": config.n,
-            "sampled": sampled,
-            "written": sum(written.values()),
-            "written_by_split": written,
-        },
+        "counts": _counts(config, pool, sampled, bpo_skipped, stage_state.merge_skips(markers), entries),
         "splits": entries,
         "versions": library_versions(),
         "reference": None,
+    }
+
+
+def _counts(config: BuildConfig, pool, sampled: int, bpo_skipped: Counter,
+            image_skipped: dict[str, int], entries) -> dict[str, Any]:
+    """The manifest's counts: planning's (recomputed every run) and the merged stage markers'."""
+    by_stage = {  # source: before sampling; responses (BPO) and images: sampled, then dropped
+        "source": dict(sorted(pool.skipped.items())),
+        "responses": dict(sorted(bpo_skipped.items())),
+        "images": image_skipped,
+    }
+    roots = [str(Path(config.source_path).parent) if config.source_path else "",
+             config.source_path or "", config.image_root or ""]
+    examples = {k: portable_text(v, roots) for k, v in sorted(pool.skip_examples.items())}
+    written = {split: sum(e["rows"] for e in es) for split, es in entries.items()}
+    return {
+        "read": pool.rows,
+        "pairs": pool.pairs,
+        "candidates": pool.available,
+        "skipped": dict(sorted(sum(map(Counter, by_stage.values()), Counter()).items())),
+        "skipped_by_stage": by_stage,
+        "skip_examples": examples,
+        "requested": config.n,
+        "sampled": sampled,
+        "written": sum(written.values()),
+        "written_by_split": written,
     }
 
 
@@ -596,6 +604,7 @@ def _bootstrap(config: BuildConfig, splits, pool, directory: Path, runtime: Runt
             trust_remote_code=runtime.trust_remote_code,
             revision=runtime.revision if model == runtime.ref_model else None,
             progress=progress,
+            part=split,
         )
         bpo_skipped.update(skipped)
         by_id = {c.example_id: c for c in filled}

@@ -19,31 +19,18 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from mdpo_data.tiny import cache_dir
+from mdpo_data.tiny import LLAVA_TEMPLATE, cache_dir, cached_build
 
 DEMO_MODEL_VERSION = "v1"  # bump when the build below changes meaning
 DEMO_MODEL_NAME = "mdpo-demo-llava"
 DEMO_MODEL_FLAG = "mdpo_demo_model"
 
-_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] == 'system' %}"
-    "{% for block in message['content'] %}{% if block['type'] == 'text' %}{{ block['text'] }}{% endif %}{% endfor %} "
-    "{% elif message['role'] == 'user' %}USER: "
-    "{% for block in message['content'] %}{% if block['type'] == 'image' %}<image>\n{% endif %}{% endfor %}"
-    "{% for block in message['content'] %}{% if block['type'] == 'text' %}{{ block['text'] }}{% endif %}{% endfor %} "
-    "{% elif message['role'] == 'assistant' %}ASSISTANT: "
-    "{% for block in message['content'] %}{% if block['type'] == 'text' %}{{ block['text'] }}{% endif %}{% endfor %}"
-    "{{ eos_token }}{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
-)
 SYSTEM_PROMPT = (  # vicuna-like; optional (the template renders a system turn if one is given)
     "A chat between a curious user and an artificial intelligence assistant. "
     "The assistant gives helpful, detailed, and polite answers to the user's questions."
@@ -130,7 +117,7 @@ def build_initial(path: str | Path, recipe: Recipe = DEFAULT_RECIPE) -> Path:
     path = Path(path)
     tokenizer = _tokenizer(recipe)
     model, processor = llava(
-        tokenizer, chat_template=_TEMPLATE, image_size=recipe.image_size,
+        tokenizer, chat_template=LLAVA_TEMPLATE, image_size=recipe.image_size,
         patch_size=recipe.patch_size, vision_hidden=recipe.vision_hidden, vision_layers=1,
         hidden_size=recipe.hidden_size, num_layers=recipe.num_layers, max_positions=512,
         seed=recipe.seed,
@@ -236,19 +223,7 @@ def demo_model_path(recipe: Recipe = DEFAULT_RECIPE) -> Path:
     """The demo model, built on first use into $MDPO_CACHE; concurrent callers are safe
     (built beside the target and renamed into place; a losing racer discards its copy)."""
     target = cache_dir() / f"demo-llava-{DEMO_MODEL_VERSION}-{recipe.key()}"
-    if (target / "config.json").is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        build_demo_model(tmp, recipe, log=_stderr)
-        os.rename(tmp, target)
-    except OSError:
-        if not (target / "config.json").is_file():
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return cached_build(target, lambda tmp: build_demo_model(tmp, recipe, log=_stderr))
 
 
 def _stderr(message: str) -> None:

@@ -9,11 +9,14 @@ Layout (typed below; `load_manifest` is the ONE loader every reader goes through
                      + "pipeline", "pipeline_sha256": albumentations)
     system_prompt    {"spec", "model_family", "rows_by_origin", ...} (mdpo_data.system_prompts)
     counts           {"read" (source file rows), "pairs" (pairs the source formed),
-                      "candidates" (unique pairs), "skipped": {reason: n}, "requested",
-                      "sampled", "written", "written_by_split": {split: n}, ...}
+                      "candidates" (unique pairs), "skipped": {reason: n}, "skipped_by_stage":
+                      {"source"|"responses"|"images": {reason: n}}, "requested", "sampled",
+                      "written", "written_by_split": {split: n}, ...}; the responses' and
+                      images' skips are merged from the BPO and build markers (stage_state)
     splits           {split: [{"file", "rows", "sha256"}]}  (file: a shard name in this folder)
     versions         library versions that produced the bytes
-    reference        null until scored, then the scorer's fingerprint and stats
+    reference        null until scored, then the scorer's fingerprint and stats (its
+                     counts merged from the score markers)
 No timestamps or absolute paths: the same config and seed give a byte-identical manifest.
 
 Versioning (lerobot's CODEBASE_VERSION pattern): a reader reads every minor version of its

@@ -176,13 +176,34 @@ def _hub_commit(repo_id: str, revision: str | None) -> str | None:
     return None
 
 
-def weights_identity(model_id_or_path: str, revision: str | None = None) -> dict[str, str]:
-    """{"weights": ...}: sha256 of the files for a local folder, repo@commit for a Hub id."""
-    path = Path(resolve_model(model_id_or_path))
-    if path.is_dir():
-        return {"weights": f"sha256:{weights_sha256(path)}"}
-    commit = _hub_commit(model_id_or_path, revision) or revision or "unknown"
-    return {"weights": f"{model_id_or_path}@{commit}"}
+def checkpoint_identity(model_id_or_path: str, revision: str | None = None, *,
+                        cheap: bool = False) -> str:
+    """THE identity of a checkpoint, in two strengths.
+
+    Full (the scorer's fingerprint: a reference log-prob is valid only for exact weights): a
+    local folder is the sha256 of its weight files' bytes; a Hub id is repo@commit of the
+    local cache (else the revision asked for). `cheap` (BPO's answer-cache key, computed on
+    every run): a local folder hashes its small text files (configs, tokenizer, template)
+    and only the names and sizes of the rest, not 14 GB of weights; a Hub id is
+    repo@revision. Both values are stable across releases: they key resume markers.
+    """
+    path = Path(resolve_model(model_id_or_path)) if model_id_or_path else None
+    if path is not None and path.is_dir():
+        return "sha256:" + (_listing_sha256(path) if cheap else weights_sha256(path))
+    if cheap:
+        return f"{model_id_or_path}@{revision or 'default'}"
+    return f"{model_id_or_path}@{_hub_commit(model_id_or_path, revision) or revision or 'unknown'}"
+
+
+def _listing_sha256(folder: Path) -> str:
+    """Hash of a folder's small text files' contents and its other files' names and sizes."""
+    parts = []
+    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+        name = file.relative_to(folder).as_posix()
+        small = file.suffix in (".json", ".jinja", ".txt", ".model") and file.stat().st_size < 50_000_000
+        digest = sha256_file(file) if small else file.stat().st_size
+        parts.append(f"{name}:{digest}")
+    return _sha256_text("\0".join(parts))
 
 
 def processor_sha256(processor) -> str:
@@ -228,7 +249,7 @@ def fingerprint(
     given is recorded, not keyed, so a moved folder still matches its weights.
     """
     identity = {
-        **weights_identity(model_id_or_path, revision),
+        "weights": checkpoint_identity(model_id_or_path, revision),
         "processor_sha256": processor_sha256(processor),
         "chat_template_sha256": chat_template_sha256(processor),
     }

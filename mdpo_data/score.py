@@ -15,11 +15,13 @@ Too-long rows (`SKIP_RULE`): a row any of whose sequences exceeds max_length kee
 with ALL reference columns null, and is counted in manifest["reference"]["skipped"]
 ["too_long"]. The trainer drops rows whose reference columns are null.
 
-Resume: after a shard is rewritten (atomically), DIR/.state/score-<shard>.json records the
-fingerprint key, the no-image flag and the shard's new sha256; a re-run skips shards whose
-marker matches, so re-scoring with the same model is a no-op. Scoring data already scored by
-another fingerprint needs force=True. Under `accelerate launch`, rank r scores the shards
-i % world_size == r, and rank 0 writes the manifest after a barrier.
+Resume: after a shard is rewritten (atomically), its stage marker (`mdpo_data.stage_state`,
+DIR/.state/score-<shard>.json) records the fingerprint key, the no-image flag, the shard's new
+sha256, rows and skips; a re-run skips shards whose marker matches, so re-scoring with the
+same model is a no-op, and the manifest's hashes and `reference` counts come from the markers.
+Scoring data already scored by another fingerprint needs force=True. Under `accelerate
+launch`, rank r scores the shards i % world_size == r, and rank 0 writes the manifest after a
+barrier.
 """
 
 from __future__ import annotations
@@ -79,8 +81,7 @@ def _read_marker(directory: Path, shard: Path) -> dict[str, Any] | None:
 
 def _marker_done(marker: dict | None, shard: Path, key: str, no_image: bool) -> bool:
     return (
-        marker is not None
-        and marker.get("key") == key
+        stage_state.is_complete(marker, "score", key)
         and marker.get("no_image_logps") == no_image
         and shard.is_file()
         and marker.get("sha256") == sha256_file(shard)
@@ -141,6 +142,7 @@ def _score_shard(directory: Path, job: _Job, scorer: Scorer, key: str, no_image:
     table, too_long = score_table(read_shard(job.path), scorer, no_image=no_image)
     write_shard(job.path, [table])
     marker = {
+        "stage": "score",
         "shard": job.path.name,
         "split": job.split,
         "key": key,
@@ -150,7 +152,7 @@ def _score_shard(directory: Path, job: _Job, scorer: Scorer, key: str, no_image:
         "skipped": {"too_long": too_long},
         "method": scorer.method,
     }
-    stage_state.write_marker(directory, "score", job.path.name, marker)
+    stage_state.record(directory, "score", job.path.name, marker)
     return marker
 
 
@@ -251,16 +253,16 @@ def _write_reference(directory: Path, jobs: list[_Job], fp: dict, no_image: bool
         markers[job.path.name] = marker
     for split, entries in manifest.get("splits", {}).items():
         for entry in entries:
-            if entry["file"] in markers:
-                entry["sha256"] = markers[entry["file"]]["sha256"]
+            entry["sha256"] = stage_state.shard_sha256(directory, entry["file"]) or entry["sha256"]
     columns = list(schema.REF_LOGP_COLUMNS) + (list(schema.NO_IMAGE_COLUMNS) if no_image else [])
+    skipped = stage_state.merge_skips(markers.values())
     manifest["reference"] = {
         "scored": True,
         "fingerprint": fp,
         "no_image_logps": no_image,
         "columns": columns + list(schema.TOKEN_COLUMNS),
-        "rows_scored": sum(m["rows"] - m["skipped"]["too_long"] for m in markers.values()),
-        "skipped": {"too_long": sum(m["skipped"]["too_long"] for m in markers.values())},
+        "rows_scored": sum(m["rows"] for m in markers.values()) - skipped["too_long"],
+        "skipped": skipped,
         "skip_rule": SKIP_RULE,
     }
     try:

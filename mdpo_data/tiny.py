@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 SMOKE_TEST_NAME = "mdpo-tiny-llava-smoke-test"
@@ -45,7 +46,7 @@ _CORPUS = [
     " ".join(str(n) for n in range(100)),
 ] + [f"The {c} {s} is number {n}." for c in _COLORS for s in _SHAPES for n in _NUMBERS[:3]]
 
-_LLAVA_TEMPLATE = (  # Vicuna v1 layout: "{system} USER: <image>\n{question} ASSISTANT: {answer}</s>"
+LLAVA_TEMPLATE = (  # Vicuna v1 layout: "{system} USER: <image>\n{question} ASSISTANT: {answer}</s>"
     "{% for message in messages %}"
     "{% if message['role'] == 'system' %}"
     "{% for block in message['content'] %}{% if block['type'] == 'text' %}{{ block['text'] }}{% endif %}{% endfor %} "
@@ -198,7 +199,7 @@ def build_tiny_llava(
     if tokens.get("unk"):
         tokenizer.unk_token = tokens["unk"]
     model, processor = llava(
-        tokenizer, chat_template=chat_template or _LLAVA_TEMPLATE, image_token=tokens["image"],
+        tokenizer, chat_template=chat_template or LLAVA_TEMPLATE, image_token=tokens["image"],
         image_size=image_size, patch_size=patch_size, vision_hidden=64, vision_layers=2,
         hidden_size=hidden_size, num_layers=num_layers, max_positions=4096, seed=seed,
     )
@@ -353,18 +354,20 @@ def cache_dir() -> Path:
 
 
 def tiny_model_path() -> Path:
-    """The tiny LLaVA, built on first use into the cache; concurrent callers are safe.
+    """The tiny LLaVA, built on first use into the cache; concurrent callers are safe."""
+    return cached_build(cache_dir() / f"tiny-llava-{TINY_LLAVA_VERSION}", lambda tmp: build_tiny_llava(tmp, seed=0))
 
-    Built in a temp folder beside the target and renamed into place, so a reader never sees
-    a half-written model; a losing racer discards its copy.
-    """
-    target = cache_dir() / f"tiny-llava-{TINY_LLAVA_VERSION}"
+
+def cached_build(target: Path, build: Callable[[Path], None]) -> Path:
+    """`target`, made by `build(folder)` on first use. Built in a temp folder beside the target
+    and renamed into place, so a reader never sees a half-written model; a losing racer
+    discards its copy."""
     if (target / "config.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        build_tiny_llava(tmp, seed=0)
+        build(tmp)
         os.rename(tmp, target)
     except OSError:
         if not (target / "config.json").is_file():

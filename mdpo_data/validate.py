@@ -97,14 +97,13 @@ def validate(directory: str | Path, *, max_per_kind: int = MAX_PER_KIND) -> list
 def _check_state(directory: Path, manifest: dict, problems: Problems) -> None:
     """Stale shards: a build marker made under another config than the manifest's, and a
     train split with no rows (a build that wrote nothing usable)."""
-    from mdpo_data.build import read_json
-    from mdpo_data.folder import STATE_DIR
+    from mdpo_data.stage_state import read_marker
 
     key = manifest.get("config_key")
     for entries in (manifest.get("splits") or {}).values():
         for entry in entries:
-            marker = read_json(directory / STATE_DIR / f"{entry['file']}.json")
-            if key and isinstance(marker, dict) and marker.get("config_key") not in (None, key):
+            marker = read_marker(directory, "build", entry["file"])
+            if key and marker is not None and marker.get("config_key") not in (None, key):
                 problems.add("stale", f"{entry['file']}: made by another build config "
                                       f"({marker.get('config_key')}, manifest {key}): stale shard")
     train = (manifest.get("splits") or {}).get("train") or []

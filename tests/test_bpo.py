@@ -267,6 +267,62 @@ def test_build_pairs_gold_with_bootstrapped_answers(tmp_path, stopping_vlm):
     assert len(cache_lines(out / STATE_DIR)) == 6  # nothing generated twice
 
 
+def test_bpo_resume_reports_the_clean_runs_counts(tmp_path, stopping_vlm):
+    """A build killed mid-generation (cache cut, no markers, no shards) resumes to the clean
+    run's bytes; the responses' skips are the merge of BPO's per-split markers."""
+    from mdpo_data import stage_state
+    from mdpo_data.build import STATE_DIR, BuildConfig, run_build
+    from mdpo_data.runtime import Runtime
+
+    built = make_llava_instruct(tmp_path / "src", rows=8)
+    config = BuildConfig(source="llava-instruct", source_path=str(built.data), image_root=str(built.images),
+                         n=8, eval_fraction=0.25, rejected_response="weaken:900",
+                         rejected_response_model=str(stopping_vlm), rejected_response_max_new_tokens=12)
+    out = tmp_path / "out"
+    clean = run_build(config, out, progress=False, runtime=Runtime(batch_size=3)).manifest
+    clean_bytes = (out / "manifest.json").read_bytes()
+    markers = [stage_state.read_json(p) for p in sorted((out / STATE_DIR).glob("bpo-*.json"))]
+    assert [m["part"] for m in markers] == ["eval", "train"]
+    assert clean["counts"]["skipped_by_stage"]["responses"] == stage_state.merge_skips(markers) != {}
+
+    (cache,) = (out / STATE_DIR).glob("bpo-*.jsonl")
+    cache.write_bytes(b"".join(cache.read_bytes().splitlines(keepends=True)[:3]))
+    for path in [*(out / STATE_DIR).glob("bpo-*.json"), *out.glob("*.arrow"), out / "manifest.json"]:
+        path.unlink()
+    run_build(config, out, progress=False, runtime=Runtime(batch_size=3))
+    assert len(cache.read_bytes().splitlines()) == 8  # only the 5 lost answers generated again
+    assert (out / "manifest.json").read_bytes() == clean_bytes
+
+
+def test_a_resumed_stage_counts_known_image_failures_without_loading_the_model(tmp_path, stopping_vlm):
+    """The part's marker records which images failed (and their bytes): a re-run counts them
+    again without loading the model; an image repaired in place is retried."""
+    from fixtures import jpeg_bytes
+
+    built = make_llava_instruct(tmp_path / "src", rows=3, bad=["corrupt_image"])
+    candidates = collect(open_source("llava-instruct", path=str(built.data), image_root=str(built.images))).candidates
+    (bad,) = [c for c in candidates if c.row in built.bad["corrupt_image"]]
+    with pytest.raises(BadRow) as error:
+        load_image(bad.image.load())
+    reason = error.value.reason
+    options = dict(model=str(stopping_vlm), max_new_tokens=12, part="train")
+    first = run(candidates, "weaken", tmp_path / "state", **options)
+    assert first[1][reason] == 1 and bad.example_id not in by_id(tmp_path / "state")
+    # a device that cannot exist: this run succeeds only because no model is loaded
+    again = run(candidates, "weaken", tmp_path / "state", device="nowhere:0", **options)
+    assert again[:2] == first[:2]
+    with pytest.raises(RuntimeError, match="nowhere"):  # another part's marker says nothing here
+        run(candidates, "weaken", tmp_path / "state", device="nowhere:0", **{**options, "part": "eval"})
+    with pytest.raises(RuntimeError, match="nowhere"):  # nor one made for other candidates
+        run(candidates[:-1] if candidates[-1] is not bad else candidates[1:], "weaken", tmp_path / "state",
+            device="nowhere:0", **options)
+    (built.images / bad.image.path).write_bytes(jpeg_bytes(5))  # repaired in place: retried
+    with pytest.raises(RuntimeError, match="nowhere"):
+        run(candidates, "weaken", tmp_path / "state", device="nowhere:0", **options)
+    fixed = run(candidates, "weaken", tmp_path / "state", **options)
+    assert reason not in fixed[1] and bad.example_id in by_id(tmp_path / "state")
+
+
 def test_weaken_filters_when_the_model_ends_its_turn(tmp_path, vlm):
     candidates = make_candidates(6)
     run(candidates, "weaken", tmp_path / "probe", model=str(vlm), max_new_tokens=12)

@@ -253,20 +253,28 @@ def test_an_image_names_a_row_without_an_id_only_when_it_is_a_file(tmp_path):
     assert ImageRef("parquet", root="x.parquet", path="image", index=3).id_hint() is None
 
 
-def test_image_identity_is_what_the_build_fingerprints(tmp_path):
-    """`ImageRef.identity()` gives exactly build's resume fingerprint, kind by kind."""
+def test_image_identity_changes_with_the_image_and_only_then(tmp_path):
+    """`ImageRef.identity()` (build's resume fingerprint) names each kind's content: a
+    rewritten file or archive changes it, a missing one is marked, inline bytes are hashed."""
+    import os
     import zipfile
 
-    from mdpo_data.build import _image_identity
+    from mdpo_data.build import rows_fingerprint  # noqa: F401  (the fingerprint's user)
 
     (tmp_path / "a.jpg").write_bytes(b"x")
     with zipfile.ZipFile(tmp_path / "m.zip", "w") as archive:
         archive.writestr("merged_images/a.jpg", b"x")
     demo = next(iter(open_source("demo", demo_size=1))).image
-    refs = [ImageRef("file", root=str(tmp_path), path="a.jpg"),
-            ImageRef("file", root=str(tmp_path), path="gone.jpg"),
-            ImageRef("zip", root=str(tmp_path / "m.zip"), path="merged_images/a.jpg"),
+    file_ref = ImageRef("file", root=str(tmp_path), path="a.jpg")
+    zip_ref = ImageRef("zip", root=str(tmp_path / "m.zip"), path="merged_images/a.jpg")
+    refs = [file_ref, zip_ref, ImageRef("file", root=str(tmp_path), path="gone.jpg"),
             ImageRef("parquet", root=str(tmp_path / "none.parquet"), path="image", index=4),
             ImageRef("bytes", data=b"abc"), demo]
-    for ref in refs:
-        assert ref.identity() == _image_identity(ref), ref.kind
+    before = [ref.identity() for ref in refs]
+    assert before == [ref.identity() for ref in refs]  # stable
+    assert before[0][0] == "file" and "missing" in before[2] and "missing" in before[3]
+    assert ImageRef("bytes", data=b"abd").identity() != before[4]
+    (tmp_path / "a.jpg").write_bytes(b"xy")
+    os.utime(tmp_path / "m.zip", ns=(1, 1))
+    assert file_ref.identity() != before[0] and zip_ref.identity() != before[1]
+
