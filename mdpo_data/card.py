@@ -8,7 +8,6 @@ describe a different build. The YAML front matter is a dict dumped with `yaml.sa
 from __future__ import annotations
 
 import html
-import importlib
 import re
 from importlib import resources
 from pathlib import Path
@@ -179,19 +178,13 @@ def _examples(table: pa.Table, k: int = N_EXAMPLES) -> list[dict[str, str]]:
 
 def source_datasets(names: set[str], source_path: str | None) -> list[str]:
     """Hub ids the data came from: `--source-path` when it is a Hub id, else each source's HUB_ID."""
+    from mdpo_data import sources
     from mdpo_data.sources.hub import looks_like_repo_id
 
     if source_path and looks_like_repo_id(source_path):
         return [source_path]
-    found = set()
-    for name in names:
-        try:
-            module = importlib.import_module(f"mdpo_data.sources.{name.replace('-', '_')}")
-        except ImportError:
-            continue
-        if getattr(module, "HUB_ID", None):
-            found.add(module.HUB_ID)
-    return sorted(found)
+    found = {sources.SOURCES[name].hub_id for name in names if name in sources.SOURCES}
+    return sorted(found - {None})
 
 
 def _reliance(tables: dict[str, pa.Table]) -> dict[str, dict[str, Any]]:

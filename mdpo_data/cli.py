@@ -161,7 +161,7 @@ def build(ctx, pipeline, quiet, **_) -> None:
         --ref-model llava-hf/llava-1.5-7b-hf --out out/silkie
     mdpo-data build --pipeline pipelines/paper_silkie_crop.yaml --out out/paper
     """
-    from mdpo_data.build import BuildError, run_build, warn_short
+    from mdpo_data.build import BuildError, run_build
     from mdpo_data.contrast import SpecError
     from mdpo_data.folder import FolderError
     from mdpo_data.sources import SourceError
@@ -185,7 +185,16 @@ def build(ctx, pipeline, quiet, **_) -> None:
             _fail(str(error))
     for warning in caught:
         click.secho(f"warning: {warning.message}", fg="yellow", err=True)
-    elapsed = time.perf_counter() - started
+    _report_build(result, out, time.perf_counter() - started)
+    if runtime.ref_model:
+        _score(out, runtime, quiet)
+    _write_card(out)
+
+
+def _report_build(result, out: str, elapsed: float) -> None:
+    """The summary table of a finished build; exit 1 when it wrote no train row."""
+    from mdpo_data.build import warn_short
+
     manifest = result.manifest
     counts = manifest["counts"]
     rows = [
@@ -211,9 +220,6 @@ def build(ctx, pipeline, quiet, **_) -> None:
         _fail(f"the build wrote 0 train rows: every one of the {counts['sampled']} sampled pairs "
               f"was skipped (skips: {reasons}); see {Path(out) / 'manifest.json'}")
 
-    if runtime.ref_model:
-        _score(out, runtime, quiet)
-    _write_card(out)
 
 
 def _build_settings_checked(ctx: click.Context, pipeline: str | None):

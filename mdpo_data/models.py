@@ -26,16 +26,24 @@ class ModelLoadError(ValueError):
     pass
 
 
-def resolve_model(model_id_or_path: str) -> str:
-    """"tiny" -> the cached built-in smoke-test model; "demo" -> the cached demo model that can
-    see the demo scenes (built on first use, minutes on a CPU); anything else unchanged."""
-    if model_id_or_path == "tiny":
-        return str(tiny.tiny_model_path())
-    if model_id_or_path == "demo":
-        from mdpo_data.demo_model import demo_model_path
+def _demo_model_path():
+    from mdpo_data.demo_model import demo_model_path
 
-        return str(demo_model_path())
-    return model_id_or_path
+    return demo_model_path()
+
+
+# Names that stand for a model built offline and cached (no Hub id can be a bare word like these).
+BUILT_IN_MODELS = {
+    "tiny": lambda: tiny.tiny_model_path(),  # random weights: the plumbing's smoke test
+    "demo": _demo_model_path,  # can see the demo scenes; built on first use (minutes on a CPU)
+}
+
+
+def resolve_model(model_id_or_path: str) -> str:
+    """A built-in name ("tiny", "demo") -> its cached folder, built on first use; anything
+    else unchanged."""
+    built_in = BUILT_IN_MODELS.get(model_id_or_path)
+    return str(built_in()) if built_in else model_id_or_path
 
 
 def resolve_device(device: str = "auto") -> str:
