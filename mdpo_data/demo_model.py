@@ -62,7 +62,7 @@ class Recipe:
     hidden_size: int = 192
     num_layers: int = 4
     vocab_size: int = 512
-    epochs: int = 3
+    epochs: int = 6  # 3 learned colours and counts only; shapes and presence came in epochs 3-6
     batch_size: int = 32
     lr: float = 2e-3
     warmup_ratio: float = 0.05
