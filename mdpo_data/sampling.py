@@ -139,18 +139,23 @@ def _scan(items: Any, n: int, seed: int, keep_missing: bool) -> tuple[Pool, list
     rows: set[int] = set()
     missing = unnumbered = 0
     prefix = f"sample\x00{seed}\x00"  # order_key's, hoisted out of the loop
+    sha256, add_row, worst = hashlib.sha256, rows.add, None  # worst: ranked[-1][0] once full
     for position, item in enumerate(refs() if refs else items):
-        if item.row is None:
-            unnumbered += 1
+        if type(item) is Ref:  # the common case of a planning stream, first and lean
+            add_row(item.row)
+            bucket = item.bucket
         else:
-            rows.add(item.row)
-        if isinstance(item, Skip):
-            pool.skipped[item.reason] += 1
-            if item.reason not in pool.skip_examples:
-                pool.skip_examples[item.reason] = f"{item.where}: {item.detail}".rstrip(": ")
-            continue
+            if item.row is None:
+                unnumbered += 1
+            else:
+                add_row(item.row)
+            if isinstance(item, Skip):
+                pool.skipped[item.reason] += 1
+                if item.reason not in pool.skip_examples:
+                    pool.skip_examples[item.reason] = f"{item.where}: {item.detail}".rstrip(": ")
+                continue
+            bucket = item.dedup_key
         pool.pairs += 1
-        bucket = item.bucket if type(item) is Ref else item.dedup_key
         if bucket in seen:
             collided.setdefault(bucket, [(None, seen[bucket])]).append((position, item))
             continue
@@ -159,11 +164,13 @@ def _scan(items: Any, n: int, seed: int, keep_missing: bool) -> tuple[Pool, list
             missing += 1
             if not keep_missing:
                 continue
-        key = hashlib.sha256((prefix + item.example_id).encode()).digest()
-        if len(ranked) < n or key < ranked[-1][0]:
+        key = sha256((prefix + item.example_id).encode()).digest()
+        if worst is None or key < worst:
             bisect.insort(ranked, (key, position, item))
             if len(ranked) > n:
                 ranked.pop()
+            if len(ranked) >= n:
+                worst = ranked[-1][0] if ranked else None
     pool.read = pool.pairs + sum(pool.skipped.values())
     pool.rows = len(rows) + unnumbered
     return pool, ranked, collided, missing

@@ -13,7 +13,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -165,23 +164,25 @@ def _starts_with_bracket(file: Path) -> bool:
 
 
 def _jsonl_records(file: Path, name: str):
-    """Numbered lines as text mode reads them (a lone \\r ends a line too), with byte spans."""
-    with open(file, "rb") as handle:
+    """Numbered lines as text mode reads them (a lone \\r ends a line too), with byte spans.
+
+    Text mode decodes in large chunks (per-line `bytes.decode` cost 0.2 s more on an 800 MB
+    file); `surrogateescape` keeps every byte recoverable, so a span is exact: an ASCII line's
+    length is its byte length, others are encoded back (and then decoded as `replace` does)."""
+    with open(file, encoding="utf-8", errors="surrogateescape", newline="") as handle:
         index, lineno, offset = 0, 0, 0
-        for raw in handle:
-            lone_cr = raw.find(b"\r", 0, max(len(raw) - 2, 0)) >= 0  # no slice: lines are long
-            pieces = _LONE_CR.split(raw) if lone_cr else (raw,)
-            for piece in pieces:
-                lineno += 1
-                span, offset = (offset, len(piece)), offset + len(piece)
-                line = piece.decode("utf-8", errors="replace")
-                if not line or line.isspace():  # blank (strip() would copy the line)
-                    continue
-                yield _parse_line(line, index, f"{name}:{lineno}", span)
-                index += 1
-
-
-_LONE_CR = re.compile(rb"(?<=\r)(?!\n)")
+        for line in handle:
+            lineno += 1
+            if line.isascii():
+                size = len(line)
+            else:
+                raw = line.encode("utf-8", "surrogateescape")
+                size, line = len(raw), raw.decode("utf-8", errors="replace")
+            span, offset = (offset, size), offset + size
+            if not line or line.isspace():  # blank (strip() would copy the line)
+                continue
+            yield _parse_line(line, index, f"{name}:{lineno}", span)
+            index += 1
 
 
 def _parse_line(line: str, index: int, where: str, span: tuple[int, int] | None = None):

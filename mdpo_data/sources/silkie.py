@@ -118,7 +118,6 @@ def choose_pairs(
     means: list[float], pairing: str, rng: random.Random | None
 ) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
     """(pairs as (chosen, rejected) positions, ties dropped) for one prompt's mean scores."""
-    best = max(range(len(means)), key=lambda k: (means[k], -k))  # first best on equal means
     if pairing == "all":
         pairs, ties = [], []
         for a in range(len(means)):
@@ -128,6 +127,7 @@ def choose_pairs(
                 else:
                     pairs.append((a, b) if means[a] > means[b] else (b, a))
         return pairs, ties
+    best = max(range(len(means)), key=lambda k: (means[k], -k))  # first best on equal means
     lower = [k for k in range(len(means)) if means[k] < means[best]]
     if not lower:
         worst = max(k for k in range(len(means)) if k != best)
@@ -312,7 +312,7 @@ class _Stream:
             if record.data is None:
                 yield record.skip()
                 continue
-            items = list(_row(record, *self.args, _ref))
+            items = _row(record, *self.args, _ref)
             yield from items
             if any(type(item) is Ref for item in items):
                 self.locations[record.row] = record.location
@@ -335,32 +335,71 @@ class _Stream:
 class _Scored(NamedTuple):
     index: int  # position among the row's completions
     mean: float
-    ratings: dict[str, float]
+    ratings: tuple[float, ...]  # in ASPECTS order (`_candidate` makes the dict)
     model: str
     response: str
 
 
-def _score(completions: list, models: Any, where: str, row: int) -> Iterator[_Scored | Skip]:
+def _score(completions: list, models: Any, where: str, row: int) -> list[_Scored | Skip]:
     """Each completion scored by its mean rating, or a Skip saying why it cannot be compared."""
     models = models if isinstance(models, list) else []
+    out: list[_Scored | Skip] = []
     for index, completion in enumerate(completions):
-        try:
-            if not isinstance(completion, dict):
-                raise BadRow("malformed_record", "completion is not an object")
-            ratings = aspect_ratings(completion.get("annotations"))
-            response = completion.get("response") or ""
-            if not isinstance(response, str):
-                raise BadRow("malformed_record", "response is not a string")
-            response = clean_response(response)
-            if not response:
-                raise BadRow("empty_response", "empty after cleaning")
-        except BadRow as error:
-            detail = f"completion {index}: {error.detail or error.reason}"
-            yield Skip(error.reason, where, detail, row)
-            continue
+        scored = _score_fast(completion)
+        if scored is None:
+            try:
+                scored = _score_checked(completion)
+            except BadRow as error:
+                detail = f"completion {index}: {error.detail or error.reason}"
+                out.append(Skip(error.reason, where, detail, row))
+                continue
+        ratings, response = scored
         model = completion.get("model") or (models[index] if index < len(models) else "")
-        mean = sum(ratings.values()) / len(ratings)
-        yield _Scored(index, mean, ratings, str(model), response)
+        out.append(_Scored(index, sum(ratings) / 3, ratings, str(model), response))
+    return out
+
+
+def _score_fast(completion: Any) -> tuple[tuple[float, ...], str] | None:
+    """(ratings, cleaned response) for a completion as published (three `{"Rating": "4"}`
+    under the exact aspect names, a non-empty response); None for anything else, which
+    `_score_checked` then scores or rejects. A plan scores 320K completions: this is most."""
+    if type(completion) is not dict:
+        return None
+    annotations, response = completion.get("annotations"), completion.get("response")
+    if type(annotations) is not dict or len(annotations) != 3 or type(response) is not str:
+        return None
+    try:
+        a, b, c = annotations["Helpfulness"], annotations["Ethical Considerations"], annotations["Visual Faithfulness"]
+        a, b, c = a["Rating"], b["Rating"], c["Rating"]
+    except (KeyError, TypeError):
+        return None
+    if type(a) is not str or type(b) is not str or type(c) is not str:
+        return None
+    try:
+        ratings = (float(a), float(b), float(c))
+    except ValueError:
+        return None
+    if not (_finite(ratings[0]) and _finite(ratings[1]) and _finite(ratings[2])):
+        return None
+    response = clean_response(response)
+    return (ratings, response) if response else None
+
+
+_finite = math.isfinite
+
+
+def _score_checked(completion: Any) -> tuple[tuple[float, ...], str]:
+    """`_score_fast` for any completion: BadRow says why one cannot be compared."""
+    if not isinstance(completion, dict):
+        raise BadRow("malformed_record", "completion is not an object")
+    ratings = tuple(aspect_ratings(completion.get("annotations")).values())
+    response = completion.get("response") or ""
+    if not isinstance(response, str):
+        raise BadRow("malformed_record", "response is not a string")
+    response = clean_response(response)
+    if not response:
+        raise BadRow("empty_response", "empty after cleaning")
+    return ratings, response
 
 
 def _image_column(layout: _Layout) -> list[str]:
@@ -383,44 +422,40 @@ def _candidates(
 
 def _row(
     record: Record, layout: _Layout, pairing: str, seed: int, prefixes: list[str], make: Callable
-) -> Iterator[Any]:
-    """One row's pairs, each made by `make` (a Candidate, or a planning Ref), and its Skips."""
+) -> list[Any]:
+    """One row's pairs and its Skips, in stream order; `make(record, source_id, image,
+    question, pairing)` returns the function that makes each pair (a Candidate, or a
+    planning Ref) from (chosen, rejected, tag)."""
     data, where, row = record.data or {}, record.where, record.row
     for name in ("id", "prompt", "completions"):
         if data.get(name) in (None, "", []):
-            yield Skip("missing_field", where, name, row)
-            return
+            return [Skip("missing_field", where, name, row)]
     source_id = str(data["id"])
     if not all(source_id.startswith(prefix) for prefix in prefixes):
-        yield Skip("not_in_subset", where, source_id, row)
-        return
+        return [Skip("not_in_subset", where, source_id, row)]
     try:
         completions, prompt = as_records(data["completions"]), data["prompt"]
     except BadRow as error:
-        yield Skip(error.reason, where, error.detail, row)
-        return
+        return [Skip(error.reason, where, error.detail, row)]
     if not isinstance(completions, list) or not isinstance(prompt, str):
-        yield Skip("malformed_record", where, "completions must be a list and prompt a string", row)
-        return
+        return [Skip("malformed_record", where, "completions must be a list and prompt a string", row)]
     question = strip_image_tag(prompt)
     if not question:
-        yield Skip("empty_question", where, source_id, row)
-        return
+        return [Skip("empty_question", where, source_id, row)]
     try:
         image = layout.image(record, source_id)
     except BadRow as error:
-        yield Skip(error.reason, where, error.detail, row)
-        return
+        return [Skip(error.reason, where, error.detail, row)]
 
-    scored = []
-    for item in _score(completions, data.get("models"), where, row):
-        if isinstance(item, Skip):
-            yield item
-        else:
-            scored.append(item)
+    out = _score(completions, data.get("models"), where, row)
+    scored = [item for item in out if type(item) is _Scored]
+    if len(scored) < len(out):
+        out = [item for item in out if type(item) is Skip]
+    else:
+        out = []
     if len(scored) < 2:
-        yield Skip("too_few_completions", where, f"{len(scored)} usable of {len(completions)}", row)
-        return
+        out.append(Skip("too_few_completions", where, f"{len(scored)} usable of {len(completions)}", row))
+        return out
 
     rng = (  # seeding a Random costs more than the rest of the row: only where it is used
         random.Random(example_seed(seed, f"{NAME}-{record.row:08d}", pairing))
@@ -430,41 +465,56 @@ def _row(
     pairs, ties = choose_pairs([s.mean for s in scored], pairing, rng)
     for a, b in ties:
         detail = f"completions {scored[a].index} and {scored[b].index}: mean {scored[a].mean:.3g}"
-        yield Skip("rating_tie", where, detail, row)
+        out.append(Skip("rating_tie", where, detail, row))
+    pair = make(record, source_id, image, question, pairing)
     for win, lose in pairs:
         chosen, rejected = scored[win], scored[lose]
-        tag = f"{chosen.index}>{rejected.index}"
+        tag = _tag(chosen.index, rejected.index)
         if chosen.response == rejected.response:
-            yield Skip("identical_responses", where, tag, row)
-            continue
-        yield make(record, source_id, image, question, chosen, rejected, tag, pairing)
+            out.append(Skip("identical_responses", where, tag, row))
+        else:
+            out.append(pair(chosen, rejected, tag))
+    return out
+
+
+_TAGS: dict[tuple[int, int], str] = {}
+
+
+def _tag(chosen: int, rejected: int) -> str:
+    """A pair's tag "2>0" (made once: a plan tags ~430K pairs of four completions)."""
+    tag = _TAGS.get((chosen, rejected))
+    if tag is None:
+        tag = _TAGS.setdefault((chosen, rejected), f"{chosen}>{rejected}")
+    return tag
 
 
 def _candidate(
-    record: Record,
-    source_id: str,
-    image: ImageRef,
-    question: str,
-    chosen: _Scored,
-    rejected: _Scored,
-    tag: str,
-    pairing: str,
-) -> Candidate:
-    meta = {
-        "pairing": pairing,
-        "chosen_model": chosen.model,
-        "rejected_model": rejected.model,
-        "chosen_ratings": chosen.ratings,
-        "rejected_ratings": rejected.ratings,
-        "chosen_mean": chosen.mean,
-        "rejected_mean": rejected.mean,
-    }
-    return Candidate(
-        NAME, record.row, source_id, image, question, chosen.response, rejected.response, tag, meta
-    )
+    record: Record, source_id: str, image: ImageRef, question: str, pairing: str
+) -> Callable[[_Scored, _Scored, str], Candidate]:
+    def pair(chosen: _Scored, rejected: _Scored, tag: str) -> Candidate:
+        meta = {
+            "pairing": pairing,
+            "chosen_model": chosen.model,
+            "rejected_model": rejected.model,
+            "chosen_ratings": dict(zip(ASPECTS, chosen.ratings)),
+            "rejected_ratings": dict(zip(ASPECTS, rejected.ratings)),
+            "chosen_mean": chosen.mean,
+            "rejected_mean": rejected.mean,
+        }
+        return Candidate(
+            NAME, record.row, source_id, image, question, chosen.response, rejected.response, tag, meta
+        )
+
+    return pair
 
 
-def _ref(record: Record, source_id, image, question, chosen, rejected, tag, pairing) -> Ref:
+def _ref(
+    record: Record, source_id: str, image: ImageRef, question: str, pairing: str
+) -> Callable[[_Scored, _Scored, str], Ref]:
     """What a plan keeps of a pair: its id, its row, and a bucket equal for duplicates."""
-    bucket = hash((image.key, question, chosen.response, rejected.response))
-    return Ref(f"{NAME}-{record.row:08d}-{tag}", record.row, bucket)
+    key, row, prefix = image.key, record.row, f"{NAME}-{record.row:08d}-"
+
+    def pair(chosen: _Scored, rejected: _Scored, tag: str) -> Ref:
+        return Ref(prefix + tag, row, hash((key, question, chosen.response, rejected.response)))
+
+    return pair
