@@ -5,7 +5,8 @@ depends on nothing but the seed and the ids: not on library versions, not on RNG
 not on the order rows arrive in; adding rows to a source never reshuffles the others.
 
 `draw` does collect + sample in one pass for a build's plan. A source stream may offer
-`refs()` (each pair as a `Ref`: id, row, dedup bucket) and `materialize(refs)`: the plan then
+`refs()` (each pair as a `Ref`: id, row, dedup bucket; or `ref_rows()`, the same as one list
+per source row, which saves a step per pair) and `materialize(refs)`: the plan then
 keeps ids, not texts, and only the sampled rows are read again (an 80K-row VLFeedback file
 plans in about the time `json.loads` takes, in a bounded memory; see benchmarks/bench_plan.py).
 """
@@ -134,43 +135,46 @@ def draw(
 def _scan(items: Any, n: int, seed: int, keep_missing: bool) -> tuple[Pool, list, dict, int]:
     """Count; keep the n first-ranked items (a bucket's first item is never a duplicate);
     set aside the later items of buckets seen before, for `_duplicates` to check."""
-    refs = getattr(items, "refs", None)
+    ref_rows, refs = getattr(items, "ref_rows", None), getattr(items, "refs", None)
     pool, ranked, seen, collided = Pool(), [], {}, {}
     rows: set[int] = set()
     missing = unnumbered = 0
     prefix = f"sample\x00{seed}\x00"  # order_key's, hoisted out of the loop
-    sha256, add_row, worst = hashlib.sha256, rows.add, None  # worst: ranked[-1][0] once full
-    for position, item in enumerate(refs() if refs else items):
-        if type(item) is Ref:  # the common case of a planning stream, first and lean
-            add_row(item.row)
-            bucket = item.bucket
+    sha256, add_row, worst, position = hashlib.sha256, rows.add, None, -1  # worst: ranked's, once full
+    for batch in ref_rows() if ref_rows else ([item] for item in (refs() if refs else items)):
+        if not batch:
+            continue
+        if batch[0].row is None:
+            unnumbered += 1
         else:
-            if item.row is None:
-                unnumbered += 1
-            else:
-                add_row(item.row)
-            if isinstance(item, Skip):
+            add_row(batch[0].row)
+        for item in batch:
+            position += 1
+            if type(item) is Ref:  # the common case of a planning stream, first and lean
+                bucket = item.bucket
+            elif isinstance(item, Skip):
                 pool.skipped[item.reason] += 1
                 if item.reason not in pool.skip_examples:
                     pool.skip_examples[item.reason] = f"{item.where}: {item.detail}".rstrip(": ")
                 continue
-            bucket = item.dedup_key
-        pool.pairs += 1
-        if bucket in seen:
-            collided.setdefault(bucket, [(None, seen[bucket])]).append((position, item))
-            continue
-        seen[bucket] = item
-        if type(item) is not Ref and item.rejected is None:
-            missing += 1
-            if not keep_missing:
+            else:
+                bucket = item.dedup_key
+            pool.pairs += 1
+            if bucket in seen:
+                collided.setdefault(bucket, [(None, seen[bucket])]).append((position, item))
                 continue
-        key = sha256((prefix + item.example_id).encode()).digest()
-        if worst is None or key < worst:
-            bisect.insort(ranked, (key, position, item))
-            if len(ranked) > n:
-                ranked.pop()
-            if len(ranked) >= n:
-                worst = ranked[-1][0] if ranked else None
+            seen[bucket] = item
+            if type(item) is not Ref and item.rejected is None:
+                missing += 1
+                if not keep_missing:
+                    continue
+            key = sha256((prefix + item.example_id).encode()).digest()
+            if worst is None or key < worst:
+                bisect.insort(ranked, (key, position, item))
+                if len(ranked) > n:
+                    ranked.pop()
+                if len(ranked) >= n:
+                    worst = ranked[-1][0] if ranked else None
     pool.read = pool.pairs + sum(pool.skipped.values())
     pool.rows = len(rows) + unnumbered
     return pool, ranked, collided, missing

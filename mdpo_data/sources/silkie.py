@@ -21,6 +21,7 @@ import json
 import math
 import random
 import re
+import struct
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -154,8 +155,7 @@ class _ZipImages:
 
     def __init__(self, path: Path):
         try:
-            with zipfile.ZipFile(path) as archive:
-                self.members = set(archive.namelist())
+            self.members = _member_names(path)
         except (zipfile.BadZipFile, OSError) as error:
             raise SourceError(f"silkie: cannot open image archive {path}: {error}") from None
         self.path = path
@@ -173,6 +173,56 @@ class _ZipImages:
                 raise BadRow("image_missing", f"{member} not in {self.path.name}")
             member = base
         return ImageRef("zip", root=str(self.path), path=member)
+
+
+def _member_names(path: Path) -> set[str]:
+    """The archive's member names as `zipfile` reads them, from its central directory in one
+    read: `zipfile` builds a ZipInfo per member (0.3-0.6 s for VLFeedback's 80K). Anything
+    unusual (a comment, prepended data, a damaged entry) goes to `zipfile` itself."""
+    with open(path, "rb") as handle:
+        found = _central_directory(handle)
+        if found is not None:
+            handle.seek(found[1])
+            names = _central_names(handle.read(found[2]), found[0])
+            if names is not None:
+                return names
+    with zipfile.ZipFile(path) as archive:
+        return set(archive.namelist())
+
+
+def _central_directory(handle: Any) -> tuple[int, int, int] | None:
+    """(entries, offset, size) of the central directory of a plain (or zip64) archive."""
+    size = handle.seek(0, 2)
+    if size < 22:
+        return None
+    handle.seek(size - 22)
+    signature, disk, _, _, entries, cd_size, cd_offset, comment = struct.unpack("<4s4H2LH", handle.read(22))
+    if signature != b"PK\x05\x06" or disk or comment:
+        return None
+    end = size - 22
+    if cd_offset + cd_size == end:
+        return entries, cd_offset, cd_size
+    if end < 76:
+        return None
+    handle.seek(end - 76)  # the zip64 end record (56 bytes) and its locator (20 bytes)
+    record, locator = handle.read(56), handle.read(20)
+    signature, tail, *_, entries, cd_size, cd_offset = struct.unpack("<4sQ2H2L4Q", record)
+    if locator[:4] != b"PK\x06\x07" or signature != b"PK\x06\x06" or tail != 44:
+        return None
+    return (entries, cd_offset, cd_size) if cd_offset + cd_size == end - 76 else None
+
+
+def _central_names(directory: bytes, entries: int) -> set[str] | None:
+    names, position, unpack = set(), 0, struct.Struct("<H18xHHH").unpack_from
+    for _ in range(entries):
+        if directory[position : position + 4] != b"PK\x01\x02":
+            return None
+        flags, name_size, extra_size, comment_size = unpack(directory, position + 8)
+        raw = directory[position + 46 : position + 46 + name_size]
+        name = raw.decode("utf-8") if flags & 0x800 else raw.decode("cp437")
+        names.add(name.split("\x00", 1)[0])  # ZipInfo cuts a name at a NUL
+        position += 46 + name_size + extra_size + comment_size
+    return names if position == len(directory) else None
 
 
 def _find_images(image_root: str | None, near: list[Path]) -> _FolderImages | _ZipImages | None:
@@ -308,13 +358,18 @@ class _Stream:
 
     def refs(self) -> Iterator[Ref | Skip]:
         """Every pair as a `Ref` (id, row, dedup bucket) or a Skip, in stream order."""
+        for items in self.ref_rows():
+            yield from items
+
+    def ref_rows(self) -> Iterator[list[Ref | Skip]]:
+        """`refs()` a row at a time: per row, its Refs and Skips in stream order."""
         for record in _records(self.args[0]):
             if record.data is None:
-                yield record.skip()
+                yield [record.skip()]
                 continue
             items = _row(record, *self.args, _ref)
-            yield from items
-            if any(type(item) is Ref for item in items):
+            yield items
+            if Ref in map(type, items):
                 self.locations[record.row] = record.location
 
     def materialize(self, refs: list[Ref]) -> list[Candidate]:
@@ -345,51 +400,38 @@ def _score(completions: list, models: Any, where: str, row: int) -> list[_Scored
     models = models if isinstance(models, list) else []
     out: list[_Scored | Skip] = []
     for index, completion in enumerate(completions):
-        scored = _score_fast(completion)
-        if scored is None:
+        ratings = None
+        try:  # as published: inline, as a plan scores 320K completions; else _score_checked
+            annotations, response = completion["annotations"], completion["response"]
+            if type(completion) is dict and type(annotations) is dict and len(annotations) == 3:
+                a = annotations["Helpfulness"]["Rating"]
+                b = annotations["Ethical Considerations"]["Rating"]
+                c = annotations["Visual Faithfulness"]["Rating"]
+                if type(a) is str and type(b) is str and type(c) is str and type(response) is str:
+                    ratings = (float(a), float(b), float(c))
+                    response = clean_response(response)
+                    if not (response and _finite(ratings[0]) and _finite(ratings[1]) and _finite(ratings[2])):
+                        ratings = None
+        except (KeyError, TypeError, ValueError):
+            ratings = None
+        if ratings is None:
             try:
-                scored = _score_checked(completion)
+                ratings, response = _score_checked(completion)
             except BadRow as error:
                 detail = f"completion {index}: {error.detail or error.reason}"
                 out.append(Skip(error.reason, where, detail, row))
                 continue
-        ratings, response = scored
         model = completion.get("model") or (models[index] if index < len(models) else "")
-        out.append(_Scored(index, sum(ratings) / 3, ratings, str(model), response))
+        out.append(_new(_Scored, (index, sum(ratings) / 3, ratings, str(model), response)))
     return out
 
 
-def _score_fast(completion: Any) -> tuple[tuple[float, ...], str] | None:
-    """(ratings, cleaned response) for a completion as published (three `{"Rating": "4"}`
-    under the exact aspect names, a non-empty response); None for anything else, which
-    `_score_checked` then scores or rejects. A plan scores 320K completions: this is most."""
-    if type(completion) is not dict:
-        return None
-    annotations, response = completion.get("annotations"), completion.get("response")
-    if type(annotations) is not dict or len(annotations) != 3 or type(response) is not str:
-        return None
-    try:
-        a, b, c = annotations["Helpfulness"], annotations["Ethical Considerations"], annotations["Visual Faithfulness"]
-        a, b, c = a["Rating"], b["Rating"], c["Rating"]
-    except (KeyError, TypeError):
-        return None
-    if type(a) is not str or type(b) is not str or type(c) is not str:
-        return None
-    try:
-        ratings = (float(a), float(b), float(c))
-    except ValueError:
-        return None
-    if not (_finite(ratings[0]) and _finite(ratings[1]) and _finite(ratings[2])):
-        return None
-    response = clean_response(response)
-    return (ratings, response) if response else None
-
-
 _finite = math.isfinite
+_new = tuple.__new__  # a NamedTuple without its Python-level __new__: half the cost
 
 
 def _score_checked(completion: Any) -> tuple[tuple[float, ...], str]:
-    """`_score_fast` for any completion: BadRow says why one cannot be compared."""
+    """(ratings, cleaned response) of any completion, or BadRow saying why it cannot be compared."""
     if not isinstance(completion, dict):
         raise BadRow("malformed_record", "completion is not an object")
     ratings = tuple(aspect_ratings(completion.get("annotations")).values())
@@ -469,7 +511,7 @@ def _row(
     pair = make(record, source_id, image, question, pairing)
     for win, lose in pairs:
         chosen, rejected = scored[win], scored[lose]
-        tag = _tag(chosen.index, rejected.index)
+        tag = _TAGS.get((chosen.index, rejected.index)) or f"{chosen.index}>{rejected.index}"
         if chosen.response == rejected.response:
             out.append(Skip("identical_responses", where, tag, row))
         else:
@@ -477,15 +519,8 @@ def _row(
     return out
 
 
-_TAGS: dict[tuple[int, int], str] = {}
-
-
-def _tag(chosen: int, rejected: int) -> str:
-    """A pair's tag "2>0" (made once: a plan tags ~430K pairs of four completions)."""
-    tag = _TAGS.get((chosen, rejected))
-    if tag is None:
-        tag = _TAGS.setdefault((chosen, rejected), f"{chosen}>{rejected}")
-    return tag
+# pair tags "2>0" made once (a plan tags ~430K pairs of four completions)
+_TAGS = {(a, b): f"{a}>{b}" for a in range(8) for b in range(8)}
 
 
 def _candidate(
@@ -515,6 +550,6 @@ def _ref(
     key, row, prefix = image.key, record.row, f"{NAME}-{record.row:08d}-"
 
     def pair(chosen: _Scored, rejected: _Scored, tag: str) -> Ref:
-        return Ref(prefix + tag, row, hash((key, question, chosen.response, rejected.response)))
+        return _new(Ref, (prefix + tag, row, hash((key, question, chosen.response, rejected.response))))
 
     return pair
