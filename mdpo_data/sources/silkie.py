@@ -466,14 +466,14 @@ def _row(
     record: Record, layout: _Layout, pairing: str, seed: int, prefixes: list[str], make: Callable
 ) -> list[Any]:
     """One row's pairs and its Skips, in stream order; `make(record, source_id, image,
-    question, pairing)` returns the function that makes each pair (a Candidate, or a
-    planning Ref) from (chosen, rejected, tag)."""
+    question, pairing)` returns the function that makes pairs (Candidates, or planning Refs)
+    from a list of (chosen, rejected)."""
     data, where, row = record.data or {}, record.where, record.row
     for name in ("id", "prompt", "completions"):
         if data.get(name) in (None, "", []):
             return [Skip("missing_field", where, name, row)]
     source_id = str(data["id"])
-    if not all(source_id.startswith(prefix) for prefix in prefixes):
+    if prefixes and not all(source_id.startswith(prefix) for prefix in prefixes):
         return [Skip("not_in_subset", where, source_id, row)]
     try:
         completions, prompt = as_records(data["completions"]), data["prompt"]
@@ -508,25 +508,34 @@ def _row(
     for a, b in ties:
         detail = f"completions {scored[a].index} and {scored[b].index}: mean {scored[a].mean:.3g}"
         out.append(Skip("rating_tie", where, detail, row))
-    pair = make(record, source_id, image, question, pairing)
-    for win, lose in pairs:
-        chosen, rejected = scored[win], scored[lose]
-        tag = _TAGS.get((chosen.index, rejected.index)) or f"{chosen.index}>{rejected.index}"
+    chosen_rejected = [(scored[win], scored[lose]) for win, lose in pairs]
+    make_pairs = make(record, source_id, image, question, pairing)
+    if len({s.response for s in scored}) == len(scored):  # no pair of identical responses
+        out.extend(make_pairs(chosen_rejected))  # the common case: one call per row
+        return out
+    for chosen, rejected in chosen_rejected:
         if chosen.response == rejected.response:
-            out.append(Skip("identical_responses", where, tag, row))
+            out.append(Skip("identical_responses", where, _TAGS[chosen.index, rejected.index], row))
         else:
-            out.append(pair(chosen, rejected, tag))
+            out.extend(make_pairs([(chosen, rejected)]))
     return out
 
 
-# pair tags "2>0" made once (a plan tags ~430K pairs of four completions)
-_TAGS = {(a, b): f"{a}>{b}" for a in range(8) for b in range(8)}
+class _Tags(dict):
+    """Pair tags "2>0", each made once (a plan tags ~430K pairs of four completions)."""
+
+    def __missing__(self, key: tuple[int, int]) -> str:
+        self[key] = tag = f"{key[0]}>{key[1]}"
+        return tag
+
+
+_TAGS = _Tags()
 
 
 def _candidate(
     record: Record, source_id: str, image: ImageRef, question: str, pairing: str
-) -> Callable[[_Scored, _Scored, str], Candidate]:
-    def pair(chosen: _Scored, rejected: _Scored, tag: str) -> Candidate:
+) -> Callable[[list[tuple[_Scored, _Scored]]], list[Candidate]]:
+    def make(chosen: _Scored, rejected: _Scored) -> Candidate:
         meta = {
             "pairing": pairing,
             "chosen_model": chosen.model,
@@ -536,20 +545,20 @@ def _candidate(
             "chosen_mean": chosen.mean,
             "rejected_mean": rejected.mean,
         }
+        tag = _TAGS[chosen.index, rejected.index]
         return Candidate(
             NAME, record.row, source_id, image, question, chosen.response, rejected.response, tag, meta
         )
 
-    return pair
+    return lambda chosen_rejected: [make(chosen, rejected) for chosen, rejected in chosen_rejected]
 
 
 def _ref(
     record: Record, source_id: str, image: ImageRef, question: str, pairing: str
-) -> Callable[[_Scored, _Scored, str], Ref]:
+) -> Callable[[list[tuple[_Scored, _Scored]]], list[Ref]]:
     """What a plan keeps of a pair: its id, its row, and a bucket equal for duplicates."""
     key, row, prefix = image.key, record.row, f"{NAME}-{record.row:08d}-"
-
-    def pair(chosen: _Scored, rejected: _Scored, tag: str) -> Ref:
-        return _new(Ref, (prefix + tag, row, hash((key, question, chosen.response, rejected.response))))
-
-    return pair
+    return lambda chosen_rejected: [
+        _new(Ref, (prefix + _TAGS[c.index, r.index], row, hash((key, question, c.response, r.response))))
+        for c, r in chosen_rejected
+    ]
