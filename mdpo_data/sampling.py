@@ -138,7 +138,7 @@ def _scan(items: Any, n: int, seed: int, keep_missing: bool) -> tuple[Pool, list
     ref_rows, refs = getattr(items, "ref_rows", None), getattr(items, "refs", None)
     pool, ranked, seen, collided = Pool(), [], {}, {}
     rows: set[int] = set()
-    missing = unnumbered = 0
+    missing = unnumbered = pairs = 0
     prefix = f"sample\x00{seed}\x00"  # order_key's, hoisted out of the loop
     sha256, add_row, worst, position = hashlib.sha256, rows.add, None, -1  # worst: ranked's, once full
     for batch in ref_rows() if ref_rows else ([item] for item in (refs() if refs else items)):
@@ -159,7 +159,7 @@ def _scan(items: Any, n: int, seed: int, keep_missing: bool) -> tuple[Pool, list
                 continue
             else:
                 bucket = item.dedup_key
-            pool.pairs += 1
+            pairs += 1
             if bucket in seen:
                 collided.setdefault(bucket, [(None, seen[bucket])]).append((position, item))
                 continue
@@ -175,6 +175,7 @@ def _scan(items: Any, n: int, seed: int, keep_missing: bool) -> tuple[Pool, list
                     ranked.pop()
                 if len(ranked) >= n:
                     worst = ranked[-1][0] if ranked else None
+    pool.pairs = pairs
     pool.read = pool.pairs + sum(pool.skipped.values())
     pool.rows = len(rows) + unnumbered
     return pool, ranked, collided, missing

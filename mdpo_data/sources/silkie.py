@@ -467,7 +467,7 @@ def _row(
 ) -> list[Any]:
     """One row's pairs and its Skips, in stream order; `make(record, source_id, image,
     question, pairing)` returns the function that makes pairs (Candidates, or planning Refs)
-    from a list of (chosen, rejected)."""
+    from the scored completions and (chosen, rejected) positions among them."""
     data, where, row = record.data or {}, record.where, record.row
     for name in ("id", "prompt", "completions"):
         if data.get(name) in (None, "", []):
@@ -508,16 +508,16 @@ def _row(
     for a, b in ties:
         detail = f"completions {scored[a].index} and {scored[b].index}: mean {scored[a].mean:.3g}"
         out.append(Skip("rating_tie", where, detail, row))
-    chosen_rejected = [(scored[win], scored[lose]) for win, lose in pairs]
     make_pairs = make(record, source_id, image, question, pairing)
     if len({s.response for s in scored}) == len(scored):  # no pair of identical responses
-        out.extend(make_pairs(chosen_rejected))  # the common case: one call per row
+        out.extend(make_pairs(scored, pairs))  # the common case: one call per row
         return out
-    for chosen, rejected in chosen_rejected:
+    for win, lose in pairs:
+        chosen, rejected = scored[win], scored[lose]
         if chosen.response == rejected.response:
             out.append(Skip("identical_responses", where, _TAGS[chosen.index, rejected.index], row))
         else:
-            out.extend(make_pairs([(chosen, rejected)]))
+            out.extend(make_pairs(scored, [(win, lose)]))
     return out
 
 
@@ -534,7 +534,7 @@ _TAGS = _Tags()
 
 def _candidate(
     record: Record, source_id: str, image: ImageRef, question: str, pairing: str
-) -> Callable[[list[tuple[_Scored, _Scored]]], list[Candidate]]:
+) -> Callable[[list[_Scored], list[tuple[int, int]]], list[Candidate]]:
     def make(chosen: _Scored, rejected: _Scored) -> Candidate:
         meta = {
             "pairing": pairing,
@@ -550,15 +550,20 @@ def _candidate(
             NAME, record.row, source_id, image, question, chosen.response, rejected.response, tag, meta
         )
 
-    return lambda chosen_rejected: [make(chosen, rejected) for chosen, rejected in chosen_rejected]
+    return lambda scored, pairs: [make(scored[win], scored[lose]) for win, lose in pairs]
 
 
 def _ref(
     record: Record, source_id: str, image: ImageRef, question: str, pairing: str
-) -> Callable[[list[tuple[_Scored, _Scored]]], list[Ref]]:
+) -> Callable[[list[_Scored], list[tuple[int, int]]], list[Ref]]:
     """What a plan keeps of a pair: its id, its row, and a bucket equal for duplicates."""
     key, row, prefix = image.key, record.row, f"{NAME}-{record.row:08d}-"
-    return lambda chosen_rejected: [
-        _new(Ref, (prefix + _TAGS[c.index, r.index], row, hash((key, question, c.response, r.response))))
-        for c, r in chosen_rejected
-    ]
+    def make(scored: list[_Scored], pairs: list[tuple[int, int]]) -> list[Ref]:
+        out = []
+        for win, lose in pairs:
+            chosen, rejected = scored[win], scored[lose]
+            bucket = hash((key, question, chosen.response, rejected.response))
+            out.append(_new(Ref, (prefix + _TAGS[chosen.index, rejected.index], row, bucket)))
+        return out
+
+    return make
