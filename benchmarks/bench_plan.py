@@ -16,7 +16,7 @@ three parquet readers, each in a fresh subprocess:
   polars      - `polars.scan_parquet` with the same projection, rows via `to_dicts`
 The sampled ids must agree; the ratios say which reader the code should use.
 
-    python benchmarks/bench_plan.py                 # 80K prompts (~650 MB file, cached in /tmp)
+    python benchmarks/bench_plan.py                 # 80K prompts (806 MB file, cached in /tmp)
     python benchmarks/bench_plan.py --prompts 5000  # a quick check
     python benchmarks/bench_plan.py --parquet --prompts 10000
 """
