@@ -141,7 +141,8 @@ def _scan(items: Any, n: int, seed: int, keep_missing: bool) -> tuple[Pool, list
     rows: set[int] = set()
     missing = unnumbered = pairs = 0
     prefix = f"sample\x00{seed}\x00"  # order_key's, hoisted out of the loop
-    sha256, add_row, worst, position = hashlib.sha256, rows.add, None, -1  # worst: ranked's, once full
+    sha256, add_row, position = hashlib.sha256, rows.add, -1
+    worst = None  # ranked[-1]'s key once ranked holds n
     for batch in ref_rows() if ref_rows else ([item] for item in (refs() if refs else items)):
         if not batch:
             continue

@@ -92,3 +92,15 @@ def test_materialize_gives_full_candidates(tmp_path):
     refs = [item for item in stream.refs() if not hasattr(item, "reason")]
     full = [c for c in open_source("silkie", path=str(built.root)) if isinstance(c, Candidate)]
     assert stream.materialize(refs[::-1]) == full[::-1]
+
+
+def test_records_at_reads_back_lines_with_invalid_utf8(tmp_path):
+    """Undecodable bytes become U+FFFD as before; the byte spans still point at the raw line."""
+    raw = b'{"k": "caf\xc3\xa9"}\n{"k": "x\xff\xfey"}\r{"k": "\xe2\x80"}\n\xef\xbb\xbf{"k": 4}\n'
+    path = tmp_path / "data.jsonl"
+    path.write_bytes(raw)
+    first = list(iter_records([path], tmp_path))
+    assert [r.data for r in first[:3]] == [{"k": "café"}, {"k": "x\ufffd\ufffdy"}, {"k": "\ufffd"}]
+    assert first[3].reason == "malformed_json"  # a BOM mid-file, as json.loads reports it
+    assert b"".join(raw[r.span[0] : sum(r.span)] for r in first) == raw
+    assert list(records_at([r.location for r in reversed(first)])) == list(reversed(first))

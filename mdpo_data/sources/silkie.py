@@ -196,7 +196,8 @@ def _central_directory(handle: Any) -> tuple[int, int, int] | None:
     if size < 22:
         return None
     handle.seek(size - 22)
-    signature, disk, _, _, entries, cd_size, cd_offset, comment = struct.unpack("<4s4H2LH", handle.read(22))
+    fields = struct.unpack("<4s4H2LH", handle.read(22))
+    signature, disk, _, _, entries, cd_size, cd_offset, comment = fields
     if signature != b"PK\x05\x06" or disk or comment:
         return None
     end = size - 22
@@ -410,7 +411,7 @@ def _score(completions: list, models: Any, where: str, row: int) -> list[_Scored
                 if type(a) is str and type(b) is str and type(c) is str and type(response) is str:
                     ratings = (float(a), float(b), float(c))
                     response = clean_response(response)
-                    if not (response and _finite(ratings[0]) and _finite(ratings[1]) and _finite(ratings[2])):
+                    if not (response and all(map(_finite, ratings))):
                         ratings = None
         except (KeyError, TypeError, ValueError):
             ratings = None
@@ -480,7 +481,8 @@ def _row(
     except BadRow as error:
         return [Skip(error.reason, where, error.detail, row)]
     if not isinstance(completions, list) or not isinstance(prompt, str):
-        return [Skip("malformed_record", where, "completions must be a list and prompt a string", row)]
+        detail = "completions must be a list and prompt a string"
+        return [Skip("malformed_record", where, detail, row)]
     question = strip_image_tag(prompt)
     if not question:
         return [Skip("empty_question", where, source_id, row)]
@@ -496,7 +498,8 @@ def _row(
     else:
         out = []
     if len(scored) < 2:
-        out.append(Skip("too_few_completions", where, f"{len(scored)} usable of {len(completions)}", row))
+        detail = f"{len(scored)} usable of {len(completions)}"
+        out.append(Skip("too_few_completions", where, detail, row))
         return out
 
     rng = (  # seeding a Random costs more than the rest of the row: only where it is used
@@ -558,6 +561,7 @@ def _ref(
 ) -> Callable[[list[_Scored], list[tuple[int, int]]], list[Ref]]:
     """What a plan keeps of a pair: its id, its row, and a bucket equal for duplicates."""
     key, row, prefix = image.key, record.row, f"{NAME}-{record.row:08d}-"
+
     def make(scored: list[_Scored], pairs: list[tuple[int, int]]) -> list[Ref]:
         out = []
         for win, lose in pairs:
