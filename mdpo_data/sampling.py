@@ -8,7 +8,7 @@ not on the order rows arrive in; adding rows to a source never reshuffles the ot
 `refs()` (each pair as a `Ref`: id, row, dedup bucket; or `ref_rows()`, the same as one list
 per source row, which saves a step per pair) and `materialize(refs)`: the plan then
 keeps ids, not texts, and only the sampled rows are read again (an 80K-row VLFeedback file,
-426K pairs, plans in 2.7-3x the time `json.loads` of its lines takes, in 300 MB; see
+426K pairs, plans in 2.6-3x the time `json.loads` of its lines takes, in 300 MB; see
 benchmarks/bench_plan.py).
 """
 
