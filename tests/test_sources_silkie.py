@@ -326,32 +326,6 @@ def test_parquet_layout_counts_the_same_rating_problems(tmp_path):
     assert len(candidates) == 12
 
 
-def _zip_with(path: Path, names: list[str], comment: bytes = b"") -> Path:
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
-        for name in names:
-            archive.writestr(name, name.encode())
-        archive.comment = comment
-    return path
-
-
-@pytest.mark.parametrize("kind", ["plain", "zip64", "comment", "prepended"])
-def test_zip_member_names_read_from_the_central_directory_match_zipfile(tmp_path, monkeypatch, kind):
-    """The plan reads an archive's names itself (zipfile builds an object per member); zip64
-    end records (VLFeedback's 80K members need them), comments and prepended bytes included."""
-    from mdpo_data.sources.silkie import _member_names
-
-    names = ["merged_images/a.jpg", "merged_images/ü 【1】.jpg", "../evil.jpg", "merged_images/sub/b.jpg"]
-    if kind == "zip64":  # zipfile writes zip64 end records past this many members
-        monkeypatch.setattr(zipfile, "ZIP_FILECOUNT_LIMIT", 2)
-    path = _zip_with(tmp_path / "m.zip", names, comment=b"hello" if kind == "comment" else b"")
-    monkeypatch.undo()
-    if kind == "zip64":
-        assert b"PK\x06\x06" in path.read_bytes()[-200:]
-    if kind == "prepended":
-        path.write_bytes(b"#!/bin/sh\n" + path.read_bytes())
-    assert _member_names(path) == set(zipfile.ZipFile(path).namelist()) == set(names)
-
-
 def test_a_broken_image_archive_is_a_clear_source_error(tmp_path):
     built = make_vlfeedback_jsonl(tmp_path, 4)
     zip_path = tmp_path / "merged_images.zip"
