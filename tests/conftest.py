@@ -14,3 +14,22 @@ def _fresh_accelerate_state():
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
     PartialState._reset_state()
+
+
+# (model, processor) of the tiny LLaVA and Qwen2-VL, built once per test module that asks.
+@pytest.fixture(scope="module")
+def llava(tmp_path_factory):
+    from score_fixtures import load
+
+    from mdpo_data.tiny import build_tiny_llava
+
+    return load(build_tiny_llava(tmp_path_factory.mktemp("llava")))
+
+
+@pytest.fixture(scope="module")
+def qwen(tmp_path_factory):
+    from score_fixtures import load
+
+    from mdpo_data.tiny import build_tiny_qwen2_vl
+
+    return load(build_tiny_qwen2_vl(tmp_path_factory.mktemp("qwen")))

@@ -5,23 +5,12 @@ import random
 import pytest
 import torch
 from PIL import Image
-from score_fixtures import load, manual_logp
+from score_fixtures import manual_logp
 
 from mdpo_data import logprobs, schema
 from mdpo_data.logprobs import PrefixGroup, Sequence, encode, response_logps, sequence_logps
-from mdpo_data.tiny import build_tiny_llava, build_tiny_qwen2_vl
 
 TOL = 1e-4
-
-
-@pytest.fixture(scope="module")
-def llava(tmp_path_factory):
-    return load(build_tiny_llava(tmp_path_factory.mktemp("llava")))
-
-
-@pytest.fixture(scope="module")
-def qwen(tmp_path_factory):
-    return load(build_tiny_qwen2_vl(tmp_path_factory.mktemp("qwen")))
 
 
 def _sequences():

@@ -4,27 +4,16 @@
 import pytest
 import torch
 from PIL import Image
-from score_fixtures import load, make_row
+from score_fixtures import make_row
 from train_fixtures import one_thread
 
 from mdpo_data.logprobs import (
     PrefixGroup, block_attention_mask, encode, packed_logps, response_logps,
 )
 from mdpo_data.packing import _members, encode_groups
-from mdpo_data.tiny import build_tiny_llava, build_tiny_qwen2_vl
 from mdpo_train.model import prefix_sharing_support
 
 LOGP_TOL, GRAD_RTOL = 1e-5, 1e-4
-
-
-@pytest.fixture(scope="module")
-def llava(tmp_path_factory):
-    return load(build_tiny_llava(tmp_path_factory.mktemp("llava")))
-
-
-@pytest.fixture(scope="module")
-def qwen(tmp_path_factory):
-    return load(build_tiny_qwen2_vl(tmp_path_factory.mktemp("qwen")))
 
 
 def _groups():
