@@ -83,8 +83,13 @@ def collect(items: Iterable[Candidate | Skip]) -> Pool:
     return pool
 
 
+def order_prefix(seed: int) -> str:
+    """What `order_key` hashes before the id (the one definition of the sampling order)."""
+    return f"sample\x00{seed}\x00"
+
+
 def order_key(seed: int, example_id: str) -> bytes:
-    return hashlib.sha256(f"sample\x00{seed}\x00{example_id}".encode()).digest()
+    return hashlib.sha256((order_prefix(seed) + example_id).encode()).digest()
 
 
 def sample(candidates: list[Candidate], n: int, seed: int) -> list[Candidate]:
@@ -140,7 +145,7 @@ def _scan(items: Any, n: int, seed: int, keep_missing: bool) -> tuple[Pool, list
     pool, ranked, seen, collided = Pool(), [], {}, {}
     rows: set[int] = set()
     missing = unnumbered = pairs = 0
-    prefix = f"sample\x00{seed}\x00"  # order_key's, hoisted out of the loop
+    prefix = order_prefix(seed)  # order_key inlined below: the loop runs once per pair
     sha256, add_row, position = hashlib.sha256, rows.add, -1
     worst = None  # ranked[-1]'s key once ranked holds n
     for batch in ref_rows() if ref_rows else ([item] for item in (refs() if refs else items)):

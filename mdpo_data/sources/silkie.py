@@ -354,9 +354,9 @@ def _score(completions: list, models: Any, where: str, row: int) -> list[_Scored
         try:  # as published: inline, as a plan scores 320K completions; else _score_checked
             annotations, response = completion["annotations"], completion["response"]
             if type(completion) is dict and type(annotations) is dict and len(annotations) == 3:
-                a = annotations["Helpfulness"]["Rating"]
-                b = annotations["Ethical Considerations"]["Rating"]
-                c = annotations["Visual Faithfulness"]["Rating"]
+                a = annotations[_HELP]["Rating"]
+                b = annotations[_ETHICS]["Rating"]
+                c = annotations[_FAITH]["Rating"]
                 if type(a) is str and type(b) is str and type(c) is str and type(response) is str:
                     ratings = (float(a), float(b), float(c))
                     response = clean_response(response)
@@ -377,6 +377,7 @@ def _score(completions: list, models: Any, where: str, row: int) -> list[_Scored
 
 
 _finite = math.isfinite
+_HELP, _ETHICS, _FAITH = ASPECTS
 _new = tuple.__new__  # a NamedTuple without its Python-level __new__: half the cost
 
 
