@@ -57,6 +57,7 @@ class _Job:
     index: int  # global position over all splits: rank r takes index % world == r
     split: str
     path: Path
+    sha256: str  # of the shard as found, before this run rewrites it
 
 
 @dataclass
@@ -79,12 +80,15 @@ def _read_marker(directory: Path, shard: Path) -> dict[str, Any] | None:
     return stage_state.read_marker(directory, "score", shard.name)
 
 
-def _marker_done(marker: dict | None, shard: Path, key: str, no_image: bool) -> bool:
+def _marker_done(marker: dict | None, shard: Path, key: str, no_image: bool,
+                 digest: str | None = None) -> bool:
+    """The shard's score marker is for this key and these bytes (`digest`: the shard's sha256
+    when the caller already has it)."""
     return (
         stage_state.is_complete(marker, "score", key)
         and marker.get("no_image_logps") == no_image
         and shard.is_file()
-        and marker.get("sha256") == sha256_file(shard)
+        and marker.get("sha256") == (digest or sha256_file(shard))
     )
 
 
@@ -104,7 +108,7 @@ def _jobs(directory: Path, manifest: dict[str, Any]) -> list[_Job]:
                 raise ScoreError(f"{entry['file']}: its bytes do not match manifest.json (sha256 "
                                  f"{current[:12]}..., manifest {entry['sha256'][:12]}...): it "
                                  "changed after the build; rebuild it (mdpo-data build) or restore it")
-            jobs.append(_Job(len(jobs), split, path))
+            jobs.append(_Job(len(jobs), split, path, current))
     if not jobs:
         raise ScoreError(f"{directory}: the manifest lists no shards to score")
     return jobs
@@ -216,7 +220,7 @@ def _score_locked(directory: Path, manifest: dict, ref_model: str, *, dtype, bat
     bar = _progress(mine, progress and rank == 0)
     with torch.inference_mode():
         for job in bar:
-            if _marker_done(_read_marker(directory, job.path), job.path, fp["key"], no_image_logps):
+            if _marker_done(_read_marker(directory, job.path), job.path, fp["key"], no_image_logps, job.sha256):
                 totals.shards_skipped += 1
                 continue
             start = time.perf_counter()
