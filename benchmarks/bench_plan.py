@@ -5,7 +5,7 @@ rationales, 4 rated completions per prompt, ids with the real prefixes, plus a
 `merged_images.zip` with one member per row), then measures, each in a fresh subprocess so
 peak memory (ru_maxrss) is the step's own:
   floor  - `json.loads` of every line, nothing kept (the unavoidable work)
-  plan   - `mdpo_data.build.plan` for `--n` examples (parse, pair, dedup, sample)
+  plan   - `mdpo_data.build.stage.plan` for `--n` examples (parse, pair, dedup, sample)
 and prints seconds, peak RSS and the ratio. Target: plan <= 2x floor and < 500 MB.
 
 `--parquet` writes the Hub layout instead (`data/train-*.parquet`: `completions` as the struct
@@ -167,7 +167,7 @@ print(json.dumps({"seconds": seconds, "rss_mb": resource.getrusage(resource.RUSA
 
 PLAN = """
 import json, resource, sys, time, warnings
-from mdpo_data.build import BuildConfig, plan
+from mdpo_data.build.stage import BuildConfig, plan
 config = BuildConfig(source="silkie", source_path=sys.argv[1], n=int(sys.argv[2]), seed=0)
 started = time.perf_counter()
 with warnings.catch_warnings():
@@ -197,7 +197,7 @@ def main_parquet(args) -> None:
                     str(Path(__file__).parent), str(root), str(args.prompts)], check=True)
     data = make_parquet(root, args.prompts)  # already written: returns its path
     print(f"source: {data} ({data.stat().st_size / 1e6:.0f} MB, {args.prompts} prompts, images embedded)")
-    code = PLAN.replace("from mdpo_data.build", READERS + "from mdpo_data.build")
+    code = PLAN.replace("from mdpo_data.build.stage", READERS + "from mdpo_data.build.stage")
     runs = {reader: measure(code, str(root), str(args.n), reader)
             for reader in ("all-columns", "pyarrow", "polars")}
     for reader, run in runs.items():

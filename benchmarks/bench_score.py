@@ -26,10 +26,10 @@ import warnings
 import torch
 from PIL import Image
 
-from mdpo_data.logprobs import PrefixGroup, Sequence, encode
-from mdpo_data.models import load_model
-from mdpo_data.scorer import Scorer
-from mdpo_data.tiny import build_tiny_llava
+from mdpo_data.scoring.logprobs import PrefixGroup, Sequence, encode
+from mdpo_data.scoring.models import load_model
+from mdpo_data.scoring.scorer import Scorer
+from mdpo_data.demo.tiny import build_tiny_llava
 
 WORDS = ("the a red blue green circle square triangle star is there are two three large small "
          "left right corner background next to shape color image shows one").split()

@@ -3,7 +3,7 @@
 
 Writes scored-shard-shaped Arrow stream files once (ids, source, a ~30 KB image per row, the
 reference log-prob and token columns with some nulls), then computes the image-reliance
-statistics (`mdpo_data.reliance.reliance_stats`) and the distinct sources, each way in a
+statistics (`mdpo_data.report.reliance.reliance_stats`) and the distinct sources, each way in a
 fresh subprocess so peak memory (ru_maxrss) is its own:
   pyarrow       - the code: shards memory-mapped (`read_shard`), concatenated, to numpy
   polars-io     - `polars.read_ipc_stream` of the needed columns, statistics in polars
@@ -32,9 +32,9 @@ COLS = ["ref_chosen_logps", "ref_chosen_rejected_image_logps", "ref_chosen_noima
 
 PYARROW = COMMON + """
 import pyarrow as pa, pyarrow.compute as pc
-from mdpo_data.reliance import reliance_stats
-from mdpo_data.shards import read_shard
-started = time.perf_counter()  # after the imports (mdpo_data.schema imports datasets: ~1 s)
+from mdpo_data.report.reliance import reliance_stats
+from mdpo_data.format.shards import read_shard
+started = time.perf_counter()  # after the imports (mdpo_data.format.schema imports datasets: ~1 s)
 table = pa.concat_tables([read_shard(f) for f in files])
 stats = reliance_stats(table)
 sources = sorted(v for v in pc.unique(table["source"]).to_pylist() if v is not None)
@@ -44,7 +44,7 @@ mean = stats["rejected_image"]["mean"]
 POLARS = COMMON + """
 import polars as pl
 import pyarrow as pa
-from mdpo_data.shards import read_shard
+from mdpo_data.format.shards import read_shard
 started = time.perf_counter()
 if sys.argv[2] == "polars-io":
     frame = pl.concat([pl.read_ipc_stream(f, columns=COLS + ["source"]) for f in files])

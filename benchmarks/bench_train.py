@@ -88,9 +88,9 @@ class PeakMemory:
 
 # ------------------------------------------------------------------ setup (parent process)
 def prepare(args) -> dict:
-    from mdpo_data.build import BuildConfig, run_build
-    from mdpo_data.score import score_build
-    from mdpo_data.tiny import build_tiny_llava
+    from mdpo_data.build.stage import BuildConfig, run_build
+    from mdpo_data.scoring.stage import score_build
+    from mdpo_data.demo.tiny import build_tiny_llava
 
     import torch
 
@@ -153,8 +153,8 @@ def run_trl(args) -> dict:
     from peft import LoraConfig
     from trl import DPOConfig, DPOTrainer
 
-    from mdpo_data.models import load_model
-    from mdpo_data.shards import open_dataset
+    from mdpo_data.scoring.models import load_model
+    from mdpo_data.format.shards import open_dataset
     from mdpo_train.model import language_model_linear_names
 
     work = Path(args.work)

@@ -1,4 +1,4 @@
-"""What verifying a data folder before training costs: `mdpo_data.integrity.verify_shards`
+"""What verifying a data folder before training costs: `mdpo_data.format.integrity.verify_shards`
 (sha256 of every shard, streamed in 1 MiB blocks, then an Arrow row count) on a synthetic
 10K-row, ~1 GB folder, against the baseline of just reading the same bytes, in the same run.
 
@@ -19,9 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from mdpo_data import schema
-from mdpo_data.integrity import verify_shards
-from mdpo_data.shards import shard_name, sha256_file, write_shard
+from mdpo_data.format import schema
+from mdpo_data.format.integrity import verify_shards
+from mdpo_data.format.shards import shard_name, sha256_file, write_shard
 
 
 def make_folder(directory: Path, rows: int, shard_size: int, image_kb: int) -> dict:

@@ -77,8 +77,8 @@ def build_data(args) -> Path:
 
 def eval_rows(data: Path) -> tuple[list[dict], int]:
     """The eval split's rows (storage form) and the build seed."""
-    from mdpo_data.manifest import read_manifest
-    from mdpo_data.shards import read_shard, shard_files
+    from mdpo_data.format.manifest import read_manifest
+    from mdpo_data.format.shards import read_shard, shard_files
 
     rows = [row for f in shard_files(data, "eval") for row in read_shard(f).to_pylist()]
     return rows, int(read_manifest(data)["config"]["seed"])
@@ -89,8 +89,10 @@ def measure(model, processor, rows: list[dict], seed: int) -> dict[str, float]:
     """The three metrics of one model on the eval rows."""
     import torch
 
-    from mdpo_data import demo_eval, schema
-    from mdpo_data.logprobs import row_sequences, sequence_logps
+    from mdpo_data.demo import evaluate as demo_eval
+
+    from mdpo_data.format import schema
+    from mdpo_data.scoring.logprobs import row_sequences, sequence_logps
     from mdpo_data.sources.demo import make_candidate
 
     columns = schema.REF_LOGP_COLUMNS  # chosen, rejected, chosen under m_l
@@ -221,7 +223,7 @@ def main(argv=None) -> None:
     data = build_data(args)
     print(f"data: {data} ({time.perf_counter() - started:.0f}s)", flush=True)
     rows, build_seed = eval_rows(data)
-    from mdpo_data.models import load_model
+    from mdpo_data.scoring.models import load_model
 
     ref_model, processor = load_model(args.ref_model)
     reference = measure(ref_model, processor, rows, build_seed)

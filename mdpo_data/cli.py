@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from mdpo_data.config_io import OptionsCommand, dataclass_options
+from mdpo_data.config.options import OptionsCommand, dataclass_options
 
 # Runtime fields that are `mdpo-data score` flags (the rest only apply to a build).
 SCORE_OPTIONS = ("ref_model", "dtype", "batch_size", "device", "max_length", "no_image_logps",
@@ -25,7 +25,7 @@ SCORE_OPTIONS = ("ref_model", "dtype", "batch_size", "device", "max_length", "no
 def _manifest_error() -> type[Exception]:
     # Imported on use: this module is the __main__ that spawned build workers re-import, so
     # its top level stays light (no datasets/torch).
-    from mdpo_data.manifest import ManifestError
+    from mdpo_data.format.manifest import ManifestError
 
     return ManifestError
 
@@ -52,7 +52,7 @@ def _parse_columns(ctx, param, value: str | None) -> dict[str, str] | None:
 def _portable(value: str) -> str:
     """An absolute local path -> its last component: manifests and cards are published, and the
     same config should give the same manifest on every machine."""
-    from mdpo_data.build import portable_path
+    from mdpo_data.build.stage import portable_path
 
     return portable_path(value) or value
 
@@ -65,7 +65,7 @@ def _command_line(ctx: click.Context) -> str:
     """The command as given (flags in the order typed, from click's parameter sources), minus
     what cannot change the output, so the manifest of a given config is the same on every
     machine."""
-    from mdpo_data.config_io import given
+    from mdpo_data.config.options import given
 
     params = {p.name: p for p in ctx.command.get_params(ctx)}
     args = [ctx.info_name]
@@ -94,8 +94,8 @@ class _Group(click.Group):
     ours, a bad manifest) into one line and exit status 1, in every command."""
 
     def invoke(self, ctx):
-        from mdpo_data.folder import FolderError
-        from mdpo_data.integrity import IntegrityError
+        from mdpo_data.format.folder import FolderError
+        from mdpo_data.format.integrity import IntegrityError
 
         try:
             return super().invoke(ctx)
@@ -140,8 +140,8 @@ def main() -> None:
 
 
 def _build_classes():
-    from mdpo_data.build import BuildConfig
-    from mdpo_data.runtime import Runtime
+    from mdpo_data.build.stage import BuildConfig
+    from mdpo_data.config.runtime import Runtime
 
     return BuildConfig, Runtime
 
@@ -161,9 +161,9 @@ def build(ctx, pipeline, quiet, **_) -> None:
         --ref-model llava-hf/llava-1.5-7b-hf --out out/silkie
     mdpo-data build --pipeline pipelines/paper_silkie_crop.yaml --out out/paper
     """
-    from mdpo_data.build import BuildError, run_build
-    from mdpo_data.contrast import SpecError
-    from mdpo_data.folder import FolderError
+    from mdpo_data.build.stage import BuildError, run_build
+    from mdpo_data.rejected.strategies import SpecError
+    from mdpo_data.format.folder import FolderError
     from mdpo_data.sources import SourceError
 
     config, runtime = _build_settings_checked(ctx, pipeline)
@@ -193,7 +193,7 @@ def build(ctx, pipeline, quiet, **_) -> None:
 
 def _report_build(result, out: str, elapsed: float) -> None:
     """The summary table of a finished build; exit 1 when it wrote no train row."""
-    from mdpo_data.build import warn_short
+    from mdpo_data.build.stage import warn_short
 
     manifest = result.manifest
     counts = manifest["counts"]
@@ -225,10 +225,10 @@ def _report_build(result, out: str, elapsed: float) -> None:
 def _build_settings_checked(ctx: click.Context, pipeline: str | None):
     """(BuildConfig, Runtime) from defaults < the pipeline file < the flags given, checked once
     (every problem in one line), then the checks that need the resolved values."""
-    from mdpo_data.config_io import given
-    from mdpo_data.contrast import SpecError, parse_spec
-    from mdpo_data.folder import FolderError, check_target
-    from mdpo_data.pipeline_config import PipelineError, load_pipeline, merge, settings
+    from mdpo_data.config.options import given
+    from mdpo_data.rejected.strategies import SpecError, parse_spec
+    from mdpo_data.format.folder import FolderError, check_target
+    from mdpo_data.config.pipeline import PipelineError, load_pipeline, merge, settings
 
     flags = {k: v for k, v in given(ctx).items() if k not in ("pipeline", "quiet")}
     try:
@@ -242,7 +242,7 @@ def _build_settings_checked(ctx: click.Context, pipeline: str | None):
     if not runtime.out:
         raise click.UsageError("--out is required (or `out:` in the pipeline file)")
     if config.rejected_response:
-        from mdpo_data.bpo import parse_response_strategy
+        from mdpo_data.bpo.stage import parse_response_strategy
 
         try:
             parse_response_strategy(config.rejected_response)
@@ -261,8 +261,8 @@ def _model_input(runtime) -> str:
     """The reference model's image input space (for `--rejected noise:T`), as JSON."""
     from transformers import AutoProcessor
 
-    from mdpo_data.contrast import ModelInput
-    from mdpo_data.models import resolve_model
+    from mdpo_data.rejected.strategies import ModelInput
+    from mdpo_data.scoring.models import resolve_model
 
     model = runtime.ref_model
     try:
@@ -275,7 +275,7 @@ def _model_input(runtime) -> str:
 
 
 def _score(out, runtime, quiet: bool, force: bool = False) -> None:
-    from mdpo_data.score import score_build
+    from mdpo_data.scoring.stage import score_build
 
     if quiet:
         from transformers.utils import logging as hf_logging
@@ -304,7 +304,7 @@ def _score(out, runtime, quiet: bool, force: bool = False) -> None:
 
 def _write_card(out) -> None:
     try:
-        from mdpo_data.card import write_card
+        from mdpo_data.report.card import write_card
     except ImportError:  # pragma: no cover - card module ships with the package
         return
     path = write_card(out)
@@ -317,7 +317,7 @@ def _write_card(out) -> None:
 
 
 def _runtime_class():
-    from mdpo_data.runtime import Runtime
+    from mdpo_data.config.runtime import Runtime
 
     return (Runtime,)
 
@@ -335,7 +335,7 @@ def score(directory, quiet, force, **options) -> None:
     mdpo-data score out/demo --ref-model tiny
     accelerate launch -m mdpo_data.cli score out/silkie --ref-model llava-hf/llava-1.5-7b-hf --dtype bfloat16
     """
-    from mdpo_data.runtime import Runtime
+    from mdpo_data.config.runtime import Runtime
 
     runtime = Runtime(**options)  # click checked each value (choices, ranges)
     _check_device(runtime.device)
@@ -353,10 +353,10 @@ def score(directory, quiet, force, **options) -> None:
 @click.option("--rows", "n_rows", type=click.IntRange(min=0), default=3, show_default=True, help="Example rows to print.")
 def inspect(directory, n_rows) -> None:
     """Summarize a build: config, counts, shards, reference fingerprint, image reliance, rows."""
-    from mdpo_data import schema
-    from mdpo_data.manifest import is_scored, read_manifest
-    from mdpo_data.integrity import verified_shards
-    from mdpo_data.shards import read_shard
+    from mdpo_data.format import schema
+    from mdpo_data.format.manifest import is_scored, read_manifest
+    from mdpo_data.format.integrity import verified_shards
+    from mdpo_data.format.shards import read_shard
 
     try:
         manifest = read_manifest(directory)
@@ -391,7 +391,7 @@ def inspect(directory, n_rows) -> None:
     if is_scored(manifest) and files:
         import pyarrow as pa
 
-        from mdpo_data.reliance import reliance_stats
+        from mdpo_data.report.reliance import reliance_stats
 
         table = pa.concat_tables([read_shard(f) for f in files])
         click.echo("\nimage reliance of the reference (log p(y_w|m_w) - log p(y_w|m_l), nats):")
@@ -451,7 +451,7 @@ def card(directory) -> None:
 @click.option("--out", type=click.Path(file_okay=False), help="Where to write preview.png/.html [DIR].")
 def preview(directory, n, out) -> None:
     """Write a PNG contact sheet and an HTML page: chosen vs rejected image, answers, log-probs."""
-    from mdpo_data.preview import write_preview
+    from mdpo_data.report.preview import write_preview
 
     try:
         png, html = write_preview(directory, n=n, out=out)
@@ -464,7 +464,7 @@ def preview(directory, n, out) -> None:
 @click.argument("directory", type=click.Path(exists=True, file_okay=False))
 def validate(directory) -> None:
     """Check schema, checksums, row counts, images, reference columns and ids; list every problem."""
-    from mdpo_data.validate import validate as run_validate
+    from mdpo_data.report.validate import validate as run_validate
 
     problems = run_validate(directory)
     if problems:
@@ -484,8 +484,8 @@ def validate(directory) -> None:
 @click.option("--allow-smoke-test", is_flag=True, help="Allow pushing data scored by the tiny smoke-test model.")
 def push(directory, repo, private, dry_run, token, allow_smoke_test) -> None:
     """Export the Hub layout (data/*.parquet, card, manifest) and upload it."""
-    from mdpo_data.publish import export_hub_folder
-    from mdpo_data.publish import push as run_push
+    from mdpo_data.report.publish import export_hub_folder
+    from mdpo_data.report.publish import push as run_push
 
     try:
         if dry_run:

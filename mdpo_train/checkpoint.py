@@ -29,7 +29,7 @@ RESUMABLE_CHANGES = {
     "logging_steps", "eval_steps", "eval_batch_size", "merge", "spot_check_rows",
     "spot_check_tolerance", "output_dir", "shards",
     "data",  # the data identity: checked by mdpo_train.integrity.resume_problems instead
-    "prefix_sharing",  # same log-probs either way (tests/test_packing.py)
+    "prefix_sharing",  # same log-probs either way (tests/scoring/test_packing.py)
 }
 
 

@@ -1,5 +1,5 @@
 """`mdpo-train`: one flag per TrainConfig field, generated from the dataclass (one source of truth,
-`mdpo_data.config_io`, as for `mdpo-data build`).
+`mdpo_data.config.options`, as for `mdpo-data build`).
 
 Precedence: defaults < --config YAML < flags. Config problems exit with status 2 and the whole
 list; model/data problems found later (spot check, non-finite loss) exit 1 with one message.
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import click
 
-from mdpo_data.config_io import OptionsCommand, dataclass_options, given
+from mdpo_data.config.options import OptionsCommand, dataclass_options, given
 from mdpo_train.config import ConfigError, TrainConfig, load_config
 
 
@@ -57,7 +57,7 @@ def main(ctx, config_path: str | None, **_) -> None:
 
     Multi-GPU: accelerate launch -m mdpo_train.cli ... (docs/training.md).
     """
-    from mdpo_data.models import ModelLoadError
+    from mdpo_data.scoring.models import ModelLoadError
     from mdpo_train.data import DataError
     from mdpo_train.loop import MDPORecipe, NonFiniteLossError
     from mdpo_train.verify import SpotCheckError

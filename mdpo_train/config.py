@@ -1,7 +1,7 @@
 """The training config: one flat dataclass, loaded from YAML and overridden by CLI flags.
 
 Each field is a YAML key and an `mdpo-train` flag, its help text in the field's metadata
-(`mdpo_data.config_io`, shared with `mdpo-data build`). Precedence: defaults < `--config` YAML
+(`mdpo_data.config.options`, shared with `mdpo-data build`). Precedence: defaults < `--config` YAML
 < flags. Keys may use dashes or underscores. Unknown keys (with the closest known one), wrong
 types and out-of-range values are all collected and reported together, before anything heavy
 is imported or loaded. Defaults follow the MDPO paper and its released config.
@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mdpo_data import config_io
-from mdpo_data.config_io import setting
+from mdpo_data.config import options as config_io
+from mdpo_data.config.options import setting
 from mdpo_train.losses import LOSSES, TERMS, LossOptions
 
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}

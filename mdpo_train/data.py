@@ -1,6 +1,6 @@
 """Training data: scored mdpo-data shards -> batches of sequences and stored reference log-probs.
 
-Read only through `mdpo_data.shards.open_dataset` (a build folder or a Hub export) and the
+Read only through `mdpo_data.format.shards.open_dataset` (a build folder or a Hub export) and the
 build's manifest.json, which must sit at the folder's root (exports copy it there): it says
 which model, dtype and max length scored the reference log-probs.
 
@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from mdpo_data import schema
-from mdpo_data.manifest import ManifestError, is_scored, read_manifest
+from mdpo_data.format import schema
+from mdpo_data.format.manifest import ManifestError, is_scored, read_manifest
 from mdpo_train.losses import CHOSEN, CHOSEN_REJECTED_IMAGE, REJECTED
 
 # sequence -> (stored reference column, image column, response column)
@@ -121,7 +121,7 @@ def load_splits(source: Source, sequences: tuple[str, ...], no_image: bool = Fal
     """{split: Rows} with unusable rows dropped: null or non-finite reference log-probs of the
     sequences this loss needs (a counted warning, never a crash later). Pass no sequences
     for a loss that reads no reference."""
-    from mdpo_data.shards import open_dataset
+    from mdpo_data.format.shards import open_dataset
 
     columns = [sequence_columns(no_image)[s][0] for s in sequences]
     splits = {}
@@ -146,13 +146,13 @@ def load_splits(source: Source, sequences: tuple[str, ...], no_image: bool = Fal
 # ------------------------------------------------------------------ batches
 @dataclass
 class Batch:
-    """One micro-batch, encoded: the examples' sequences as packed rows (mdpo_data.packing;
+    """One micro-batch, encoded: the examples' sequences as packed rows (mdpo_data.scoring.packing;
     y_w and y_l under m_w share a row) whose outputs are sequence-major (all `chosen`, then all
     `rejected`, ...), and the stored reference log-probs of the same examples."""
 
     example_ids: list[str]
     sequences: tuple[str, ...]
-    inputs: Any  # mdpo_data.packing.Packed (None when every example was too long)
+    inputs: Any  # mdpo_data.scoring.packing.Packed (None when every example was too long)
     reference: dict[str, torch.Tensor]  # sequence name -> [B] float32
     too_long: int = 0  # examples dropped because a sequence exceeds max_length
 
@@ -165,8 +165,8 @@ def pack_rows(rows: list[dict[str, Any]], processor, sequences: tuple[str, ...],
     """Packed rows for `rows`: per example, the sequences under the same image column form one
     prefix group (MDPO: (y_w, y_l) under m_w, y_w under m_l; --no-image: (y_w, y_l) without
     an image). Output slot of sequence k of example i: k * len(rows) + i."""
-    from mdpo_data.logprobs import PrefixGroup, row_sequences
-    from mdpo_data.packing import encode_groups
+    from mdpo_data.scoring.logprobs import PrefixGroup, row_sequences
+    from mdpo_data.scoring.packing import encode_groups
 
     columns = sequence_columns(no_image)
     groups, slots = [], []

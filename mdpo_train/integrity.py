@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from mdpo_data.integrity import IntegrityError, data_fingerprint, verify_shards
+from mdpo_data.format.integrity import IntegrityError, data_fingerprint, verify_shards
 from mdpo_train.data import DataError, Source
 
 DATA_KEY = "data"  # the checkpoint config key that records which data a run trained on

@@ -11,7 +11,7 @@ from the shards, and `verify.spot_check` makes sure they belong to the model bei
 
 Per example the policy runs the sequences its loss needs (MDPO: (m_w, y_w), (m_w, y_l),
 (m_l, y_w)) as ONE batch; (m_w, y_w) and (m_w, y_l) share one row, so m_w and the question
-are encoded once (mdpo_data.packing; exact, off with prefix_sharing: false). A step is
+are encoded once (mdpo_data.scoring.packing; exact, off with prefix_sharing: false). A step is
 `global_batch_size` examples, split over processes and micro-batches; each micro-batch loss is
 scaled so the gradient is the mean over the step.
 """
@@ -29,7 +29,7 @@ from typing import Any
 import torch
 import yaml
 
-from mdpo_data.logprobs import response_rule_problems
+from mdpo_data.scoring.logprobs import response_rule_problems
 from mdpo_train import checkpoint, integrity
 from mdpo_train.checkpoint import Position
 from mdpo_train.config import (
@@ -122,8 +122,8 @@ class MDPORecipe:
     def setup(self) -> None:
         from accelerate.utils import set_seed
 
-        from mdpo_data.models import load_model
-        from mdpo_data.tiny import is_smoke_test_model
+        from mdpo_data.scoring.models import load_model
+        from mdpo_data.demo.tiny import is_smoke_test_model
         from mdpo_train.model import count_parameters, make_policy, trainable_parameters
         from mdpo_train.optim import make_optimizer, make_scheduler
 
@@ -325,7 +325,7 @@ class MDPORecipe:
 
     def _forward(self, batch):
         """Policy log-probs of the batch's sequences in one forward (packed rows), then the loss."""
-        from mdpo_data.logprobs import packed_logps
+        from mdpo_data.scoring.logprobs import packed_logps
 
         logps, counts = packed_logps(self.model, batch.inputs)
         policy = dict(zip(batch.sequences, logps.view(len(batch.sequences), -1)))

@@ -95,7 +95,7 @@ def make_policy(model: torch.nn.Module, cfg: TrainConfig) -> torch.nn.Module:
 def prefix_sharing_support(model: torch.nn.Module) -> tuple[bool, str]:
     """Whether y_w and y_l can share one row (4-D block mask + 1-D position ids), and why:
     the scorer's own check, so both run the same rows or both fall back."""
-    from mdpo_data.logprobs import prefix_reuse_support
+    from mdpo_data.scoring.logprobs import prefix_reuse_support
 
     return prefix_reuse_support(model)
 
@@ -103,7 +103,7 @@ def prefix_sharing_support(model: torch.nn.Module) -> tuple[bool, str]:
 def sharing_difference(model: torch.nn.Module, processor, rows: list, sequences: tuple[str, ...],
                        no_image: bool = False) -> float:
     """Largest |log-prob difference| between shared and separate rows for `rows` (start-up check)."""
-    from mdpo_data.logprobs import packed_logps
+    from mdpo_data.scoring.logprobs import packed_logps
     from mdpo_train.data import pack_rows
 
     with torch.inference_mode():

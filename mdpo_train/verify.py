@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from mdpo_data import schema
+from mdpo_data.format import schema
 
 
 class SpotCheckError(RuntimeError):
@@ -56,7 +56,7 @@ def compare(rows: list[dict[str, Any]], recomputed: list, atol: float,
 
 def identity_differences(processor, fingerprint: dict[str, Any]) -> list[str]:
     """Cheap identity checks against the scorer's fingerprint (no weight hashing)."""
-    from mdpo_data.models import chat_template_sha256, processor_sha256
+    from mdpo_data.scoring.models import chat_template_sha256, processor_sha256
 
     found = []
     if fingerprint.get("processor_sha256") not in (None, processor_sha256(processor)):
@@ -69,7 +69,7 @@ def identity_differences(processor, fingerprint: dict[str, Any]) -> list[str]:
 def spot_check(model, processor, rows: list[dict[str, Any]], fingerprint: dict[str, Any], *,
                dtype: str, max_length: int | None, atol: float, rtol: float) -> dict[str, Any]:
     """Recompute every reference column of `rows`; raise SpotCheckError naming each mismatch."""
-    from mdpo_data.logprobs import row_sequences, sequence_logps
+    from mdpo_data.scoring.logprobs import row_sequences, sequence_logps
 
     seqs = [row_sequences(row)[column] for row in rows for column in schema.REF_LOGP_COLUMNS]
     recomputed = sequence_logps(model, processor, seqs, max_length=max_length, batch_size=3)

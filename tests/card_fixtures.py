@@ -13,9 +13,9 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from mdpo_data import schema
-from mdpo_data.manifest import library_versions, write_manifest
-from mdpo_data.shards import sha256_file, shard_name, write_shard
+from mdpo_data.format import schema
+from mdpo_data.format.manifest import library_versions, write_manifest
+from mdpo_data.format.shards import sha256_file, shard_name, write_shard
 
 SMOKE_FINGERPRINT = {"model": "/cache/tiny-llava-v1", "name": "mdpo-tiny-llava-smoke-test",
                      "dtype": "float32", "max_length": 512}

@@ -21,7 +21,7 @@ def _fresh_accelerate_state():
 def llava(tmp_path_factory):
     from score_fixtures import load
 
-    from mdpo_data.tiny import build_tiny_llava
+    from mdpo_data.demo.tiny import build_tiny_llava
 
     return load(build_tiny_llava(tmp_path_factory.mktemp("llava")))
 
@@ -30,6 +30,6 @@ def llava(tmp_path_factory):
 def qwen(tmp_path_factory):
     from score_fixtures import load
 
-    from mdpo_data.tiny import build_tiny_qwen2_vl
+    from mdpo_data.demo.tiny import build_tiny_qwen2_vl
 
     return load(build_tiny_qwen2_vl(tmp_path_factory.mktemp("qwen")))

@@ -12,8 +12,10 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from mdpo_data import schema, shards
-from mdpo_data.manifest import write_manifest
+from mdpo_data.format import schema
+
+from mdpo_data.format import shards
+from mdpo_data.format.manifest import write_manifest
 
 COLORS = ["red", "green", "blue", "yellow", "purple", "orange"]
 SHAPES = ["circle", "square", "triangle", "star"]

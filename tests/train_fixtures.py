@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from mdpo_data.build import BuildConfig, run_build
-from mdpo_data.score import score_build
+from mdpo_data.build.stage import BuildConfig, run_build
+from mdpo_data.scoring.stage import score_build
 
 
 @contextlib.contextmanager

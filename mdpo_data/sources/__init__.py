@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
-    from mdpo_data.records import Candidate, Skip
+    from mdpo_data.sources.records import Candidate, Skip
 
 PAIRINGS = ("best-worst", "all", "best-random")
 

@@ -15,8 +15,8 @@ import json
 import random
 from collections.abc import Iterator
 
-from mdpo_data.records import BadRow, Candidate, ImageRef, InlineImage, Skip, register_image_kind
-from mdpo_data.seeds import example_seed
+from mdpo_data.sources.records import BadRow, Candidate, ImageRef, InlineImage, Skip, register_image_kind
+from mdpo_data.build.seeds import example_seed
 from mdpo_data.sources import SourceError
 
 NAME = "demo"

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from mdpo_data.records import BadRow, Candidate, Skip
+from mdpo_data.sources.records import BadRow, Candidate, Skip
 from mdpo_data.sources import SourceError
 from mdpo_data.sources.hub import local_or_hub
 from mdpo_data.sources.readers import Record, file_ref, iter_records, primed, strip_image_tag

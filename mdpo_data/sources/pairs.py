@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from mdpo_data.records import BadRow, Candidate, ImageRef, Skip
+from mdpo_data.sources.records import BadRow, Candidate, ImageRef, Skip
 from mdpo_data.sources import SourceError
 from mdpo_data.sources.hub import local_or_hub
 from mdpo_data.sources.readers import (

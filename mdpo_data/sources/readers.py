@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from mdpo_data.records import BadRow, ImageRef, Skip, resolve_under
+from mdpo_data.sources.records import BadRow, ImageRef, Skip, resolve_under
 from mdpo_data.sources import SourceError
 
 DATA_SUFFIXES = (".json", ".jsonl", ".parquet")

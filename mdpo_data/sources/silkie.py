@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, NamedTuple
 
-from mdpo_data.records import BadRow, Candidate, ImageRef, Skip, safe_member_name
-from mdpo_data.sampling import Ref
-from mdpo_data.seeds import example_seed
+from mdpo_data.sources.records import BadRow, Candidate, ImageRef, Skip, safe_member_name
+from mdpo_data.build.sampling import Ref
+from mdpo_data.build.seeds import example_seed
 from mdpo_data.sources import SourceError
 from mdpo_data.sources import get as get_source
 from mdpo_data.sources.hub import local_or_hub

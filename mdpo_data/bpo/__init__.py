@@ -1,0 +1,1 @@
+"""Bootstrapped rejected responses (BPO): specs, generation, the answer cache, the stage."""

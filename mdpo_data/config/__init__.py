@@ -1,0 +1,1 @@
+"""Options and settings: field metadata, the strict YAML loader, build settings, runtime."""

@@ -1,0 +1,1 @@
+"""The on-disk format: shard schema, shard files, manifest, stage markers, folder ownership, integrity."""

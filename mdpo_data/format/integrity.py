@@ -1,0 +1,108 @@
+"""Verify before use: a data folder's shards are exactly the bytes its manifest lists.
+
+`verify_shards` streams every listed shard through sha256 (1 MiB blocks, constant memory),
+compares it with the manifest, and only then opens it with Arrow to count its rows: flipped
+or truncated bytes are refused by the hash and never reach a parser. A listed shard that is
+missing, or a shard file the manifest does not list, is refused too. A Hub export (parquet,
+whose bytes the manifest does not list) is checked by its per-split row counts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from mdpo_data.format import schema
+from mdpo_data.format.shards import SHARD_RE, sha256_file
+
+
+class IntegrityError(ValueError):
+    """A shard does not match the manifest; the message names it."""
+
+
+def data_fingerprint(manifest: dict[str, Any]) -> str:
+    """sha256 over the listed shards' (split, file, rows, sha256): the data's identity."""
+    listed = [[split, e["file"], e["rows"], e["sha256"]]
+              for split in schema.SPLITS for e in (manifest.get("splits") or {}).get(split, [])]
+    return hashlib.sha256(json.dumps(listed).encode()).hexdigest()
+
+
+def stream_rows(path: Path) -> int:
+    """Rows of an Arrow stream shard, reading batch by batch (memory-mapped)."""
+    with pa.memory_map(str(path)) as source:
+        return sum(batch.num_rows for batch in pa.ipc.open_stream(source))
+
+
+def verified_shards(directory: str | Path, manifest: dict[str, Any], split: str):
+    """Yield the listed shards of `split` one by one, each after its sha256 matched the
+    manifest (IntegrityError naming it otherwise): readers parse only bytes we wrote."""
+    directory = Path(directory)
+    for entry in (manifest.get("splits") or {}).get(split, []):
+        path = directory / entry["file"]
+        if not path.is_file():
+            raise IntegrityError(f"{path}: listed in manifest.json but missing (deleted or moved)")
+        if sha256_file(path) != entry["sha256"]:
+            raise IntegrityError(f"{path}: sha256 does not match manifest.json (changed after the "
+                                 "build); run `mdpo-data validate` and rebuild or restore it")
+        yield path
+
+
+def verify_shards(directory: str | Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Check every listed shard's sha256 (first) and row count; raise IntegrityError naming
+    the first shard that differs. Returns {"shards", "rows", "bytes", "seconds"}."""
+    directory = Path(directory)
+    start = time.perf_counter()
+    entries = [(split, e) for split in schema.SPLITS
+               for e in (manifest.get("splits") or {}).get(split, [])]
+    on_disk = sorted(p.name for p in directory.iterdir() if SHARD_RE.match(p.name))
+    if not on_disk and (directory / "data").is_dir():
+        return _verify_export(directory, manifest, start)
+    unlisted = sorted(set(on_disk) - {e["file"] for _, e in entries})
+    if unlisted:
+        raise IntegrityError(f"{directory / unlisted[0]} is not listed in manifest.json: the folder "
+                             "holds shards of another build; rebuild it or remove the file")
+    rows = nbytes = 0
+    for _split, entry in entries:
+        path = directory / entry["file"]
+        if not path.is_file():
+            raise IntegrityError(f"{path}: listed in manifest.json but missing (deleted or moved)")
+        digest = sha256_file(path)
+        if digest != entry["sha256"]:
+            raise IntegrityError(f"{path}: sha256 {digest[:12]}... does not match manifest.json "
+                                 f"({entry['sha256'][:12]}...): the shard changed after it was "
+                                 "built or scored; rebuild/rescore it or restore the file")
+        try:
+            n = stream_rows(path)
+        except (pa.ArrowException, OSError) as error:
+            raise IntegrityError(f"{path}: not a readable Arrow shard ({error})") from None
+        if n != entry["rows"]:
+            raise IntegrityError(f"{path}: {n} rows, manifest.json says {entry['rows']}")
+        rows += n
+        nbytes += path.stat().st_size
+    return {"shards": len(entries), "rows": rows, "bytes": nbytes,
+            "seconds": round(time.perf_counter() - start, 3)}
+
+
+def _verify_export(directory: Path, manifest: dict[str, Any], start: float) -> dict[str, Any]:
+    import pyarrow.parquet as pq
+
+    rows_by_split: dict[str, int] = {}
+    for file in sorted((directory / "data").glob("*.parquet")):
+        try:
+            n = pq.ParquetFile(file).metadata.num_rows
+        except (pa.ArrowException, OSError) as error:
+            raise IntegrityError(f"{file}: not a readable parquet file ({error})") from None
+        split = file.name.split("-", 1)[0]
+        rows_by_split[split] = rows_by_split.get(split, 0) + n
+    expected = {split: sum(e["rows"] for e in entries)
+                for split, entries in (manifest.get("splits") or {}).items()}
+    if rows_by_split != expected:
+        raise IntegrityError(f"{directory}/data: rows per split {rows_by_split} differ from "
+                             f"manifest.json's {expected}")
+    return {"shards": 0, "rows": sum(rows_by_split.values()), "bytes": 0,
+            "seconds": round(time.perf_counter() - start, 3), "export": True}

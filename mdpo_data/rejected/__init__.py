@@ -1,0 +1,1 @@
+"""Rejected-image strategies (m_l): the registry and each strategy."""

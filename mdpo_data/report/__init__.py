@@ -1,0 +1,1 @@
+"""Reading a built folder back: data card, preview, validate, Hub export, image reliance."""

@@ -1,0 +1,173 @@
+"""Prefix sharing is exact: packed rows [prefix, y_w, y_l] give the separate forwards' log-probs
+(1e-5, fp32) and LoRA gradients (1e-4 relative), with padding and uneven lengths in the batch."""
+
+import pytest
+import torch
+from PIL import Image
+from score_fixtures import make_row
+from train_fixtures import one_thread
+
+from mdpo_data.scoring.logprobs import (
+    PrefixGroup, block_attention_mask, encode, packed_logps, response_logps,
+)
+from mdpo_data.scoring.packing import _members, encode_groups
+from mdpo_train.model import prefix_sharing_support
+
+LOGP_TOL, GRAD_RTOL = 1e-5, 1e-4
+
+
+def _groups():
+    """MDPO-shaped groups of uneven lengths: (y_w, y_l) under m_w, y_w under m_l, and a text-only one."""
+    groups = []
+    for i in range(3):
+        image = Image.new("RGB", (56 + 28 * i, 56), (60 * i, 200 - 50 * i, 90))
+        question = "What color is the circle?" + " Answer briefly." * i
+        chosen = "The circle is red." + " It is large and round." * (2 - i)
+        groups.append(PrefixGroup(image, question, (chosen, "A blue square." if i else "No.")))
+        groups.append(PrefixGroup(image.rotate(90), question, (chosen,)))
+    groups.append(PrefixGroup(None, "How many shapes?", ("Three.", "There are five blue squares.")))
+    return groups
+
+
+def _separate(model, processor, groups):
+    seqs = [s for g in groups for s in g.sequences()]
+    batch, kept = encode(processor, seqs)
+    assert kept == list(range(len(seqs)))
+    return response_logps(model, batch)
+
+
+def _attention(model, name):
+    model.set_attn_implementation(name)
+    return model
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_llava_packed_logps_equal_separate_forwards(llava, attention):
+    model, processor = llava
+    _attention(model, attention)
+    groups = _groups()
+    with one_thread(), torch.no_grad():
+        want, want_counts = _separate(model, processor, groups)
+        packed = encode_groups(processor, groups, share=True)
+        got, counts = packed_logps(model, packed)
+    assert packed.rows == len(groups) and packed.split_groups == 0  # 11 sequences in 7 rows
+    assert packed.segments.max() == 2 and (packed.segments == -1).any()  # packed and padded
+    assert torch.equal(counts.cpu(), want_counts.cpu())
+    assert torch.allclose(got, want, atol=LOGP_TOL, rtol=0), (got - want).abs().max()
+    _attention(model, "sdpa")
+
+
+def test_qwen2_vl_falls_back_to_separate_rows_and_equals(qwen):
+    model, processor = qwen
+    supported, why = prefix_sharing_support(model)
+    assert not supported and "M-RoPE" in why
+    groups = _groups()
+    with one_thread(), torch.no_grad():
+        want, _ = _separate(model, processor, groups)
+        packed = encode_groups(processor, groups, share=False)
+        got, _ = packed_logps(model, packed)
+    assert packed.rows == sum(len(g.responses) for g in groups) and not packed.block
+    assert torch.allclose(got, want, atol=LOGP_TOL, rtol=0), (got - want).abs().max()
+
+
+@pytest.mark.parametrize("name", ["llava", "qwen"])
+def test_lora_gradients_equal_separate_forwards(request, name):
+    from peft import LoraConfig, get_peft_model
+
+    from mdpo_train.model import language_model_linear_names
+
+    base, processor = request.getfixturevalue(name)
+    share = prefix_sharing_support(base)[0]  # Qwen2-VL: the fallback rows
+    torch.manual_seed(0)
+    config = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, init_lora_weights=False,
+                        target_modules=language_model_linear_names(base))
+    model = get_peft_model(base, config)
+    try:
+        groups = _groups()
+        weights = torch.randn(sum(len(g.responses) for g in groups))
+        grads = []
+        with one_thread():
+            for packed in (True, False):
+                model.zero_grad()
+                if packed:
+                    logps, _ = packed_logps(model, encode_groups(processor, groups, share=share))
+                else:
+                    logps, _ = _separate(model, processor, groups)
+                (weights * logps).sum().backward()
+                grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
+        assert grads[0] and grads[0].keys() == grads[1].keys()
+        for name, want in grads[1].items():
+            got = grads[0][name]
+            assert want.abs().max() > 0, name
+            assert (got - want).abs().max() <= GRAD_RTOL * want.abs().max(), name
+    finally:
+        model.unload()  # the module-scoped base model without adapters again
+
+
+def test_trainer_rows_share_the_chosen_image_and_keep_sequence_major_order(llava):
+    from mdpo_train.data import pack_rows
+    from mdpo_train.losses import SEQUENCES
+
+    model, processor = llava
+    rows = [make_row(i) for i in range(3)]
+    with one_thread(), torch.no_grad():
+        shared, _ = packed_logps(model, pack_rows(rows, processor, SEQUENCES, share=True))
+        separate, _ = packed_logps(model, pack_rows(rows, processor, SEQUENCES, share=False))
+        dpo = pack_rows(rows, processor, SEQUENCES[:2], share=True)
+    assert dpo.rows == 3 and dpo.n_sequences == 6  # DPO: one row per example
+    assert torch.allclose(shared, separate, atol=LOGP_TOL, rtol=0)
+
+
+def test_block_mask_hides_the_other_response():
+    segments = torch.tensor([[0, 0, 1, 1, 2, 2, -1]])
+    allowed = block_attention_mask(segments, torch.float32)[0, 0] == 0
+    assert allowed[3].tolist() == [True, True, True, True, False, False, False]  # y_w: prefix + itself
+    assert allowed[5].tolist() == [True, True, False, False, True, True, False]  # y_l: never y_w
+    assert allowed[6].tolist() == [True, True, False, False, False, False, True]  # padding: itself
+    assert not allowed.triu(1).any()  # causal
+
+
+def test_groups_share_their_longest_common_prefix_else_split():
+    from mdpo_data.scoring.logprobs import _Rendered
+    from mdpo_data.scoring.packing import _shared
+
+    same = [_Rendered("", True, [1, 2, 3], 1), _Rendered("", True, [1, 2, 4, 5], 2)]
+    # the heads differ in their last token (a template space merged with each response):
+    # they share [1] and each appends its own unscored tail
+    merged = [_Rendered("", True, [1, 2, 3], 1), _Rendered("", True, [1, 9, 4], 1)]
+    disjoint = [_Rendered("", True, [5, 2, 3], 1), _Rendered("", True, [1, 9, 4], 1)]
+    image_after = [_Rendered("", True, [1, 7, 3], 1), _Rendered("", True, [1, 8, 4], 1)]
+    assert _members(same, True) == ([[0, 1]], 0) and _shared(same) == 2
+    assert _members(merged, True) == ([[0, 1]], 0) and _shared(merged) == 1
+    assert _members(disjoint, True) == ([[0], [1]], 1)
+    assert _members(image_after, True, image_token=7) == ([[0], [1]], 1)  # images stay in the prefix
+    assert _members(same, False) == ([[0], [1]], 0)
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
+def test_training_with_and_without_sharing_takes_the_same_steps(tmp_path, capsys):
+    """The spot check passes and the losses of a few steps match: sharing changes no number."""
+    from mdpo_train.config import load_config
+    from mdpo_train.loop import run
+    from mdpo_train.metrics import read_jsonl
+    from train_fixtures import scored_demo
+
+    data = scored_demo(tmp_path / "demo", n=12, eval_fraction=0.0)
+    losses = {}
+    for share in (True, False):
+        out = tmp_path / f"run-{share}"
+        with one_thread():
+            recipe = run(load_config(None, {
+                "shards": str(data), "output_dir": str(out), "max_steps": 2, "global_batch_size": 4,
+                "per_device_batch_size": 2, "lr": 5e-3, "lora_r": 4, "lora_alpha": 8, "seed": 1,
+                "lora_dropout": 0.0, "progress": False, "save_steps": 0, "prefix_sharing": share,
+            }))
+        assert recipe.spot_check["values"] > 0 and recipe.prefix_sharing is share
+        losses[share] = [r["loss"] for r in read_jsonl(out / "metrics.jsonl") if r["split"] == "train"]
+    log = capsys.readouterr().out
+    assert "prefix sharing on: llava: 1-D positions" in log
+    assert "prefix sharing off, separate sequences: prefix_sharing: false" in log
+    assert "equal to separate sequences on 2 rows" in log
+    assert losses[True] == pytest.approx(losses[False], rel=1e-5)
+    assert losses[True][0] == pytest.approx(3 * 0.693147, abs=1e-4)  # policy == reference at step 1
