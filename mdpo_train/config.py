@@ -59,7 +59,7 @@ class TrainConfig:
     lora_target: list[str] | None = setting(None, "e.g. q_proj,v_proj; default: every linear layer of the LM")
     gradient_checkpointing: bool = setting(False, "~30% slower, far less activation memory")
     prefix_sharing: bool = setting(True, "y_w and y_l under one image as one sequence (block mask; exact)")
-    # ---- loss (METHOD.md)
+    # ---- loss (docs/method.md)
     loss: str = setting("mdpo", "mdpo | dpo | mdpo_no_cond | mdpo_no_anchor | sft (needs no reference "
                         "scores)")
     beta: float = setting(0.1, "reward scale, r = beta (log pi - log pi_ref) (paper: 0.1)")

@@ -1,4 +1,4 @@
-"""MDPO and its ablations as pure functions of summed response log-probs (METHOD.md).
+"""MDPO and its ablations as pure functions of summed response log-probs (docs/method.md).
 
 A reward is r = beta * (log pi - log pi_ref) for each of the three sequences of an example:
     chosen                 (m_w, q, y_w)

@@ -32,9 +32,10 @@ computed once, offline, by the same base model: the reference model was never lo
 
 ## Loss
 `{{ config.loss }}` = {{ terms | join(' + ') }} (beta {{ config.beta }}, delta {{ config.delta }}{% if config.loss_weights %}, weights {{ config.loss_weights }}{% endif %}).
-See METHOD.md: r = beta (log pi - log pi_ref); DPO contrasts y_w with y_l under the image,
-the conditional term contrasts the image m_w with the corrupted m_l under y_w, the anchor
-keeps r(y_w) above delta.
+r = beta (log pi - log pi_ref); DPO contrasts y_w with y_l under the image, the conditional
+term contrasts the image m_w with the corrupted m_l under y_w, the anchor keeps r(y_w) above
+delta. The objective is mDPO's ([arXiv 2406.11839](https://arxiv.org/abs/2406.11839)),
+explained term by term in the mdpo-toolkit repository's `docs/method.md`.
 
 ## Settings
 | setting | value |
