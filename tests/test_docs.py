@@ -225,3 +225,24 @@ def test_every_flag_named_in_the_docs_exists():
                     problems.append(f"{rel(page)}: {flag} is no option of mdpo-data, mdpo-train "
                                     "or a benchmark")
     assert not problems, "; ".join(sorted(set(problems)))
+
+
+PATH_SPAN = re.compile(r"^((?:mdpo_data|mdpo_train|tests|benchmarks|pipelines|data_cards|docs)/[\w./-]*)"
+                       r"(?:::(\w+))?$")
+
+
+def test_every_repository_path_named_in_the_docs_exists():
+    """`mdpo_data/format/markers.py`, `tests/x.py::test_y`: moved or renamed code shows here."""
+    problems = []
+    for page in PAGES:
+        for span in SPAN.findall(FENCE.sub("", page.read_text(encoding="utf-8"))):
+            match = PATH_SPAN.match(span.strip())
+            if not match:
+                continue
+            path, test = match.groups()
+            target = ROOT / path.rstrip("/")
+            if not target.exists():
+                problems.append(f"{rel(page)}: {path} does not exist")
+            elif test and f"def {test}(" not in target.read_text(encoding="utf-8"):
+                problems.append(f"{rel(page)}: {path} has no {test}")
+    assert not problems, "; ".join(problems)
