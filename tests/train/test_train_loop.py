@@ -145,6 +145,7 @@ def test_outputs_adapter_merged_weights_metrics_plot_and_card(demo, tmp_path):
     assert [r["step"] for r in records if r["split"] == "eval"] == [3]  # eval at the end
     card = (out / "README.md").read_text()
     assert "`mdpo` = dpo + conditional + anchor" in card and str(demo) in card and "SMOKE TEST" in card
+    assert "docs/method.md" in card and "arxiv.org/abs/2406.11839" in card  # a citation that works on the Hub
 
     # The saved adapter and the merged weights give the trained policy's log-probs.
     rows = recipe.train_data.take(range(2))
