@@ -203,7 +203,8 @@ def test_ci_runs_exactly_the_readme_setup_commands():
 
 
 # Flags of other programs that the docs show (accelerate launch, torchrun, pip, pytest).
-FOREIGN_FLAGS = {"--multi_gpu", "--num_processes", "--config_file", "--nproc_per_node", "--help"}
+FOREIGN_FLAGS = {"--multi_gpu", "--num_processes", "--config_file", "--nproc_per_node", "--help",
+                 "--durations"}
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9_-]*")
 
 

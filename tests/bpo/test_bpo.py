@@ -173,6 +173,7 @@ def test_rejected_problem_filters():
     assert clean_rewrite("Two dogs. Rewritten answer: no") == "Two dogs. Rewritten answer: no"
 
 
+@pytest.mark.slow
 def test_input_resolution_follows_the_processor_config():
     from transformers import CLIPImageProcessor, Qwen2VLImageProcessor
 
@@ -206,6 +207,7 @@ def test_weakened_image_is_seeded_and_noised_at_input_resolution():
 # --------------------------------------------------------------------------- weaken
 
 
+@pytest.mark.slow
 def test_weaken_llava_instruct_every_candidate_gets_an_answer_or_a_counted_skip(tmp_path, stopping_vlm):
     built = make_llava_instruct(tmp_path / "src", rows=6, bad=["corrupt_image"])
     source = open_source("llava-instruct", path=str(built.data), image_root=str(built.images))
@@ -236,6 +238,7 @@ def test_weaken_llava_instruct_every_candidate_gets_an_answer_or_a_counted_skip(
     assert record["generation"]["max_new_tokens"] == 12 and record["generation"]["do_sample"] is False
 
 
+@pytest.mark.slow
 def test_build_pairs_gold_with_bootstrapped_answers(tmp_path, stopping_vlm):
     """Through the build: rows record the strategy; a re-run reuses the cache, byte for byte."""
     from mdpo_data.build.stage import STATE_DIR, BuildConfig, run_build
@@ -267,6 +270,7 @@ def test_build_pairs_gold_with_bootstrapped_answers(tmp_path, stopping_vlm):
     assert len(cache_lines(out / STATE_DIR)) == 6  # nothing generated twice
 
 
+@pytest.mark.slow
 def test_bpo_resume_reports_the_clean_runs_counts(tmp_path, stopping_vlm):
     """A build killed mid-generation (cache cut, no markers, no shards) resumes to the clean
     run's bytes; the responses' skips are the merge of BPO's per-split markers."""
@@ -294,6 +298,7 @@ def test_bpo_resume_reports_the_clean_runs_counts(tmp_path, stopping_vlm):
     assert (out / "manifest.json").read_bytes() == clean_bytes
 
 
+@pytest.mark.slow
 def test_a_resumed_stage_counts_known_image_failures_without_loading_the_model(tmp_path, stopping_vlm):
     """The part's marker records which images failed (and their bytes): a re-run counts them
     again without loading the model; an image repaired in place is retried."""
@@ -323,6 +328,7 @@ def test_a_resumed_stage_counts_known_image_failures_without_loading_the_model(t
     assert reason not in fixed[1] and bad.example_id in by_id(tmp_path / "state")
 
 
+@pytest.mark.slow
 def test_weaken_filters_when_the_model_ends_its_turn(tmp_path, vlm):
     candidates = make_candidates(6)
     run(candidates, "weaken", tmp_path / "probe", model=str(vlm), max_new_tokens=12)
@@ -352,6 +358,7 @@ def test_weaken_filters_when_the_model_ends_its_turn(tmp_path, vlm):
     assert len(cache_lines(tmp_path / "state")) == n_lines
 
 
+@pytest.mark.slow
 def test_weaken_is_deterministic_batch_invariant_and_seeded(tmp_path):
     candidates = make_candidates(6)
     runs = {}
@@ -366,6 +373,7 @@ def test_weaken_is_deterministic_batch_invariant_and_seeded(tmp_path):
     assert all(example_seed(0, i, "bpo") != example_seed(1, i, "bpo") for i in ids)
 
 
+@pytest.mark.slow
 def test_weaken_resumes_after_a_torn_cache(tmp_path):
     candidates = make_candidates(6)
     state = tmp_path / "state"
@@ -401,6 +409,7 @@ def test_no_candidates_loads_nothing(tmp_path):
 # --------------------------------------------------------------------------- inject
 
 
+@pytest.mark.slow
 def test_inject_plumbing_prompt_and_batch_invariance(tmp_path, text_lm):
     candidates = make_candidates(5)
     corrupt = Candidate("llava-instruct", 9, "bad", ImageRef(kind="bytes", data=b"x"), "What is it?",

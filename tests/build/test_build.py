@@ -25,6 +25,7 @@ def demo_build(out: Path, *extra):
                    "--out", out, "--quiet", *extra)
 
 
+@pytest.mark.slow
 def test_demo_build_writes_contract_shards_and_manifest(tmp_path):
     out = tmp_path / "demo"
     proc = demo_build(out, "--eval-fraction", "0.2")
@@ -56,6 +57,7 @@ def test_demo_build_writes_contract_shards_and_manifest(tmp_path):
     assert len(set(ids)) == len(ids) == 60
 
 
+@pytest.mark.slow
 def test_same_seed_is_byte_identical_and_other_seed_differs(tmp_path):
     demo_build(tmp_path / "a")
     demo_build(tmp_path / "b", "--workers", "2")
@@ -67,6 +69,7 @@ def test_same_seed_is_byte_identical_and_other_seed_differs(tmp_path):
     assert ids(tmp_path / "a") != ids(tmp_path / "c")
 
 
+@pytest.mark.slow
 def test_rerun_is_a_noop_and_other_config_needs_overwrite(tmp_path):
     out = tmp_path / "demo"
     demo_build(out)
@@ -83,6 +86,7 @@ def test_rerun_is_a_noop_and_other_config_needs_overwrite(tmp_path):
     assert read_manifest(out)["rejected_image"]["resolved"] == "moco"
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_is_byte_identical(tmp_path):
     reference, out = tmp_path / "ref", tmp_path / "killed"
     args = ["build", "--source", "demo", "--n", 400, "--shard-size", 20, "--seed", 5, "--quiet",
@@ -106,6 +110,7 @@ def test_sigkill_then_resume_is_byte_identical(tmp_path):
     assert not list(out.glob(".*.tmp"))
 
 
+@pytest.mark.slow
 def test_pipeline_file_flags_override_and_unknown_keys_fail(tmp_path):
     pipeline = tmp_path / "p.yaml"
     pipeline.write_text("source: demo\nn: 30\nrejected: moco\nseed: 1\nshard-size: 10\n")
@@ -119,6 +124,7 @@ def test_pipeline_file_flags_override_and_unknown_keys_fail(tmp_path):
     assert proc.returncode == 2 and "unknown key(s) colour, nn" in proc.stderr
 
 
+@pytest.mark.slow
 def test_bad_rejected_spec_is_a_usage_error_listing_valid_forms(tmp_path):
     proc = run_cli("build", "--source", "demo", "--rejected", "crop:0.5-0.1", "--out", tmp_path, check=False)
     assert proc.returncode == 2
@@ -139,6 +145,7 @@ def test_shipped_pipelines_are_valid():
         parse_spec(config.rejected)
 
 
+@pytest.mark.slow
 def test_fewer_pairs_than_requested_warns_and_records(tmp_path):
     out = tmp_path / "small"
     proc = run_cli("build", "--source", "demo", "--demo-size", 20, "--n", 50, "--out", out, "--quiet")
@@ -147,6 +154,7 @@ def test_fewer_pairs_than_requested_warns_and_records(tmp_path):
     assert counts["requested"] == 50 and counts["sampled"] <= 20 and counts["written"] == counts["sampled"]
 
 
+@pytest.mark.slow
 def test_swap_never_uses_the_same_image(tmp_path):
     out = tmp_path / "swap"
     run_cli("build", "--source", "demo", "--n", 40, "--rejected", "swap", "--out", out, "--quiet")
@@ -154,6 +162,7 @@ def test_swap_never_uses_the_same_image(tmp_path):
         assert row["images"][0]["bytes"] != row["rejected_images"][0]["bytes"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", ["moco", "noise:900", "crop:0.2-0.5"])
 def test_every_strategy_builds(tmp_path, spec):
     out = tmp_path / "s"
@@ -161,6 +170,7 @@ def test_every_strategy_builds(tmp_path, spec):
     assert read_manifest(out)["counts"]["written"] == 8
 
 
+@pytest.mark.slow
 def test_rebuilding_a_scored_folder_keeps_its_scores(tmp_path):
     out = tmp_path / "scored"
     args = ["build", "--source", "demo", "--n", 16, "--ref-model", "tiny", "--out", out, "--quiet"]

@@ -1,10 +1,12 @@
 """A `noise:T` build: m_l at the model's input size, stored as PNG, the clipped share recorded."""
 
+import pytest
 from cli_helpers import rows_of, run_cli
 
 from mdpo_data.build.stage import BuildConfig, run_build
 from mdpo_data.format.manifest import read_manifest
 
+pytestmark = pytest.mark.slow  # a whole noise build through the CLI
 
 def test_noise_build_records_model_input_and_clipped_share(tmp_path):
     import io

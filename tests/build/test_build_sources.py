@@ -25,6 +25,8 @@ from mdpo_data.format import schema
 from mdpo_data.format.manifest import read_manifest
 from mdpo_data.format.shards import read_shard, shard_files
 
+pytestmark = pytest.mark.slow  # every test here runs a build through the CLI
+
 
 def assert_images_are_clean_rgb(rows):
     for row in rows:

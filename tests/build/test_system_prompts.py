@@ -61,6 +61,7 @@ def test_auto_with_a_known_family_stores_its_training_prompt_and_the_scorer_sees
     assert read_manifest(tmp_path / "b")["system_prompt"]["model_family"] == "vicuna_v1"
 
 
+@pytest.mark.slow
 def test_cli_text_none_and_pipeline_yaml(tmp_path):
     source = make_mdpo_json(tmp_path / "src", rows=8, seed=1)
     common = ["build", "--source", "pairs", "--source-path", source.data, "--image-root", source.images,

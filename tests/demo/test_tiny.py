@@ -66,6 +66,7 @@ def test_cache_builds_once_atomically(monkeypatch, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temp folders left
 
 
+@pytest.mark.slow
 def test_a_loss_can_fall(llava_dir):
     """Big enough for the demo training test: a few steps raise a response's log-prob."""
     model, processor = load(llava_dir)

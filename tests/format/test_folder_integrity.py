@@ -263,6 +263,7 @@ def test_7_preview_of_long_answers(tmp_path):
 # ------------------------------------------------------------------ 8: one writer per folder
 
 
+@pytest.mark.slow
 def test_8_a_second_writer_is_refused_naming_the_pid(built, tmp_path):
     directory = copy_build(built, tmp_path / "b")
     holder = subprocess.Popen(
@@ -331,6 +332,7 @@ def test_9_other_commands_refuse_bad_values_and_damaged_state(built, tmp_path):
     assert code == 1 and "--overwrite" in one_error(output)
 
 
+@pytest.mark.slow
 def test_9_offline_push_is_one_line(built, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_TOKEN": "hf_fake"}
     proc = subprocess.run([*CLI, "push", str(built), "--repo", "x/y", "--allow-smoke-test"],

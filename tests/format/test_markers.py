@@ -171,6 +171,7 @@ def test_a_build_marker_from_another_key_is_ignored(clean, tmp_path):
 # --------------------------------------------------------------------------- score: counts from markers
 
 
+@pytest.mark.slow
 def test_score_resume_reports_the_clean_runs_reference(tmp_path):
     """A score run killed before its manifest write, with a shard's marker lost: the re-run
     scores that shard only, and the too-long skip of a reused shard comes from its marker."""

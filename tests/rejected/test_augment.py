@@ -64,6 +64,7 @@ def test_bad_pipeline_files_are_spec_errors(tmp_path):
             parse_spec(spec)
 
 
+@pytest.mark.slow
 def test_build_records_the_pipeline_and_is_byte_identical(tmp_path):
     path = save_pipeline(tmp_path / "pipe.yaml")
     args = ["build", "--source", "demo", "--n", 12, "--seed", 5, "--quiet",
@@ -113,6 +114,7 @@ def test_builtin_strategies_never_import_albumentations_or_torch():
     assert out.stdout.strip() == "[]"
 
 
+@pytest.mark.slow
 def test_cli_reports_a_bad_pipeline_in_one_line(tmp_path):
     proc = run_cli("build", "--source", "demo", "--rejected", f"albumentations:{tmp_path / 'x.yaml'}",
                    "--out", tmp_path / "out", check=False)

@@ -109,6 +109,7 @@ def test_random_type_changes_in_the_manifest_are_always_reported(folder):
     assert validate(folder) == []
 
 
+@pytest.mark.slow
 def test_the_cli_exits_1_with_a_message_never_a_traceback_or_signal(folder, tmp_path):
     import shutil
 

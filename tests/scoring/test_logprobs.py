@@ -41,6 +41,7 @@ def _assert_close(got, expected):
         assert value == pytest.approx(want, abs=TOL)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batch_size", [1, 3, 8])
 @pytest.mark.parametrize("padding_side", ["right", "left"])
 def test_equals_unbatched_forward(setup, batch_size, padding_side):
@@ -125,6 +126,7 @@ def test_token_logps_matches_log_softmax():
     torch.testing.assert_close(got, want)
 
 
+@pytest.mark.slow
 def test_prefix_reuse_equals_plain_path_on_llava(llava):
     model, processor = llava
     seqs = _sequences()

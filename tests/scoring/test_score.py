@@ -46,6 +46,7 @@ def _all_rows(build):
     return rows
 
 
+@pytest.mark.slow
 def test_every_stored_value_equals_an_unbatched_forward(scored, llava_dir):
     build, stats = scored
     model, processor = load(llava_dir)
@@ -101,6 +102,7 @@ def test_rescore_same_fingerprint_is_a_noop(scored, llava_dir):
     assert before == after  # neither the shards nor the manifest were rewritten
 
 
+@pytest.mark.slow
 def test_prefix_path_batch_size_and_plain_path_agree(scored, llava_dir, tmp_path):
     build, _ = scored
     stored = _all_rows(build)
@@ -116,6 +118,7 @@ def test_prefix_path_batch_size_and_plain_path_agree(scored, llava_dir, tmp_path
                 assert a[name] == pytest.approx(b[name], abs=TOL)
 
 
+@pytest.mark.slow
 def test_resume_rescoring_only_unfinished_shards(llava_dir, tmp_path):
     build = make_build(tmp_path / "b", shard_rows=(3, 2), eval_rows=(2,))
     # an "interrupted" run: the second train shard has a corrupt image, scoring stops there
@@ -149,6 +152,7 @@ def test_resume_rescoring_only_unfinished_shards(llava_dir, tmp_path):
     assert stats["shards_scored"] == 1 and first.read_bytes() == first_bytes
 
 
+@pytest.mark.slow
 def test_other_fingerprint_needs_force(scored, llava_dir, tmp_path):
     build, _ = scored
     copy = tmp_path / "copy"
@@ -163,6 +167,7 @@ def test_other_fingerprint_needs_force(scored, llava_dir, tmp_path):
     assert new["fingerprint"]["max_length"] == 4096 and new["skipped"] == {"too_long": 0}
 
 
+@pytest.mark.slow
 def test_qwen2_vl_falls_back_to_plain_and_stays_exact(qwen_dir, tmp_path):
     build = make_build(tmp_path / "b", shard_rows=(3,), eval_rows=(), sizes=[(56, 56), (112, 84)])
     stats = score_build(build, str(qwen_dir), progress=False)
@@ -191,6 +196,7 @@ def test_markers_record_key_and_checksum(scored):
         assert marker["key"] == read_manifest(build)["reference"]["fingerprint"]["key"]
 
 
+@pytest.mark.slow
 def test_two_processes_give_identical_results(llava_dir, tmp_path):
     """torchrun (what `accelerate launch` runs) with 2 CPU ranks on gloo: same bytes as 1 process."""
     import os

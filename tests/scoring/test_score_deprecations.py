@@ -12,6 +12,8 @@ from mdpo_data.format.manifest import read_manifest
 from mdpo_data.scoring.stage import score_build
 from mdpo_data.demo.tiny import build_tiny_llava, build_tiny_qwen2_vl
 
+pytestmark = pytest.mark.slow  # builds and scores with tiny models
+
 
 @pytest.mark.parametrize("build_model, method", [(build_tiny_llava, True), (build_tiny_qwen2_vl, False)])
 def test_scoring_uses_no_deprecated_transformers_api(build_model, method, tmp_path):

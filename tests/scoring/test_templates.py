@@ -79,6 +79,7 @@ def test_exact_tokens_scored_are_text_then_end_of_turn(family, system):
     assert _scored_tokens(processor, _example(system)) == [first, "Ġcircle", "Ġis", "Ġred", ".", eot]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("system", [None, VICUNA])
 def test_scorer_equals_plain_unbatched_forward(family, system):
     name, model, processor, eot = family

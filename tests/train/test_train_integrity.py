@@ -78,6 +78,7 @@ def test_5_a_tampered_or_deleted_shard_is_refused_before_training(demo, tmp_path
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_5_a_corrupt_image_is_one_clear_error_and_a_rerun_is_not_blocked(demo, tmp_path):
     data = shutil.copytree(demo, tmp_path / "data")
     table = read_shard(data / SHARD)

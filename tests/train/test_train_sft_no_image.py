@@ -35,6 +35,7 @@ def records(out, split="train"):
     return [r for r in read_jsonl(out / "metrics.jsonl") if r["split"] == split]
 
 
+@pytest.mark.slow
 def test_sft_trains_from_unscored_shards_and_lowers_the_nll(unscored, tmp_path):
     out = tmp_path / "run"
     options = {**BASE, "shards": str(unscored), "output_dir": str(out), "loss": "sft",
@@ -59,6 +60,7 @@ def test_unscored_shards_need_sft_and_a_model(unscored, tmp_path):
         MDPORecipe(load_config(None, {**base, "loss": "sft"}))
 
 
+@pytest.mark.slow
 def test_no_image_trains_against_the_no_image_reference_columns(tmp_path):
     data = tmp_path / "demo"
     with one_thread(), warnings.catch_warnings():
