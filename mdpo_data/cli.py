@@ -242,7 +242,7 @@ def _build_settings_checked(ctx: click.Context, pipeline: str | None):
     if not runtime.out:
         raise click.UsageError("--out is required (or `out:` in the pipeline file)")
     if config.rejected_response:
-        from mdpo_data.bpo.stage import parse_response_strategy
+        from mdpo_data.bpo.spec import parse_response_strategy
 
         try:
             parse_response_strategy(config.rejected_response)

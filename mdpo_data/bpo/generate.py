@@ -163,6 +163,9 @@ class Weaken:
 class Inject:
     """A text-only LLM rewriting the gold answer (`inject`)."""
 
+    def __init__(self, strategy: ResponseStrategy, seed: int, max_pixels: int):
+        pass  # the rewrite depends on the text only
+
     def input_digest(self, c: Candidate) -> str:
         return sha(c.question, c.chosen)
 
@@ -189,3 +192,7 @@ class Inject:
         )
         out = greedy(self.model, self.tokenizer, dict(inputs), max_new_tokens)
         return [(c, dataclasses.replace(g, text=clean_rewrite(g.text))) for c, g in zip(batch, out)]
+
+
+# One generator per strategy in bpo.spec's RESPONSE_KINDS (spec.py stays torch-free: it never imports this).
+GENERATORS: dict[str, type[Weaken] | type[Inject]] = {"weaken": Weaken, "inject": Inject}

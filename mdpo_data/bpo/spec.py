@@ -69,10 +69,6 @@ class ResponseStrategy:
         """Which of the two models generates this strategy's answers."""
         return self.handler.generating_model(model, inject_model)
 
-    def generator(self, seed: int, max_pixels: int):
-        """The `mdpo_data.bpo.generate` generator for this strategy (imports it: torch)."""
-        return self.handler.generator(self, seed, max_pixels)
-
 
 class ResponseKind:
     """One rejected-response strategy; subclasses set `name` and override what differs."""
@@ -99,9 +95,6 @@ class ResponseKind:
 
     def generating_model(self, model: str | None, inject_model: str | None) -> str | None:
         return model
-
-    def generator(self, strategy: ResponseStrategy, seed: int, max_pixels: int):
-        raise NotImplementedError
 
 
 RESPONSE_KINDS: dict[str, ResponseKind] = {}
@@ -145,11 +138,6 @@ class WeakenResponse(ResponseKind):
             return "--rejected-response weaken needs a model: pass --ref-model or --rejected-response-model"
         return None
 
-    def generator(self, strategy, seed, max_pixels):
-        from mdpo_data.bpo.generate import Weaken
-
-        return Weaken(strategy, seed, max_pixels)
-
 
 @register
 class InjectResponse(ResponseKind):
@@ -171,11 +159,6 @@ class InjectResponse(ResponseKind):
 
     def generating_model(self, model, inject_model):
         return inject_model
-
-    def generator(self, strategy, seed, max_pixels):
-        from mdpo_data.bpo.generate import Inject
-
-        return Inject()
 
 
 def parse_response_strategy(spec: str) -> ResponseStrategy:

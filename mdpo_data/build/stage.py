@@ -358,7 +358,7 @@ def run_build(
     if workers < 1:
         raise BuildError(f"--workers must be at least 1, got {workers}")
     if config.rejected_response:
-        from mdpo_data.bpo.stage import parse_response_strategy
+        from mdpo_data.bpo.spec import parse_response_strategy
 
         try:
             parse_response_strategy(config.rejected_response)
@@ -579,7 +579,8 @@ def _previous_manifest(directory: Path) -> dict | None:
 
 def _bootstrap(config: BuildConfig, splits, pool, directory: Path, runtime: Runtime, progress: bool):
     """BPO: generate rejected answers for sampled pairs that lack one (cached, resumable)."""
-    from mdpo_data.bpo.stage import bootstrap_rejected, parse_response_strategy
+    from mdpo_data.bpo.spec import parse_response_strategy
+    from mdpo_data.bpo.stage import bootstrap_rejected
 
     strategy = parse_response_strategy(config.rejected_response)
     model = config.rejected_response_model or runtime.ref_model

@@ -19,18 +19,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mdpo_data.bpo.stage import (
+from mdpo_data.bpo.generate import input_resolution, weakened_image
+from mdpo_data.bpo.spec import (
     INJECT_PROMPT,
     VALID_FORMS,
     ResponseStrategy,
-    bootstrap_rejected,
     clean_rewrite,
-    input_resolution,
     normalize,
     parse_response_strategy,
     rejected_problem,
-    weakened_image,
 )
+from mdpo_data.bpo.stage import bootstrap_rejected
 from mdpo_data.build.images import load_image
 from mdpo_data.sources.records import BadRow, Candidate, ImageRef
 from mdpo_data.build.sampling import collect
