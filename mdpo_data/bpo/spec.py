@@ -10,7 +10,6 @@ from typing import ClassVar
 
 VALID_FORMS = "weaken (= weaken:900), weaken:T (diffusion step T in 1..1000), inject"
 DEFAULT_STEP = 900  # BPO's image-weakening noise step
-NOISE_STEPS = 1000
 INJECT_PROMPT = """\
 Here is a question about an image and its correct answer.
 
@@ -114,6 +113,8 @@ class WeakenResponse(ResponseKind):
     def parse(self, arg):
         if arg is None:
             return ResponseStrategy(self.name, DEFAULT_STEP)
+        from mdpo_data.rejected.noise import NOISE_STEPS  # the one schedule (numpy, no torch)
+
         if arg.isdigit() and 1 <= int(arg) <= NOISE_STEPS:
             return ResponseStrategy(self.name, int(arg))
         raise ValueError(f"weaken needs a whole diffusion step T in 1..{NOISE_STEPS}, got {arg!r}")
@@ -122,7 +123,7 @@ class WeakenResponse(ResponseKind):
         return f"weaken:{strategy.t}"
 
     def describe(self, strategy):
-        from mdpo_data.rejected.strategies import noise_schedule
+        from mdpo_data.rejected.noise import NOISE_STEPS, noise_schedule
 
         abar = float(noise_schedule()[strategy.t - 1])
         return (

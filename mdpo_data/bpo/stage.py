@@ -155,7 +155,7 @@ def _mark(state_dir: Path, part: str, key: str, settings_key: str, filled: list[
 
 def _settings(strategy, name, model, inject_model, seed, dtype, device, max_new_tokens, revision):
     """(settings key, manifest record): every setting that shapes an answer keys the cache."""
-    from mdpo_data.format.manifest import library_versions
+    from mdpo_data.format.versions import library_versions
     from mdpo_data.scoring.models import checkpoint_identity, resolve_device, resolve_dtype
 
     resolved_dtype = resolve_dtype(dtype, resolve_device(device))
