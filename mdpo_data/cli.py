@@ -227,7 +227,6 @@ def _build_settings_checked(ctx: click.Context, pipeline: str | None):
     """(BuildConfig, Runtime) from defaults < the pipeline file < the flags given, checked once
     (every problem in one line), then the checks that need the resolved values."""
     from mdpo_data.config.options import given
-    from mdpo_data.rejected.registry import SpecError, parse_spec
     from mdpo_data.format.folder import FolderError, check_target
     from mdpo_data.config.pipeline import PipelineError, load_pipeline, merge, settings
 
@@ -236,19 +235,8 @@ def _build_settings_checked(ctx: click.Context, pipeline: str | None):
         config, runtime = settings(merge(load_pipeline(pipeline) if pipeline else {}, flags), _model_input)
     except PipelineError as error:
         raise click.UsageError(str(error)) from None
-    try:
-        parse_spec(config.rejected)
-    except SpecError as error:
-        raise click.BadParameter(str(error), param_hint="--rejected") from None
     if not runtime.out:
         raise click.UsageError("--out is required (or `out:` in the pipeline file)")
-    if config.rejected_response:
-        from mdpo_data.bpo.spec import parse_response_strategy
-
-        try:
-            parse_response_strategy(config.rejected_response)
-        except ValueError as error:
-            raise click.BadParameter(str(error), param_hint="--rejected-response") from None
     if runtime.ref_model or config.rejected_response:
         _check_device(runtime.device)
     try:

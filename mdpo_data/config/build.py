@@ -30,6 +30,18 @@ def _subset_names() -> tuple[str, ...]:
     return subset_names()
 
 
+def _parse_rejected(spec: str):
+    from mdpo_data.rejected.registry import parse_spec
+
+    return parse_spec(spec)
+
+
+def _parse_rejected_response(spec: str):
+    from mdpo_data.bpo.spec import parse_response_strategy
+
+    return parse_response_strategy(spec)
+
+
 @dataclass
 class BuildConfig:
     """Every option that shapes the output bytes. Runtime-only options live in `Runtime`.
@@ -38,7 +50,7 @@ class BuildConfig:
     source: str = setting("demo", "Where pairs come from.", choices=names_from("mdpo_data.sources", "SOURCES"))
     n: int = setting(1000, "Pairs to sample.", min=1)
     rejected: str = setting("crop:0-0.2", "Rejected image m_l: crop:LO-HI | swap | moco | noise:T | "
-                            "albumentations:PIPELINE.yaml.")
+                            "albumentations:PIPELINE.yaml.", check=_parse_rejected)
     seed: int = setting(0, "Build seed: same seed + config = byte-identical output.")
     source_path: str | None = setting(None, "Local file/folder of the source (default: its Hub id).")
     image_root: str | None = setting(None, "Folder that relative image paths resolve under (never escaped).")
@@ -55,7 +67,8 @@ class BuildConfig:
     eval_fraction: float = setting(0.0, "Share of sampled pairs put in an eval split.")
     shard_size: int = setting(1000, "Rows per shard.", min=1)
     max_pixels: int = setting(40_000_000, "Refuse larger images (decompression bombs).", min=1)
-    rejected_response: str | None = setting(None, "Bootstrap missing rejected answers (BPO): weaken[:T] | inject.")
+    rejected_response: str | None = setting(None, "Bootstrap missing rejected answers (BPO): weaken[:T] | inject.",
+                                            check=_parse_rejected_response)
     rejected_response_model: str | None = setting(None, "Model that generates weakened answers.",
                                                   shown="--ref-model")
     inject_model: str | None = setting(None, "Text LLM for --rejected-response inject.")

@@ -41,15 +41,17 @@ class ConfigFileError(ValueError):
 def setting(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = dataclasses.MISSING,
             flag: str | None = None, choices: Iterable[str] | Callable[[], Iterable[str]] | None = None,
             min: float | None = None, above: float | None = None, below: float | None = None,
-            max: float | None = None, shown: str | None = None, cli: bool = True,
+            max: float | None = None, check: Callable[[Any], Any] | None = None,
+            shown: str | None = None, cli: bool = True,
             click_args: Mapping[str, Any] | None = None) -> Any:
     """A dataclass field with its command-line facts. `choices` may be a function (names from a
     registry, read when the options are made); `min`/`max` bound the value inclusively,
     `above`/`below` exclusively (a bounded float must also be finite); `shown` replaces the
-    default in the help; `cli=False` keeps a field out of the flags (it is still a YAML key);
+    default in the help; `check` parses the value further (a strategy spec: ValueError names the
+    problem); `cli=False` keeps a field out of the flags (it is still a YAML key);
     `click_args` are extra `click.option` arguments for odd flags."""
     metadata = {"help": help, "flag": flag, "choices": choices, "min": min, "above": above,
-                "below": below, "max": max, "shown": shown, "cli": cli, "click": dict(click_args or {})}
+                "below": below, "max": max, "check": check, "shown": shown, "cli": cli, "click": dict(click_args or {})}
     return dataclasses.field(default=default, default_factory=factory, metadata=metadata)
 
 
@@ -233,6 +235,11 @@ def check_fields(cls, options: Mapping[str, Any], label: Callable[[str], str] = 
             problem = f"{value!r} is not one of {', '.join(choices)}"
         if problem is None:
             problem = range_problem(field.metadata, value)
+        if problem is None and value is not None and field.metadata.get("check"):
+            try:
+                field.metadata["check"](value)
+            except ValueError as error:
+                problem = str(error)
         if problem:
             problems.append(f"{label(name)}: {problem}")
         else:
