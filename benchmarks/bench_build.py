@@ -51,7 +51,7 @@ def make_source(root: Path, n_rows: int, n_images: int, size: int, seed: int = 0
 def floor(files: list[Path], spec: str) -> float:
     """rows/s of decode + crop + encode alone, same functions the build uses."""
     from mdpo_data.build import images
-    from mdpo_data.rejected.strategies import parse_spec
+    from mdpo_data.rejected.registry import parse_spec
 
     strategy = parse_spec(spec)
     started = time.perf_counter()
@@ -63,7 +63,8 @@ def floor(files: list[Path], spec: str) -> float:
 
 
 def build(source: Path, n: int, spec: str, workers: int) -> float:
-    from mdpo_data.build.stage import BuildConfig, run_build
+    from mdpo_data.build.stage import run_build
+    from mdpo_data.config.build import BuildConfig
 
     out = Path(tempfile.mkdtemp(prefix="bench-build-"))
     config = BuildConfig(source="silkie", source_path=str(source), n=n, rejected=spec, seed=0,

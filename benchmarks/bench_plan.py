@@ -167,7 +167,8 @@ print(json.dumps({"seconds": seconds, "rss_mb": resource.getrusage(resource.RUSA
 
 PLAN = """
 import json, resource, sys, time, warnings
-from mdpo_data.build.stage import BuildConfig, plan
+from mdpo_data.build.stage import plan
+from mdpo_data.config.build import BuildConfig
 config = BuildConfig(source="silkie", source_path=sys.argv[1], n=int(sys.argv[2]), seed=0)
 started = time.perf_counter()
 with warnings.catch_warnings():

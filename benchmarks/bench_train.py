@@ -88,7 +88,8 @@ class PeakMemory:
 
 # ------------------------------------------------------------------ setup (parent process)
 def prepare(args) -> dict:
-    from mdpo_data.build.stage import BuildConfig, run_build
+    from mdpo_data.build.stage import run_build
+    from mdpo_data.config.build import BuildConfig
     from mdpo_data.scoring.stage import score_build
     from mdpo_data.demo.tiny import build_tiny_llava
 

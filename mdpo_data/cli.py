@@ -52,7 +52,7 @@ def _parse_columns(ctx, param, value: str | None) -> dict[str, str] | None:
 def _portable(value: str) -> str:
     """An absolute local path -> its last component: manifests and cards are published, and the
     same config should give the same manifest on every machine."""
-    from mdpo_data.build.stage import portable_path
+    from mdpo_data.config.build import portable_path
 
     return portable_path(value) or value
 
@@ -140,7 +140,7 @@ def main() -> None:
 
 
 def _build_classes():
-    from mdpo_data.build.stage import BuildConfig
+    from mdpo_data.config.build import BuildConfig
     from mdpo_data.config.runtime import Runtime
 
     return BuildConfig, Runtime
@@ -161,8 +161,9 @@ def build(ctx, pipeline, quiet, **_) -> None:
         --ref-model llava-hf/llava-1.5-7b-hf --out out/silkie
     mdpo-data build --pipeline pipelines/paper_silkie_crop.yaml --out out/paper
     """
-    from mdpo_data.build.stage import BuildError, run_build
-    from mdpo_data.rejected.strategies import SpecError
+    from mdpo_data.build.stage import run_build
+    from mdpo_data.config.build import BuildError
+    from mdpo_data.rejected.registry import SpecError
     from mdpo_data.format.folder import FolderError
     from mdpo_data.sources import SourceError
 
@@ -226,7 +227,6 @@ def _build_settings_checked(ctx: click.Context, pipeline: str | None):
     """(BuildConfig, Runtime) from defaults < the pipeline file < the flags given, checked once
     (every problem in one line), then the checks that need the resolved values."""
     from mdpo_data.config.options import given
-    from mdpo_data.rejected.strategies import SpecError, parse_spec
     from mdpo_data.format.folder import FolderError, check_target
     from mdpo_data.config.pipeline import PipelineError, load_pipeline, merge, settings
 
@@ -235,19 +235,8 @@ def _build_settings_checked(ctx: click.Context, pipeline: str | None):
         config, runtime = settings(merge(load_pipeline(pipeline) if pipeline else {}, flags), _model_input)
     except PipelineError as error:
         raise click.UsageError(str(error)) from None
-    try:
-        parse_spec(config.rejected)
-    except SpecError as error:
-        raise click.BadParameter(str(error), param_hint="--rejected") from None
     if not runtime.out:
         raise click.UsageError("--out is required (or `out:` in the pipeline file)")
-    if config.rejected_response:
-        from mdpo_data.bpo.stage import parse_response_strategy
-
-        try:
-            parse_response_strategy(config.rejected_response)
-        except ValueError as error:
-            raise click.BadParameter(str(error), param_hint="--rejected-response") from None
     if runtime.ref_model or config.rejected_response:
         _check_device(runtime.device)
     try:
@@ -261,7 +250,7 @@ def _model_input(runtime) -> str:
     """The reference model's image input space (for `--rejected noise:T`), as JSON."""
     from transformers import AutoProcessor
 
-    from mdpo_data.rejected.strategies import ModelInput
+    from mdpo_data.rejected.model_input import ModelInput
     from mdpo_data.scoring.models import resolve_model
 
     model = runtime.ref_model

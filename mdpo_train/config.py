@@ -51,18 +51,18 @@ class TrainConfig:
     trust_remote_code: bool = setting(False, "run the model repository's own code")
     dtype: str | None = setting(None, "bf16|fp16|fp32; default: the dtype the reference was scored in")
     max_length: int | None = setting(None, "longer examples are dropped, never truncated; default: the "
-                                     "scorer's")
-    finetune: str = setting("lora", "lora: adapters on the language model; full: all of the language model")
-    lora_r: int = setting(64, "LoRA rank (paper: 64)")
-    lora_alpha: int = setting(128, "LoRA alpha (paper: 128)")
-    lora_dropout: float = setting(0.05, "LoRA dropout")
+                                     "scorer's", above=0)
+    finetune: str = setting("lora", "lora: adapters on the language model; full: all of the language model", choices=FINETUNE)
+    lora_r: int = setting(64, "LoRA rank (paper: 64)", above=0)
+    lora_alpha: int = setting(128, "LoRA alpha (paper: 128)", above=0)
+    lora_dropout: float = setting(0.05, "LoRA dropout", min=0, below=1)
     lora_target: list[str] | None = setting(None, "e.g. q_proj,v_proj; default: every linear layer of the LM")
     gradient_checkpointing: bool = setting(False, "~30% slower, far less activation memory")
     prefix_sharing: bool = setting(True, "y_w and y_l under one image as one sequence (block mask; exact)")
     # ---- loss (docs/method.md)
     loss: str = setting("mdpo", "mdpo | dpo | mdpo_no_cond | mdpo_no_anchor | sft (needs no reference "
-                        "scores)")
-    beta: float = setting(0.1, "reward scale, r = beta (log pi - log pi_ref) (paper: 0.1)")
+                        "scores)", choices=lambda: tuple(sorted(LOSSES)))
+    beta: float = setting(0.1, "reward scale, r = beta (log pi - log pi_ref) (paper: 0.1)", above=0)
     delta: float = setting(0.0, "anchor value (paper: 0)")
     anchor_rejected: bool = setting(False, "extra term: reward of the rejected response below delta")
     anchor_rejected_image: bool = setting(False, "extra term: reward of y_w under the rejected image below "
@@ -72,31 +72,31 @@ class TrainConfig:
     no_image: bool = setting(False, '"DPO (No Image)": text only, against the stored no-image reference '
                              "log-probs")
     # ---- optimization (paper + released config)
-    epochs: int = setting(3, "passes over the train split (paper: 3)")
-    max_steps: int | None = setting(None, "stop after this many optimizer steps (the schedule ends there)")
-    global_batch_size: int = setting(32, "= per-device batch x grad accumulation x processes (paper: 32)")
-    per_device_batch_size: int = setting(4, "examples per forward; each is 3 sequences for MDPO")
-    lr: float = setting(1e-5, "peak learning rate (paper: 1e-5)")
-    lr_scheduler: str = setting("cosine", "cosine | linear | constant, after linear warmup")
-    warmup_ratio: float = setting(0.1, "fraction of the steps spent warming up (paper: 0.1)")
-    weight_decay: float = setting(0.05, "AdamW weight decay on matrices (released config: 0.05)")
-    adam_beta1: float = setting(0.9, "AdamW beta1")
-    adam_beta2: float = setting(0.98, "AdamW beta2 (released config: 0.98)")
-    adam_epsilon: float = setting(1e-8, "AdamW epsilon")
-    max_grad_norm: float = setting(1.0, "gradient clipping norm; 0 disables clipping")
+    epochs: int = setting(3, "passes over the train split (paper: 3)", above=0)
+    max_steps: int | None = setting(None, "stop after this many optimizer steps (the schedule ends there)", above=0)
+    global_batch_size: int = setting(32, "= per-device batch x grad accumulation x processes (paper: 32)", above=0)
+    per_device_batch_size: int = setting(4, "examples per forward; each is 3 sequences for MDPO", above=0)
+    lr: float = setting(1e-5, "peak learning rate (paper: 1e-5)", above=0)
+    lr_scheduler: str = setting("cosine", "cosine | linear | constant, after linear warmup", choices=SCHEDULERS)
+    warmup_ratio: float = setting(0.1, "fraction of the steps spent warming up (paper: 0.1)", min=0, below=1)
+    weight_decay: float = setting(0.05, "AdamW weight decay on matrices (released config: 0.05)", min=0)
+    adam_beta1: float = setting(0.9, "AdamW beta1", min=0, below=1)
+    adam_beta2: float = setting(0.98, "AdamW beta2 (released config: 0.98)", min=0, below=1)
+    adam_epsilon: float = setting(1e-8, "AdamW epsilon", min=0)
+    max_grad_norm: float = setting(1.0, "gradient clipping norm; 0 disables clipping", min=0)
     seed: int = setting(42, "data order, LoRA init and dropout")
     # ---- loop, logging, outputs
-    save_steps: int = setting(500, "checkpoint every N optimizer steps; 0: no checkpoints")
-    save_total_limit: int = setting(2, "keep the newest N checkpoints; 0 keeps all")
-    eval_steps: int = setting(0, "evaluate every N steps; 0: at the end of each epoch (if an eval split)")
-    eval_batch_size: int | None = setting(None, "default: per-device batch size")
-    logging_steps: int = setting(1, "write metrics every N steps")
-    report_to: str = setting("none", "none | tensorboard | wandb (through accelerate's trackers)")
+    save_steps: int = setting(500, "checkpoint every N optimizer steps; 0: no checkpoints", min=0)
+    save_total_limit: int = setting(2, "keep the newest N checkpoints; 0 keeps all", min=0)
+    eval_steps: int = setting(0, "evaluate every N steps; 0: at the end of each epoch (if an eval split)", min=0)
+    eval_batch_size: int | None = setting(None, "default: per-device batch size", above=0)
+    logging_steps: int = setting(1, "write metrics every N steps", above=0)
+    report_to: str = setting("none", "none | tensorboard | wandb (through accelerate's trackers)", choices=REPORT_TO)
     spot_check_rows: int = setting(4, "rows whose stored reference log-probs are recomputed at start; "
-                                   "0 skips")
+                                   "0 skips", min=0)
     spot_check_tolerance: float | None = setting(None, "absolute tolerance; default by dtype "
-                                                 "(SPOT_CHECK_TOLERANCE)")
-    num_workers: int = setting(0, "DataLoader worker processes decoding and encoding batches")
+                                                 "(SPOT_CHECK_TOLERANCE)", min=0)
+    num_workers: int = setting(0, "DataLoader worker processes decoding and encoding batches", min=0)
     merge: bool = setting(False, "also write the LoRA merged into the base weights (RUN/merged)")
     progress: bool = setting(True, "tqdm progress bar on the main process")
 
@@ -148,7 +148,7 @@ def build_config(options: dict[str, Any], problems: list[str] | None = None) -> 
     for name, close in config_io.unknown_keys(options, FIELDS, ALIASES).items():
         hint = f"did you mean {close!r}?" if close else f"valid keys: {', '.join(FIELDS)}"
         problems.append(f"{name}: unknown key; {hint}")
-    values, type_problems = config_io.check_fields(TrainConfig, options, label=str)
+    values, type_problems = config_io.check_fields(TrainConfig, options)
     config = TrainConfig(**values)  # badly typed keys keep their defaults here
     problems += type_problems + validate(config)
     if problems:
@@ -172,35 +172,13 @@ def canonical_dtype(dtype: str | None) -> str | None:
 
 
 def validate(c: TrainConfig) -> list[str]:
-    """Every range/choice problem of a well-typed config (files and data are checked later)."""
+    """Problems no field's type, choices or bounds can say (those are checked with the types,
+    from each field's `setting` metadata); files and data are checked later."""
     p = []
     p += [f"{flag(name)}: required" for name in REQUIRED if not getattr(c, name)]
 
-    def choice(name, options):
-        if getattr(c, name) not in options:
-            p.append(f"{flag(name)}: {getattr(c, name)!r} is not one of {', '.join(options)}")
-
-    def positive(*names, allow_zero=False):
-        for name in names:
-            value = getattr(c, name)
-            if value is None:
-                continue
-            if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-                p.append(f"{flag(name)}: must be {'>= 0' if allow_zero else '> 0'}, got {value}")
-
-    choice("loss", sorted(LOSSES))
-    choice("lr_scheduler", SCHEDULERS)
-    choice("finetune", FINETUNE)
-    choice("report_to", REPORT_TO)
     if c.dtype is not None and canonical_dtype(c.dtype) not in DTYPES:
         p.append(f"--dtype: {c.dtype!r} is not one of {', '.join(DTYPES)}")
-    positive("beta", "lr", "epochs", "global_batch_size", "per_device_batch_size", "lora_r",
-             "lora_alpha", "logging_steps", "max_length", "max_steps", "eval_batch_size")
-    positive("weight_decay", "max_grad_norm", "save_steps", "save_total_limit", "eval_steps",
-             "spot_check_rows", "spot_check_tolerance", "num_workers", "adam_epsilon", allow_zero=True)
-    for name in ("warmup_ratio", "lora_dropout", "adam_beta1", "adam_beta2"):
-        if not 0.0 <= getattr(c, name) < 1.0:
-            p.append(f"{flag(name)}: must be in [0, 1), got {getattr(c, name)}")
     if not math.isfinite(c.delta):
         p.append(f"--delta: must be finite, got {c.delta}")
     for term, weight in c.loss_weights.items():

@@ -14,7 +14,8 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 from mdpo_data.format import schema
-from mdpo_data.format.manifest import library_versions, write_manifest
+from mdpo_data.format.manifest import write_manifest
+from mdpo_data.format.versions import library_versions
 from mdpo_data.format.shards import sha256_file, shard_name, write_shard
 
 SMOKE_FINGERPRINT = {"model": "/cache/tiny-llava-v1", "name": "mdpo-tiny-llava-smoke-test",

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-from mdpo_data.build.stage import BuildConfig, run_build
+from mdpo_data.build.stage import run_build
+from mdpo_data.config.build import BuildConfig
 from mdpo_data.scoring.stage import score_build
 
 

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-CACHE_VERSION = 1  # bump when the cache line format or what a line means changes
+CACHE_VERSION = 2  # 2: weaken noises at the processor's own resize (ModelInput). Bump when the cache line format or what a line means changes
 
 
 # --------------------------------------------------------------------------- cache

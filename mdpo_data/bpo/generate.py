@@ -21,42 +21,19 @@ GREEDY = {"do_sample": False, "num_beams": 1, "repetition_penalty": 1.0, "no_rep
 # --------------------------------------------------------------------------- weakened image
 
 
-def input_resolution(image_processor, width: int, height: int) -> tuple[int, int]:
-    """The (width, height) the processor brings an image to, as far as a config tells; never larger.
-
-    BPO noises the model's input tensor. Noise added at full resolution would be averaged
-    away by the processor's downscale (a 4x downscale cuts its std 4x), so the image is
-    first resized to the model's input size, then noised. Rules by processor config:
-    pixel-budget processors (Qwen-VL style, `merge_size`): area <= size.longest_edge pixels;
-    size.height/width: exactly that; size.shortest_edge: that short side (CLIP/LLaVA);
-    size.longest_edge: that long side. Anything else: unchanged.
-    """
-    size = getattr(image_processor, "size", None)
-    get = (lambda k: size.get(k)) if isinstance(size, dict) else (lambda k: getattr(size, k, None))
-    scale = 1.0
-    if getattr(image_processor, "merge_size", None) is not None and get("longest_edge"):
-        scale = min(1.0, (get("longest_edge") / (width * height)) ** 0.5)
-    elif get("height") and get("width"):  # the processor stretches to exactly this size
-        return min(width, get("width")), min(height, get("height"))
-    elif get("shortest_edge"):  # as transformers' get_resize_output_image_size rounds
-        short, long = sorted((width, height))
-        if get("shortest_edge") >= short:
-            return width, height
-        new_short, new_long = get("shortest_edge"), int(get("shortest_edge") * long / short)
-        return (new_short, new_long) if width <= height else (new_long, new_short)
-    elif get("longest_edge"):
-        scale = min(1.0, get("longest_edge") / max(width, height))
-    return max(1, round(width * scale)), max(1, round(height * scale))
-
-
 def weakened_image(image, t: int, seed: int, image_processor=None):
-    """The image the model sees under `weaken:t`: resized to its input size, then noised."""
+    """The image the model sees under `weaken:t`: resized to its input size, then noised.
+
+    BPO noises the model's input tensor. Noise added at full resolution would be averaged away
+    by the processor's downscale (a 4x downscale cuts its std 4x), so the image is first brought
+    to the size the processor gives it, then noised."""
     from PIL import Image
 
-    from mdpo_data.rejected.strategies import diffusion_noise
+    from mdpo_data.rejected.model_input import ModelInput
+    from mdpo_data.rejected.noise import diffusion_noise
 
-    if image_processor is not None:
-        size = input_resolution(image_processor, *image.size)
+    if image_processor is not None:  # the processor's own resize rule, as `noise:T` uses
+        size = ModelInput.of(image_processor).resize_to(*image.size)
         if size != image.size:
             image = image.resize(size, Image.Resampling.BICUBIC)
     return diffusion_noise(image, t, seed)
@@ -163,6 +140,9 @@ class Weaken:
 class Inject:
     """A text-only LLM rewriting the gold answer (`inject`)."""
 
+    def __init__(self, strategy: ResponseStrategy, seed: int, max_pixels: int):
+        pass  # the rewrite depends on the text only
+
     def input_digest(self, c: Candidate) -> str:
         return sha(c.question, c.chosen)
 
@@ -189,3 +169,7 @@ class Inject:
         )
         out = greedy(self.model, self.tokenizer, dict(inputs), max_new_tokens)
         return [(c, dataclasses.replace(g, text=clean_rewrite(g.text))) for c, g in zip(batch, out)]
+
+
+# One generator per strategy in bpo.spec's RESPONSE_KINDS (spec.py stays torch-free: it never imports this).
+GENERATORS: dict[str, type[Weaken] | type[Inject]] = {"weaken": Weaken, "inject": Inject}

@@ -10,7 +10,6 @@ from typing import ClassVar
 
 VALID_FORMS = "weaken (= weaken:900), weaken:T (diffusion step T in 1..1000), inject"
 DEFAULT_STEP = 900  # BPO's image-weakening noise step
-NOISE_STEPS = 1000
 INJECT_PROMPT = """\
 Here is a question about an image and its correct answer.
 
@@ -69,10 +68,6 @@ class ResponseStrategy:
         """Which of the two models generates this strategy's answers."""
         return self.handler.generating_model(model, inject_model)
 
-    def generator(self, seed: int, max_pixels: int):
-        """The `mdpo_data.bpo.generate` generator for this strategy (imports it: torch)."""
-        return self.handler.generator(self, seed, max_pixels)
-
 
 class ResponseKind:
     """One rejected-response strategy; subclasses set `name` and override what differs."""
@@ -100,9 +95,6 @@ class ResponseKind:
     def generating_model(self, model: str | None, inject_model: str | None) -> str | None:
         return model
 
-    def generator(self, strategy: ResponseStrategy, seed: int, max_pixels: int):
-        raise NotImplementedError
-
 
 RESPONSE_KINDS: dict[str, ResponseKind] = {}
 
@@ -121,6 +113,8 @@ class WeakenResponse(ResponseKind):
     def parse(self, arg):
         if arg is None:
             return ResponseStrategy(self.name, DEFAULT_STEP)
+        from mdpo_data.rejected.noise import NOISE_STEPS  # the one schedule (numpy, no torch)
+
         if arg.isdigit() and 1 <= int(arg) <= NOISE_STEPS:
             return ResponseStrategy(self.name, int(arg))
         raise ValueError(f"weaken needs a whole diffusion step T in 1..{NOISE_STEPS}, got {arg!r}")
@@ -129,7 +123,7 @@ class WeakenResponse(ResponseKind):
         return f"weaken:{strategy.t}"
 
     def describe(self, strategy):
-        from mdpo_data.rejected.strategies import noise_schedule
+        from mdpo_data.rejected.noise import NOISE_STEPS, noise_schedule
 
         abar = float(noise_schedule()[strategy.t - 1])
         return (
@@ -144,11 +138,6 @@ class WeakenResponse(ResponseKind):
         if not model:
             return "--rejected-response weaken needs a model: pass --ref-model or --rejected-response-model"
         return None
-
-    def generator(self, strategy, seed, max_pixels):
-        from mdpo_data.bpo.generate import Weaken
-
-        return Weaken(strategy, seed, max_pixels)
 
 
 @register
@@ -171,11 +160,6 @@ class InjectResponse(ResponseKind):
 
     def generating_model(self, model, inject_model):
         return inject_model
-
-    def generator(self, strategy, seed, max_pixels):
-        from mdpo_data.bpo.generate import Inject
-
-        return Inject()
 
 
 def parse_response_strategy(spec: str) -> ResponseStrategy:

@@ -24,9 +24,8 @@ Filters (each a counted skip, BPO keeps only usable negatives):
 Images that fail to load (weaken only: inject never reads the image) skip with the
 `BadRow` reason, e.g. image_corrupt.
 
-Modules: `bpo_spec` (strategies, prompt, filters), `bpo_generate` (weakened image, greedy
-decoding, the two generators), `bpo_cache` (the JSONL answer cache);
-this one is the stage. Their public names are re-exported here.
+Modules: `spec` (strategies, prompt, filters; imports no torch), `generate` (weakened image,
+greedy decoding, the two generators), `cache` (the JSONL answer cache); this one is the stage.
 """
 
 from __future__ import annotations
@@ -40,27 +39,10 @@ from pathlib import Path
 from typing import Any
 
 from mdpo_data.bpo.cache import CACHE_VERSION, AnswerCache, sha
-from mdpo_data.bpo.generate import GREEDY, Inject, Weaken, input_resolution, weakened_image
-from mdpo_data.bpo.spec import (
-    DEFAULT_STEP,
-    INJECT_PROMPT,
-    NOISE_STEPS,
-    PLAIN_SUFFIX,
-    VALID_FORMS,
-    ResponseStrategy,
-    clean_rewrite,
-    normalize,
-    parse_response_strategy,
-    rejected_problem,
-)
+from mdpo_data.bpo.generate import GENERATORS, GREEDY
+from mdpo_data.bpo.spec import ResponseStrategy, rejected_problem
 from mdpo_data.sources.records import BadRow, Candidate
 from mdpo_data.format.markers import bpo_cache_path, read_bpo_marker, write_bpo_marker
-
-__all__ = [
-    "CACHE_VERSION", "DEFAULT_STEP", "GREEDY", "INJECT_PROMPT", "NOISE_STEPS", "PLAIN_SUFFIX",
-    "VALID_FORMS", "ResponseStrategy", "bootstrap_rejected", "clean_rewrite", "input_resolution",
-    "normalize", "parse_response_strategy", "rejected_problem", "weakened_image",
-]
 
 
 # --------------------------------------------------------------------------- the stage
@@ -103,7 +85,7 @@ def bootstrap_rejected(
     name = strategy.generating_model(model, inject_model)
     if not name:
         raise ValueError(f"rejected-response {strategy.kind} needs {strategy.handler.needs}")
-    generator = strategy.generator(seed, max_pixels)
+    generator = GENERATORS[strategy.kind](strategy, seed, max_pixels)
     settings_key, record = _settings(strategy, name, model, inject_model, seed, dtype, device,
                                      max_new_tokens, revision)
     cache = AnswerCache(bpo_cache_path(state_dir, strategy.kind, settings_key),
@@ -173,7 +155,7 @@ def _mark(state_dir: Path, part: str, key: str, settings_key: str, filled: list[
 
 def _settings(strategy, name, model, inject_model, seed, dtype, device, max_new_tokens, revision):
     """(settings key, manifest record): every setting that shapes an answer keys the cache."""
-    from mdpo_data.format.manifest import library_versions
+    from mdpo_data.format.versions import library_versions
     from mdpo_data.scoring.models import checkpoint_identity, resolve_device, resolve_dtype
 
     resolved_dtype = resolve_dtype(dtype, resolve_device(device))

@@ -11,7 +11,6 @@ must be new, empty or ours (`mdpo_data.format.folder`), and is locked while the 
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import multiprocessing
@@ -28,9 +27,10 @@ from typing import Any
 from mdpo_data.format import schema
 
 from mdpo_data.format import markers as stage_state
-from mdpo_data.config.options import names_from, setting
+from mdpo_data.config.build import BuildConfig, BuildError, portable_text
 from mdpo_data.format.folder import STATE_DIR, check_target, has_our_manifest, hold, owned_files
-from mdpo_data.format.manifest import MANIFEST_NAME, library_versions, manifest_path, write_manifest
+from mdpo_data.format.manifest import MANIFEST_NAME, manifest_path, write_manifest
+from mdpo_data.format.versions import library_versions
 from mdpo_data.sources.records import Candidate, Skip
 from mdpo_data.config.runtime import Runtime
 from mdpo_data.build.sampling import draw, split_eval
@@ -40,122 +40,6 @@ from mdpo_data.format.markers import drop_markers, read_json, read_marker
 from mdpo_data.build.worker import Task, make_example, worker_init
 
 WRITE_BATCH = 64  # rows per Arrow record batch: bounds memory while a shard is written
-
-
-class BuildError(ValueError):
-    """A problem with the build's configuration or output folder, reported before any work."""
-
-
-def _subset_names() -> tuple[str, ...]:
-    from mdpo_data.sources import subset_names
-
-    return subset_names()
-
-
-@dataclass
-class BuildConfig:
-    """Every option that shapes the output bytes. Runtime-only options live in `Runtime`.
-    Each field is also a `mdpo-data build` flag and a pipeline YAML key (`config_io.setting`)."""
-
-    source: str = setting("demo", "Where pairs come from.", choices=names_from("mdpo_data.sources", "SOURCES"))
-    n: int = setting(1000, "Pairs to sample.", min=1)
-    rejected: str = setting("crop:0-0.2", "Rejected image m_l: crop:LO-HI | swap | moco | noise:T | "
-                            "albumentations:PIPELINE.yaml.")
-    seed: int = setting(0, "Build seed: same seed + config = byte-identical output.")
-    source_path: str | None = setting(None, "Local file/folder of the source (default: its Hub id).")
-    image_root: str | None = setting(None, "Folder that relative image paths resolve under (never escaped).")
-    pairing: str = setting("all", "Silkie pairing rule.", choices=names_from("mdpo_data.sources", "PAIRINGS"),
-                           shown="all: every pair of completions, as VLFeedback's authors pair it")
-    subset: str | None = setting(None, "Silkie: keep ids starting with llava- (the paper).", choices=_subset_names)
-    id_prefix: str | None = setting(None, "Silkie: keep ids with this prefix.")
-    columns: dict[str, str] | None = setting(
-        None, "pairs: map columns, e.g. image=img,question=q,chosen=good,rejected=bad.")
-    demo_size: int = setting(2000, "demo: pairs in the built-in pool.", min=1)
-    demo_first_row: int = setting(0, "demo: first row of the pool (the demo model trains on other rows).")
-    demo_style_shortcut: float = setting(0.0, "demo: share of train pairs whose chosen answer is plain and "
-                                         "rejected chatty (a text-only cue).")
-    eval_fraction: float = setting(0.0, "Share of sampled pairs put in an eval split.")
-    shard_size: int = setting(1000, "Rows per shard.", min=1)
-    max_pixels: int = setting(40_000_000, "Refuse larger images (decompression bombs).", min=1)
-    rejected_response: str | None = setting(None, "Bootstrap missing rejected answers (BPO): weaken[:T] | inject.")
-    rejected_response_model: str | None = setting(None, "Model that generates weakened answers.",
-                                                  shown="--ref-model")
-    inject_model: str | None = setting(None, "Text LLM for --rejected-response inject.")
-    rejected_response_max_new_tokens: int = setting(256, "Longer bootstrapped answers are counted skips.", min=1)
-    noise_input: str | None = setting(None, "`noise`: the model's input space (ModelInput JSON; None = "
-                                      "LLaVA-1.5's), set from --ref-model.", cli=False)
-    system_prompt: str = setting("auto", "System message in each prompt: auto | none | TEXT.",
-                                 shown="auto: the source's own, else the --ref-model family's training "
-                                 "prompt (LLaVA-1.5: Vicuna v1), else none")
-    system_prompt_family: str | None = setting(
-        None, "The model family `auto` falls back to (set from --ref-model).", cli=False,
-        choices=names_from("mdpo_data.build.system_prompts", "FAMILIES"))
-
-    def key(self) -> str:
-        """Hash of the config and of the libraries whose output bytes it fixes.
-
-        Local paths enter as their portable form (see `public`): where the source lives is
-        not what it holds; the shards' markers fingerprint the rows themselves. A pipeline
-        file (`albumentations:FILE`) enters by its content.
-        """
-        payload = {
-            "config": self.public(),
-            "format": schema.FORMAT_VERSION,
-            "libs": library_versions(*self.libraries()),
-        }
-        pipeline = self.pipeline_file()
-        if pipeline:
-            from mdpo_data.rejected.augment import PipelineError, pipeline_sha256, read_pipeline
-
-            try:
-                payload["pipeline"] = pipeline_sha256(read_pipeline(pipeline)[0])
-            except PipelineError as error:
-                raise BuildError(f"--rejected {self.rejected}: {error}") from None
-        text = json.dumps(payload, sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-    def libraries(self) -> tuple[str, ...]:
-        """The libraries a build with this config really calls to make its bytes: built-in
-        image strategies are PIL + numpy; a pipeline adds albumentations (and OpenCV); BPO
-        generation adds torch. Upgrading anything else keeps resume markers valid."""
-        names = ["pillow", "numpy"]
-        if self.pipeline_file():
-            from mdpo_data.rejected.augment import LIBRARIES
-
-            names += LIBRARIES
-        if self.rejected_response:
-            names.append("torch")
-        return tuple(names)
-
-    def pipeline_file(self) -> str | None:
-        """The FILE of `--rejected albumentations:FILE`, else None."""
-        name, _, arg = self.rejected.strip().partition(":")
-        return arg.strip() if name.strip().lower() == "albumentations" else None
-
-    def public(self) -> dict[str, Any]:
-        """The config as the manifest records it: absolute local paths cut to their name."""
-        values = dataclasses.asdict(self)
-        for name in PATH_OPTIONS:
-            values[name] = portable_path(values[name])
-        return values
-
-
-PATH_OPTIONS = ("source_path", "image_root", "rejected_response_model", "inject_model")
-
-
-def portable_path(value: str | None) -> str | None:
-    """An absolute local path -> its last component (a manifest is published as is)."""
-    if isinstance(value, str) and Path(value).is_absolute():
-        return Path(value).name or value
-    return value
-
-
-def portable_text(text: str, roots: list[str]) -> str:
-    """`text` with paths under `roots` made relative to them and other absolute paths cut to
-    their file name (skip examples quote source locations)."""
-    for root in sorted({str(Path(r).resolve()) for r in roots if r}, key=len, reverse=True):
-        text = text.replace(root.rstrip("/") + "/", "")
-    return re.sub(r"(?<![\w.])/(?:[^\s:'\"/]+/)*([^\s:'\"/]+)", r"\1", text)
 
 
 @dataclass
@@ -173,14 +57,15 @@ class BuildResult:
 
 def model_input(config: BuildConfig):
     """The ModelInput `noise` works in, or None for its default (LLaVA-1.5's)."""
-    from mdpo_data.rejected.strategies import ModelInput
+    from mdpo_data.rejected.model_input import ModelInput
 
     return ModelInput.from_json(config.noise_input) if config.noise_input else None
 
 
 def plan(config: BuildConfig):
     """Sample the examples and their swap partners -> (splits, pool, strategy, partners)."""
-    from mdpo_data.rejected.strategies import parse_spec, pick_partner
+    from mdpo_data.rejected.registry import parse_spec
+    from mdpo_data.rejected.swap import pick_partner
     from mdpo_data.sources import get as get_source, open_source
 
     strategy = parse_spec(config.rejected, model_input(config))
@@ -358,7 +243,7 @@ def run_build(
     if workers < 1:
         raise BuildError(f"--workers must be at least 1, got {workers}")
     if config.rejected_response:
-        from mdpo_data.bpo.stage import parse_response_strategy
+        from mdpo_data.bpo.spec import parse_response_strategy
 
         try:
             parse_response_strategy(config.rejected_response)
@@ -505,8 +390,7 @@ def _manifest(config: BuildConfig, key: str, command: str | None, strategy, resp
             "spec": config.rejected,
             "resolved": strategy.resolved,
             "description": strategy.describe(),
-            **_noise_record(strategy, image_stats),
-            **_pipeline_record(strategy),
+            **strategy.record(image_stats),
         },
         "rejected_response": response_record,
         "system_prompt": system_record,
@@ -543,22 +427,6 @@ def _counts(config: BuildConfig, pool, sampled: int, bpo_skipped: Counter,
     }
 
 
-def _noise_record(strategy, stats: Counter) -> dict[str, Any]:
-    """`noise`: the model input it was added at, and the share of values clipped to 0-255."""
-    if not hasattr(strategy, "space"):
-        return {}
-    values = stats.get("noise_values", 0)
-    return {"model_input": strategy.space.to_json(),
-            "clipped_share": round(stats.get("noise_clipped", 0) / values, 6) if values else None}
-
-
-def _pipeline_record(strategy) -> dict[str, Any]:
-    """`albumentations:FILE`: the pipeline's text as used, and its sha256."""
-    if not hasattr(strategy, "text"):
-        return {}
-    return {"pipeline": strategy.text, "pipeline_sha256": strategy.sha256}
-
-
 def _system_prompts(config: BuildConfig, splits: dict[str, list[Candidate]]):
     """Set each sampled pair's system prompt (`--system-prompt`); -> (splits, manifest record)."""
     from mdpo_data.build import system_prompts
@@ -579,7 +447,8 @@ def _previous_manifest(directory: Path) -> dict | None:
 
 def _bootstrap(config: BuildConfig, splits, pool, directory: Path, runtime: Runtime, progress: bool):
     """BPO: generate rejected answers for sampled pairs that lack one (cached, resumable)."""
-    from mdpo_data.bpo.stage import bootstrap_rejected, parse_response_strategy
+    from mdpo_data.bpo.spec import parse_response_strategy
+    from mdpo_data.bpo.stage import bootstrap_rejected
 
     strategy = parse_response_strategy(config.rejected_response)
     model = config.rejected_response_model or runtime.ref_model

@@ -29,7 +29,8 @@ _STRATEGIES: dict[tuple[str, str | None], Any] = {}
 
 
 def _strategy(spec: str, model_input: str | None = None):
-    from mdpo_data.rejected.strategies import ModelInput, parse_spec
+    from mdpo_data.rejected.model_input import ModelInput
+    from mdpo_data.rejected.registry import parse_spec
 
     if (spec, model_input) not in _STRATEGIES:
         space = ModelInput.from_json(model_input) if model_input else None

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib
+import math
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
@@ -39,14 +40,18 @@ class ConfigFileError(ValueError):
 
 def setting(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = dataclasses.MISSING,
             flag: str | None = None, choices: Iterable[str] | Callable[[], Iterable[str]] | None = None,
-            min: int | None = None, shown: str | None = None, cli: bool = True,
+            min: float | None = None, above: float | None = None, below: float | None = None,
+            max: float | None = None, check: Callable[[Any], Any] | None = None,
+            shown: str | None = None, cli: bool = True,
             click_args: Mapping[str, Any] | None = None) -> Any:
     """A dataclass field with its command-line facts. `choices` may be a function (names from a
-    registry, read when the options are made); `min` is the smallest whole number allowed;
-    `shown` replaces the default in the help; `cli=False` keeps a field out of the flags (it is
-    still a YAML key); `click_args` are extra `click.option` arguments for odd flags."""
-    metadata = {"help": help, "flag": flag, "choices": choices, "min": min, "shown": shown,
-                "cli": cli, "click": dict(click_args or {})}
+    registry, read when the options are made); `min`/`max` bound the value inclusively,
+    `above`/`below` exclusively (a bounded float must also be finite); `shown` replaces the
+    default in the help; `check` parses the value further (a strategy spec: ValueError names the
+    problem); `cli=False` keeps a field out of the flags (it is still a YAML key);
+    `click_args` are extra `click.option` arguments for odd flags."""
+    metadata = {"help": help, "flag": flag, "choices": choices, "min": min, "above": above,
+                "below": below, "max": max, "check": check, "shown": shown, "cli": cli, "click": dict(click_args or {})}
     return dataclasses.field(default=default, default_factory=factory, metadata=metadata)
 
 
@@ -180,10 +185,44 @@ def _check_mapping(kind: type, value: Any) -> tuple[Any, str | None]:
     return value, None if ok else f"expected a mapping of name: text, got {value!r}"
 
 
+def _bounds(meta: Mapping[str, Any]) -> tuple[float | None, bool, float | None, bool]:
+    """(low, low is exclusive, high, high is exclusive) from a field's metadata."""
+    low, low_open = (meta["above"], True) if meta.get("above") is not None else (meta.get("min"), False)
+    high, high_open = (meta["below"], True) if meta.get("below") is not None else (meta.get("max"), False)
+    return low, low_open, high, high_open
+
+
+def _range_text(meta: Mapping[str, Any]) -> str:
+    """The bounds as click writes a range: x>=1, 0<=x<1."""
+    low, low_open, high, high_open = _bounds(meta)
+    left = f"{low:g}{'<' if low_open else '<='}" if low is not None else ""
+    right = f"{'<' if high_open else '<='}{high:g}" if high is not None else ""
+    if not right:
+        return f"x{'>' if low_open else '>='}{low:g}"
+    return f"{left}x{right}"
+
+
+def range_problem(meta: Mapping[str, Any], value: Any) -> str | None:
+    """What is wrong with `value` against the field's bounds, or None."""
+    low, low_open, high, high_open = _bounds(meta)
+    if value is None or (low is None and high is None):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"must be finite, got {value}"
+    if (low is None or (value > low if low_open else value >= low)) and \
+            (high is None or (value < high if high_open else value <= high)):
+        return None
+    if low is not None and high is not None:
+        return f"must be in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}, got {value}"
+    if low is not None:
+        return f"must be > {low:g}, got {value}" if low_open else f"must be at least {low:g}, got {value}"
+    return f"must be < {high:g}, got {value}" if high_open else f"must be at most {high:g}, got {value}"
+
+
 def check_fields(cls, options: Mapping[str, Any], label: Callable[[str], str] = flag,
                  *, scalars_as_text: bool = False) -> tuple[dict[str, Any], list[str]]:
     """The options that are fields of `cls`, type-checked, and checked against their metadata's
-    choices and smallest value -> (values, every problem as "LABEL: ..."). Badly typed values
+    choices and bounds -> (values, every problem as "LABEL: ..."). Badly typed values
     are left out of `values` (the field keeps its default). Options that are not fields of
     `cls` are ignored (`unknown_keys` reports them)."""
     values, problems = {}, []
@@ -191,11 +230,16 @@ def check_fields(cls, options: Mapping[str, Any], label: Callable[[str], str] = 
         if name not in options:
             continue
         value, problem = check_value(cls, name, options[name], scalars_as_text=scalars_as_text)
-        choices, least = choices_of(field), field.metadata.get("min")
+        choices = choices_of(field)
         if problem is None and value is not None and choices is not None and value not in choices:
             problem = f"{value!r} is not one of {', '.join(choices)}"
-        if problem is None and least is not None and value is not None and value < least:
-            problem = f"must be at least {least}, got {value}"
+        if problem is None:
+            problem = range_problem(field.metadata, value)
+        if problem is None and value is not None and field.metadata.get("check"):
+            try:
+                field.metadata["check"](value)
+            except ValueError as error:
+                problem = str(error)
         if problem:
             problems.append(f"{label(name)}: {problem}")
         else:
@@ -208,9 +252,9 @@ def check_fields(cls, options: Mapping[str, Any], label: Callable[[str], str] = 
 
 def click_option(cls, field: dataclasses.Field, *, negatable: bool = False,
                  extra: Mapping[str, Any] | None = None) -> click.Option:
-    """The click option of one field: its flag, help and shown default; its choices and
-    smallest value as click types (so a bad flag is one line from click); the real default,
-    so `given` tells typed flags from defaults."""
+    """The click option of one field: its flag, help and shown default; its choices and bounds
+    in the help (checked once, with the YAML's, by `check_fields`: every problem at once); the
+    real default, so `given` tells typed flags from defaults."""
     base, _ = _base_type(cls, field.name)
     meta, default = field.metadata, default_of(field)
     hidden = default is None or default is False or default in ("", [], {})
@@ -224,12 +268,12 @@ def click_option(cls, field: dataclasses.Field, *, negatable: bool = False,
         decls[0] = f"{flag(field)}/--no-{flag(field)[2:]}"
     elif base is bool:
         kwargs["is_flag"] = True
-    elif choices_of(field) is not None:
-        kwargs["type"] = click.Choice(choices_of(field))
-    elif base is int and meta.get("min") is not None:
-        kwargs["type"] = click.IntRange(min=meta["min"])
-    else:
+    else:  # choices and bounds are shown here and checked once, with the YAML's (check_fields)
         kwargs["type"] = {int: int, float: float}.get(base, str)
+        if choices_of(field) is not None:
+            kwargs["metavar"] = "[" + "|".join(choices_of(field)) + "]"
+        if _bounds(meta) != (None, False, None, False):
+            kwargs["help"] += f"  [{_range_text(meta)}]"
     kwargs.update(meta.get("click") or {})
     kwargs.update(extra or {})
     return click.Option(decls, **kwargs)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from mdpo_data.config import options as config_io
-from mdpo_data.build.stage import BuildConfig
+from mdpo_data.config.build import BuildConfig
 from mdpo_data.config.runtime import Runtime
 
 BUILD_KEYS = set(config_io.fields(BuildConfig))
@@ -102,9 +102,13 @@ def implied(config: BuildConfig, runtime: Runtime,
 
 
 def needs_model_input(config: BuildConfig, runtime: Runtime) -> bool:
-    """`--rejected noise:T` with a --ref-model: the noise is added in that model's input space."""
-    return config.rejected.strip().lower().startswith("noise") and not config.noise_input \
-        and bool(runtime.ref_model)
+    """A strategy drawn in the model's input space (`noise:T`) with a --ref-model to take it from."""
+    if config.noise_input or not runtime.ref_model:
+        return False
+    from mdpo_data.rejected.registry import STRATEGIES
+
+    kind = STRATEGIES.get(config.rejected.strip().partition(":")[0].strip().lower())
+    return kind is not None and kind.needs_model_input
 
 
 def _given(options: dict[str, Any]) -> dict[str, Any]:

@@ -139,7 +139,7 @@ def build_initial(path: str | Path, recipe: Recipe = DEFAULT_RECIPE) -> Path:
 
 def pretrain_build_config(recipe: Recipe = DEFAULT_RECIPE):
     """The unscored demo build the model trains on: PRETRAIN rows only."""
-    from mdpo_data.build.stage import BuildConfig
+    from mdpo_data.config.build import BuildConfig
     from mdpo_data.sources.demo import PRETRAIN_FIRST_ROW
 
     return BuildConfig(
@@ -159,34 +159,53 @@ def train_options(recipe: Recipe = DEFAULT_RECIPE) -> dict:
     }
 
 
+def _child(command: list[str], what: str) -> None:
+    """Run one of our CLIs in a child process; a failure raises with its last lines."""
+    import subprocess
+
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode:
+        tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-5:])
+        raise RuntimeError(f"{what} failed:\n{tail}")
+
+
+def _build_data(out: Path, recipe: Recipe) -> None:
+    """`mdpo-data build` of the pretraining rows in a child process. A process boundary, as for
+    training: the build stage may itself load a built-in model (BPO), so importing it here
+    would make `demo` and `build` depend on each other."""
+    import dataclasses
+    import sys
+
+    import yaml
+
+    options = {k: v for k, v in dataclasses.asdict(pretrain_build_config(recipe)).items() if v is not None}
+    config = out.parent / "build_demo_data.yaml"
+    config.write_text(yaml.safe_dump(options, sort_keys=True))
+    _child([sys.executable, "-m", "mdpo_data.cli", "build", "--pipeline", str(config), "--out", str(out),
+            "--quiet"], "building the demo model's training rows")
+
+
 def _train(shards: Path, initial: Path, out: Path, recipe: Recipe) -> None:
     """mdpo-train in a child process (one accelerate state per process, as on the command line)."""
-    import subprocess
     import sys
 
     import yaml
 
     config = out.parent / "train_demo_model.yaml"
     config.write_text(yaml.safe_dump(train_options(recipe), sort_keys=True))
-    command = [sys.executable, "-m", "mdpo_train.cli", "--config", str(config), "--shards", str(shards),
-               "--model", str(initial), "--output-dir", str(out)]
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode:
-        tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-5:])
-        raise RuntimeError(f"training the demo model failed:\n{tail}")
+    _child([sys.executable, "-m", "mdpo_train.cli", "--config", str(config), "--shards", str(shards),
+            "--model", str(initial), "--output-dir", str(out)], "training the demo model")
 
 
 def build_demo_model(path: str | Path, recipe: Recipe = DEFAULT_RECIPE, *, log=print) -> Path:
     """Write the trained demo model (weights, processor, card) to `path`; returns it."""
-    from mdpo_data.build.stage import run_build
-
     path = Path(path)
     work = Path(tempfile.mkdtemp(prefix=".demo-model-work."))
     started = time.perf_counter()
     try:
         initial = build_initial(work / "initial", recipe)
         data = work / "data"
-        run_build(pretrain_build_config(recipe), data, progress=False)
+        _build_data(data, recipe)
         log(f"demo model: tokenizer, weights and {recipe.n_train} training rows in "
             f"{time.perf_counter() - started:.0f}s; training (loss sft, full fine-tuning)...")
         _train(data, initial, work / "run", recipe)

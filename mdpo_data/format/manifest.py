@@ -32,10 +32,10 @@ import re
 import types
 import typing
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from mdpo_data.config.build import BuildConfig
 from mdpo_data.format import schema
 from mdpo_data.format.shards import SHARD_RE, write_bytes_atomic
 
@@ -220,8 +220,6 @@ def _build(cls, data: dict[str, Any], prefix: str = ""):
 
 def _check_config(config: dict[str, Any]) -> None:
     """Known build options must have BuildConfig's types (unknown keys: a newer minor)."""
-    from mdpo_data.build.stage import BuildConfig
-
     hints = typing.get_type_hints(BuildConfig)
     for name, value in config.items():
         if name in hints:
@@ -302,19 +300,6 @@ def dumps(manifest: dict[str, Any]) -> bytes:
 
 def write_manifest(directory: str | Path, manifest: dict[str, Any]) -> None:
     write_bytes_atomic(manifest_path(directory), dumps(manifest))
-
-
-def library_versions(*names: str) -> dict[str, str]:
-    """Installed versions of the libraries that shape the output bytes."""
-    names = names or ("mdpo-toolkit", "datasets", "pyarrow", "pillow", "albumentations", "torch",
-                      "torchvision", "numpy")
-    found = {}
-    for name in names:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = "not installed"
-    return found
 
 
 def shard_entries(manifest: dict[str, Any], split: str) -> list[dict[str, Any]]:

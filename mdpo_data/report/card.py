@@ -44,7 +44,6 @@ BPO_CITATION = """@article{pi2024bpo,
   journal = {arXiv preprint arXiv:2403.08730},
   year    = {2024}
 }"""
-BPO_IMAGE_STRATEGIES = ("noise", "diffusion")  # rejected-image strategies that come from BPO
 
 # Restrictiveness of the licenses sources declare, lowest first. Anything not listed
 # (including "no license declared") is treated as the most restrictive: all rights reserved.
@@ -102,7 +101,10 @@ def resolve_license(licenses: list[str | None]) -> str:
 def uses_bpo(response_strategies: set[str], image_strategies: set[str]) -> bool:
     """True when a rejected response was bootstrapped or m_l is BPO's diffusion noise."""
     bootstrapped = any(s != "source" for s in response_strategies)
-    noise = any(s.split(":", 1)[0].lower() in BPO_IMAGE_STRATEGIES for s in image_strategies)
+    from mdpo_data.rejected.registry import STRATEGIES
+
+    kinds = (STRATEGIES.get(s.split(":", 1)[0].strip().lower()) for s in image_strategies)
+    noise = any(kind is not None and kind.bootstrapped for kind in kinds)
     return bootstrapped or noise
 
 
@@ -265,7 +267,7 @@ def card_context(directory: str | Path) -> dict[str, Any]:
 def _portable(fingerprint: dict[str, Any]) -> dict[str, Any]:
     """The scorer's fingerprint with local absolute paths cut to their name: a card is
     published, and a path on the builder's machine means nothing (and may say too much)."""
-    from mdpo_data.build.stage import portable_path
+    from mdpo_data.config.build import portable_path
 
     return {k: portable_path(v) if isinstance(v, str) else v for k, v in fingerprint.items()}
 

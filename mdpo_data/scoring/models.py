@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from mdpo_data.demo import tiny
-from mdpo_data.format.manifest import library_versions
+from mdpo_data.format.versions import library_versions
 from mdpo_data.format.shards import sha256_file
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")

@@ -19,18 +19,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mdpo_data.bpo.stage import (
+from mdpo_data.bpo.generate import weakened_image
+from mdpo_data.bpo.spec import (
     INJECT_PROMPT,
     VALID_FORMS,
     ResponseStrategy,
-    bootstrap_rejected,
     clean_rewrite,
-    input_resolution,
     normalize,
     parse_response_strategy,
     rejected_problem,
-    weakened_image,
 )
+from mdpo_data.bpo.stage import bootstrap_rejected
 from mdpo_data.build.images import load_image
 from mdpo_data.sources.records import BadRow, Candidate, ImageRef
 from mdpo_data.build.sampling import collect
@@ -174,17 +173,23 @@ def test_rejected_problem_filters():
 
 
 @pytest.mark.slow
-def test_input_resolution_follows_the_processor_config():
+def test_weaken_noises_at_the_size_the_processor_gives_the_image():
+    """One resize rule for `weaken` and `noise:T` (ModelInput): the processor's own, up or down."""
     from transformers import CLIPImageProcessor, Qwen2VLImageProcessor
 
+    def weakened_size(processor, width, height):
+        return weakened_image(Image.new("RGB", (width, height), (90, 20, 200)), 900, 1, processor).size
+
     shortest = CLIPImageProcessor(size={"shortest_edge": 32})
-    assert input_resolution(shortest, 200, 100) == (64, 32)
-    assert input_resolution(shortest, 20, 10) == (20, 10)  # never enlarged
+    assert weakened_size(shortest, 200, 100) == (64, 32)
+    assert weakened_size(shortest, 20, 10) == (64, 32)  # the processor enlarges it too
     exact = CLIPImageProcessor(size={"height": 20, "width": 24})
-    assert input_resolution(exact, 100, 10) == (24, 10)
+    assert weakened_size(exact, 100, 10) == (24, 20)
     budget = Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=112 * 112)
-    w, h = input_resolution(budget, 448, 224)
-    assert abs(w * h - 112 * 112) <= 224 and abs(w / h - 2) < 0.02
+    for width, height in ((448, 224), (30, 300), (100, 90)):
+        grid = budget(images=[Image.new("RGB", (width, height))], return_tensors="pt")["image_grid_thw"][0]
+        expected = (int(grid[2]) * budget.patch_size, int(grid[1]) * budget.patch_size)
+        assert weakened_size(budget, width, height) == expected
 
 
 def test_weakened_image_is_seeded_and_noised_at_input_resolution():
@@ -241,7 +246,8 @@ def test_weaken_llava_instruct_every_candidate_gets_an_answer_or_a_counted_skip(
 @pytest.mark.slow
 def test_build_pairs_gold_with_bootstrapped_answers(tmp_path, stopping_vlm):
     """Through the build: rows record the strategy; a re-run reuses the cache, byte for byte."""
-    from mdpo_data.build.stage import STATE_DIR, BuildConfig, run_build
+    from mdpo_data.build.stage import STATE_DIR, run_build
+    from mdpo_data.config.build import BuildConfig
     from mdpo_data.config.runtime import Runtime
     from mdpo_data.format.shards import read_shard, sha256_file, shard_files
 
@@ -275,7 +281,8 @@ def test_bpo_resume_reports_the_clean_runs_counts(tmp_path, stopping_vlm):
     """A build killed mid-generation (cache cut, no markers, no shards) resumes to the clean
     run's bytes; the responses' skips are the merge of BPO's per-split markers."""
     from mdpo_data.format import markers as stage_state
-    from mdpo_data.build.stage import STATE_DIR, BuildConfig, run_build
+    from mdpo_data.build.stage import STATE_DIR, run_build
+    from mdpo_data.config.build import BuildConfig
     from mdpo_data.config.runtime import Runtime
 
     built = make_llava_instruct(tmp_path / "src", rows=8)

@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -134,7 +133,7 @@ def test_bad_rejected_spec_is_a_usage_error_listing_valid_forms(tmp_path):
 
 
 def test_shipped_pipelines_are_valid():
-    from mdpo_data.rejected.strategies import parse_spec
+    from mdpo_data.rejected.registry import parse_spec
     from mdpo_data.config.pipeline import build_config, load_pipeline
 
     files = sorted(Path(__file__).parents[2].joinpath("pipelines").glob("*.yaml"))

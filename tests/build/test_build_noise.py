@@ -3,7 +3,8 @@
 import pytest
 from cli_helpers import rows_of, run_cli
 
-from mdpo_data.build.stage import BuildConfig, run_build
+from mdpo_data.build.stage import run_build
+from mdpo_data.config.build import BuildConfig
 from mdpo_data.format.manifest import read_manifest
 
 pytestmark = pytest.mark.slow  # a whole noise build through the CLI

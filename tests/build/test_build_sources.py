@@ -23,7 +23,7 @@ from cli_helpers import rows_of, run_cli
 
 from mdpo_data.format import schema
 from mdpo_data.format.manifest import read_manifest
-from mdpo_data.format.shards import read_shard, shard_files
+
 
 pytestmark = pytest.mark.slow  # every test here runs a build through the CLI
 

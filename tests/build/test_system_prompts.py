@@ -8,7 +8,8 @@ from cli_helpers import rows_of, run_cli
 from mdpo_data.format import schema
 
 from mdpo_data.build import system_prompts
-from mdpo_data.build.stage import BuildConfig, run_build
+from mdpo_data.build.stage import run_build
+from mdpo_data.config.build import BuildConfig
 from mdpo_data.scoring.logprobs import row_sequences
 from mdpo_data.format.manifest import read_manifest
 

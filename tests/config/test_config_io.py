@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from mdpo_data.config import options as config_io
-from mdpo_data.build.stage import BuildConfig
+from mdpo_data.config.build import BuildConfig
 from mdpo_data.cli import SCORE_OPTIONS
 from mdpo_data.cli import main as mdpo_data
 from mdpo_data.config.pipeline import PipelineError, build_config, load_pipeline, merge, runtime_config
@@ -59,12 +59,31 @@ def test_choices_and_ranges_come_from_the_fields():
     params = options_of(mdpo_data.commands["build"])
     from mdpo_data.sources import SOURCE_NAMES
 
-    assert tuple(params["source"].type.choices) == SOURCE_NAMES
-    assert params["workers"].type.min == 1 and params["n"].type.min == 1
+    assert params["source"].metavar == "[" + "|".join(SOURCE_NAMES) + "]"
+    assert "[x>=1]" in params["workers"].help and "[x>=1]" in params["n"].help
     assert params["dtype"].default == Runtime().dtype == "auto"
     score = options_of(mdpo_data.commands["score"], ".", "--ref-model", "x")
     assert set(SCORE_OPTIONS) <= set(score) and score["ref_model"].required
     assert {"workers", "out", "overwrite"}.isdisjoint(score)
+
+
+def test_choices_and_bounds_are_checked_once_with_every_problem_listed():
+    """click only parses types; the fields' choices and bounds are checked in one place, so a
+    command line with several mistakes hears about all of them."""
+    result = CliRunner().invoke(mdpo_data, ["build", "--source", "nope", "--n", "0", "--workers", "0"])
+    assert result.exit_code == 2
+    for problem in ("--source: 'nope' is not one of", "--n: must be at least 1, got 0",
+                    "--workers: must be at least 1, got 0"):
+        assert problem in result.output
+
+
+def test_float_bounds_refuse_nan_and_open_ends():
+    meta = {"min": 0, "below": 1}
+    assert config_io.range_problem(meta, 0.0) is None and config_io.range_problem(meta, 0.999) is None
+    assert config_io.range_problem(meta, 1.0) == "must be in [0, 1), got 1.0"
+    assert config_io.range_problem(meta, float("nan")) == "must be finite, got nan"
+    assert config_io.range_problem({"above": 0}, 0) == "must be > 0, got 0"
+    assert config_io.range_problem({"max": 2}, 3) == "must be at most 2, got 3"
 
 
 def test_the_cli_module_stays_light_for_spawned_workers():
@@ -158,7 +177,7 @@ def test_train_flag_at_its_default_beats_the_yaml(tmp_path):
 
 
 @pytest.mark.parametrize("args, yaml_text, expected", [
-    (["--workers", "0"], None, "0 is not in the range x>=1"),
+    (["--workers", "0"], None, "--workers: must be at least 1, got 0"),  # same words as the YAML
     ([], "workers: 0\n", "--workers: must be at least 1, got 0"),
     ([], "max-length: two\n", "--max-length: expected a whole number, got 'two'"),
     ([], "overwrite: yes please\n", "--overwrite: expected true/false"),

@@ -11,7 +11,8 @@ import pytest
 from mdpo_data.demo import evaluate as demo_eval
 
 from mdpo_data.demo import model as demo_model
-from mdpo_data.build.stage import BuildConfig, plan
+from mdpo_data.build.stage import plan
+from mdpo_data.config.build import BuildConfig
 from mdpo_data.scoring.logprobs import Sequence, render
 from mdpo_data.sources import SourceError, open_source
 from mdpo_data.sources.demo import HELDOUT_FIRST_ROW, PRETRAIN_FIRST_ROW, check_answer, make_candidate

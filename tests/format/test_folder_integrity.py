@@ -18,7 +18,8 @@ from click.testing import CliRunner
 from fixtures import make_trl_pairs, make_vlfeedback_jsonl
 
 from mdpo_data.format import schema
-from mdpo_data.build.stage import BuildConfig, run_build
+from mdpo_data.build.stage import run_build
+from mdpo_data.config.build import BuildConfig
 from mdpo_data.cli import main
 from mdpo_data.format.manifest import read_manifest
 from mdpo_data.format.shards import read_shard, sha256_file, write_shard

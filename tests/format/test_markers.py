@@ -93,7 +93,9 @@ def clean(tmp_path_factory):
     """A silkie build with corrupt and truncated images (counted skips) over several shards."""
     from fixtures import make_vlfeedback_jsonl
 
-    from mdpo_data.build.stage import BuildConfig, run_build
+    from mdpo_data.build.stage import run_build
+
+    from mdpo_data.config.build import BuildConfig
 
     root = tmp_path_factory.mktemp("stage-state")
     built = make_vlfeedback_jsonl(root / "src", rows=10, seed=4, bad=["corrupt_image", "truncated_image"])

@@ -13,8 +13,9 @@ import pytest
 from PIL import Image
 from cli_helpers import folder_bytes, run_cli
 
-from mdpo_data.build.stage import BuildConfig
-from mdpo_data.rejected.strategies import Albumentations, SpecError, parse_spec
+from mdpo_data.config.build import BuildConfig
+from mdpo_data.rejected.pipeline import Albumentations
+from mdpo_data.rejected.registry import SpecError, parse_spec
 from mdpo_data.format.manifest import read_manifest
 from mdpo_data.format.schema import image_bytes
 from mdpo_data.format.shards import read_shard, shard_files
@@ -103,7 +104,7 @@ def test_builtin_strategies_never_import_albumentations_or_torch():
     code = (
         "import sys\n"
         "from PIL import Image\n"
-        "from mdpo_data.rejected.strategies import parse_spec\n"
+        "from mdpo_data.rejected.registry import parse_spec\n"
         "from mdpo_data.build import worker; from mdpo_data.rejected import augment\n"
         "image = Image.new('RGB', (40, 30), (10, 200, 30))\n"
         "for spec in ('crop', 'moco', 'noise:500', 'swap'):\n"

@@ -13,15 +13,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mdpo_data.rejected import strategies as contrast
-from mdpo_data.rejected.strategies import (
-    SpecError,
-    crop_box,
-    diffusion_noise,
-    noise_schedule,
-    parse_spec,
-    pick_partner,
-)
+from mdpo_data.rejected.crop import crop_box
+from mdpo_data.rejected.noise import diffusion_noise, noise_schedule
+from mdpo_data.rejected.registry import SpecError, parse_spec
+from mdpo_data.rejected.swap import pick_partner
+from mdpo_data.rejected.crop import Crop
+from mdpo_data.rejected.moco import Moco, shift_hue
+from mdpo_data.rejected.model_input import CLIP_MEAN, CLIP_STD, LLAVA_15_INPUT, ModelInput
+from mdpo_data.rejected.noise import Noise, normalized_diffusion_noise
+from mdpo_data.rejected.swap import Swap
 from mdpo_data.build.images import encode
 
 
@@ -38,24 +38,24 @@ def coordinates(width: int = 120, height: int = 90) -> Image.Image:
 @pytest.mark.parametrize(
     ("spec", "resolved", "kind"),
     [
-        ("crop:0-0.2", "crop:0.01-0.2", contrast.Crop),
-        ("crop:0.2-0.5", "crop:0.2-0.5", contrast.Crop),
-        (" Crop: .2 - .5 ", "crop:0.2-0.5", contrast.Crop),
-        ("crop:0.05-1", "crop:0.05-1", contrast.Crop),
-        ("crop", "crop:0.01-0.2", contrast.Crop),
-        ("swap", "swap", contrast.Swap),
-        ("moco", "moco", contrast.Moco),
-        ("noise:900", "noise:900", contrast.Noise),
-        ("noise:1", "noise:1", contrast.Noise),
-        ("noise:1000", "noise:1000", contrast.Noise),
-        ("noise", "noise:900", contrast.Noise),
+        ("crop:0-0.2", "crop:0.01-0.2", Crop),
+        ("crop:0.2-0.5", "crop:0.2-0.5", Crop),
+        (" Crop: .2 - .5 ", "crop:0.2-0.5", Crop),
+        ("crop:0.05-1", "crop:0.05-1", Crop),
+        ("crop", "crop:0.01-0.2", Crop),
+        ("swap", "swap", Swap),
+        ("moco", "moco", Moco),
+        ("noise:900", "noise:900", Noise),
+        ("noise:1", "noise:1", Noise),
+        ("noise:1000", "noise:1000", Noise),
+        ("noise", "noise:900", Noise),
     ],
 )
 def test_valid_specs(spec, resolved, kind):
     strategy = parse_spec(spec)
     assert isinstance(strategy, kind)
     assert strategy.spec == spec and strategy.resolved == resolved
-    assert strategy.needs_partner is (kind is contrast.Swap)
+    assert strategy.needs_partner is (kind is Swap)
     assert parse_spec(strategy.resolved) == dataclasses.replace(strategy, spec=strategy.resolved)
 
 
@@ -209,7 +209,7 @@ def test_global_random_state_is_untouched():
 
 def test_no_torch_import_for_image_work():
     code = (
-        "import sys, mdpo_data.rejected.strategies, mdpo_data.build.images; "
+        "import sys, mdpo_data.rejected, mdpo_data.build.images; "
         "print(any(m in sys.modules for m in ('torch', 'torchvision', 'cv2', 'albumentations')))"
     )
     result = subprocess.run(
@@ -234,8 +234,8 @@ def test_moco_recipe_probabilities_show_up():
 
 def test_hue_shift_matches_a_known_rotation():
     red = Image.new("RGB", (2, 2), (255, 0, 0))
-    assert contrast.shift_hue(red, 0.0).getpixel((0, 0)) == (255, 0, 0)
-    r, g, b = contrast.shift_hue(red, 1 / 3).getpixel((0, 0))  # a third of a turn: green
+    assert shift_hue(red, 0.0).getpixel((0, 0)) == (255, 0, 0)
+    r, g, b = shift_hue(red, 1 / 3).getpixel((0, 0))  # a third of a turn: green
     assert g > 240 and r < 15 and b < 15
 
 
@@ -365,17 +365,17 @@ def photo(width=640, height=480, seed=0):
 
 def test_noise_is_added_at_the_models_input_size_and_stored_lossless():
     strategy = parse_spec("noise:900")
-    assert strategy.lossless and strategy.space == contrast.LLAVA_15_INPUT
+    assert strategy.lossless and strategy.space == LLAVA_15_INPUT
     assert strategy.apply(photo(640, 480), 1).size == (448, 336)  # LLaVA-1.5: short side 336
     assert strategy.apply(coordinates(77, 41), 1).size == (631, 336)  # up too, as the processor
-    qwen = contrast.ModelInput((("max_pixels", 112 * 112), ("min_pixels", 56 * 56)), factor=28)
+    qwen = ModelInput((("max_pixels", 112 * 112), ("min_pixels", 56 * 56)), factor=28)
     assert parse_spec("noise:900", qwen).apply(photo(640, 480), 1).size == (112, 84)
 
 
 def test_noise_is_bpos_formula_on_the_normalized_input():
     image, t, seed = photo(336, 336, 3), 700, 11
-    out, clipped = contrast.normalized_diffusion_noise(image, t, seed, contrast.CLIP_MEAN, contrast.CLIP_STD)
-    mean, std = np.array(contrast.CLIP_MEAN), np.array(contrast.CLIP_STD)
+    out, clipped = normalized_diffusion_noise(image, t, seed, CLIP_MEAN, CLIP_STD)
+    mean, std = np.array(CLIP_MEAN), np.array(CLIP_STD)
     abar = noise_schedule()[t - 1]
     eps = np.random.Generator(np.random.PCG64(seed)).standard_normal((336, 336, 3), dtype=np.float32)
     x0 = (np.asarray(image, dtype=np.float64) / 255 - mean) / std
@@ -415,11 +415,11 @@ def test_model_input_of_real_processors_predicts_their_resize(tmp_path):
     from mdpo_data.demo.tiny import build_tiny_llava, build_tiny_qwen2_vl
 
     llava = AutoProcessor.from_pretrained(build_tiny_llava(tmp_path / "l")).image_processor
-    space = contrast.ModelInput.of(llava)
-    assert space.resize_to(640, 480) == (42, 32) and space.mean == contrast.CLIP_MEAN
-    assert contrast.ModelInput.from_json(space.to_json()) == space
+    space = ModelInput.of(llava)
+    assert space.resize_to(640, 480) == (42, 32) and space.mean == CLIP_MEAN
+    assert ModelInput.from_json(space.to_json()) == space
     qwen = AutoProcessor.from_pretrained(build_tiny_qwen2_vl(tmp_path / "q")).image_processor
-    space = contrast.ModelInput.of(qwen)
+    space = ModelInput.of(qwen)
     for size in [(640, 480), (50, 50), (120, 60)]:
         grid = qwen(Image.new("RGB", size), return_tensors="np")["image_grid_thw"][0]
         assert space.resize_to(*size) == (grid[2] * 14, grid[1] * 14)

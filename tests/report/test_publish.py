@@ -167,7 +167,8 @@ def test_push_checks_before_touching_the_network(tmp_path):
 
 
 def test_export_of_a_real_build(tmp_path):
-    from mdpo_data.build.stage import BuildConfig, run_build
+    from mdpo_data.build.stage import run_build
+    from mdpo_data.config.build import BuildConfig
     from mdpo_data.report.validate import validate
 
     build = tmp_path / "demo"

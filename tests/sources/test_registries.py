@@ -15,7 +15,8 @@ from fixtures import jpeg_bytes
 
 from mdpo_data import sources
 from mdpo_data.bpo.spec import RESPONSE_KINDS, INJECT_PROMPT, parse_response_strategy
-from mdpo_data.build.stage import BuildConfig, _write_one_shard, plan
+from mdpo_data.build.stage import _write_one_shard, plan
+from mdpo_data.config.build import BuildConfig
 from mdpo_data.sources.records import IMAGE_KINDS, BadRow, Candidate, ImageKind, ImageRef, Skip, image_kind
 from mdpo_data.sources.records import register_image_kind
 from mdpo_data.format.shards import read_shard
@@ -234,7 +235,7 @@ def test_a_parquet_plan_reads_the_text_columns_and_not_the_image_bytes(tmp_path)
 
 
 def test_rejected_image_strategies_are_parsed_through_their_registry():
-    from mdpo_data.rejected.strategies import STRATEGIES, SpecError, parse_spec
+    from mdpo_data.rejected.registry import STRATEGIES, SpecError, parse_spec
 
     assert set(STRATEGIES) == {"crop", "swap", "moco", "noise", "albumentations"}
     for spec, cls in (("crop", "Crop"), ("swap", "Swap"), ("moco", "Moco"), ("noise:10", "Noise")):

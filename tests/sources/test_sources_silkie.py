@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from fixtures import jpeg_bytes, make_vlfeedback_jsonl, make_vlfeedback_parquet, vlfeedback_record
 
-from mdpo_data.build.stage import BuildConfig
+from mdpo_data.config.build import BuildConfig
 from mdpo_data.sources.records import Candidate, Skip
 from mdpo_data.sources import SourceError, open_source
 from mdpo_data.sources.silkie import choose_pairs, clean_response, parse_rating

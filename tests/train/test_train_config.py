@@ -39,7 +39,7 @@ def test_every_problem_is_reported_at_once(tmp_path):
         load_config(path, {"dtype": "int8"})
     problems = "\n".join(error.value.problems)
     assert "learning_rate: unknown key" in problems and "'lr'" in problems  # with a suggestion
-    assert "beta: expected a number, got 'high'" in problems
+    assert "--beta: expected a number, got 'high'" in problems
     assert "--loss: 'ipo' is not one of" in problems
     assert "--warmup-ratio: must be in [0, 1)" in problems
     assert "--global-batch-size 30 is not a multiple of --per-device-batch-size 4" in problems
@@ -71,7 +71,8 @@ def test_recipe_init_reports_data_and_model_problems_together(tmp_path):
 
 
 def test_unscored_data_is_refused_with_the_score_command(tmp_path):
-    from mdpo_data.build.stage import BuildConfig, run_build
+    from mdpo_data.build.stage import run_build
+    from mdpo_data.config.build import BuildConfig
 
     run_build(BuildConfig(source="demo", n=4), tmp_path / "data", progress=False)
     c = load_config(None, {"shards": str(tmp_path / "data"), "output_dir": str(tmp_path / "run")})

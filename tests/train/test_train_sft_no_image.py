@@ -7,7 +7,8 @@ import warnings
 
 import pytest
 
-from mdpo_data.build.stage import BuildConfig, run_build
+from mdpo_data.build.stage import run_build
+from mdpo_data.config.build import BuildConfig
 from mdpo_data.scoring.stage import score_build
 from mdpo_data.demo.tiny import tiny_model_path
 from mdpo_train.config import ConfigError, load_config
