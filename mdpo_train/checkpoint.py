@@ -66,11 +66,12 @@ def checkpoint_dir(output_dir: str | Path, step: int) -> Path:
 
 
 def list_checkpoints(output_dir: str | Path) -> list[Path]:
-    """Complete checkpoints, oldest first."""
+    """Checkpoint folders, oldest first (a folder gets its name only once complete, by rename;
+    a damaged one is listed too, so `latest` refuses it rather than silently taking an older)."""
     root = Path(output_dir) / CHECKPOINTS
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if _NAME.match(p.name) and (p / STATE_FILE).is_file()]
+    found = [p for p in root.iterdir() if _NAME.match(p.name) and p.is_dir()]
     return sorted(found, key=lambda p: int(_NAME.match(p.name)[1]))
 
 
@@ -82,8 +83,8 @@ def resolve_resume(resume: str, output_dir: str | Path) -> tuple[Path | None, st
             return None, f"--resume latest: no checkpoint in {Path(output_dir) / CHECKPOINTS}"
         return found[-1], None
     path = Path(resume)
-    if not (path / STATE_FILE).is_file():
-        return None, f"--resume: {path} is not a checkpoint folder (no {STATE_FILE})"
+    if not path.is_dir() or not any((path / name).is_file() for name in (STATE_FILE, CHECKSUMS_FILE)):
+        return None, f"--resume: {path} is not a checkpoint folder (no {CHECKSUMS_FILE})"
     return path, None
 
 
@@ -150,7 +151,9 @@ def save(accelerator, output_dir: str | Path, position: Position, config: dict[s
     accelerator.wait_for_everyone()
     try:
         accelerator.save_state(str(tmp))  # every process writes its own RNG state
-    except (OSError, RuntimeError) as error:
+    except Exception as error:  # noqa: BLE001 - torch.save/safetensors wrap the OS error
+        if not is_write_failure(error):
+            raise
         shutil.rmtree(tmp, ignore_errors=True)
         raise CheckpointError(f"cannot write checkpoint {final}: {one_line(error)}") from None
     accelerator.wait_for_everyone()  # ... before the folder is renamed under them
@@ -168,6 +171,15 @@ def save(accelerator, output_dir: str | Path, position: Position, config: dict[s
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+def is_write_failure(error: BaseException) -> bool:
+    """A failed write (full disk, file too large), as OSError or as torch.save's and
+    safetensors' own errors around it."""
+    text = str(error)
+    return isinstance(error, OSError) or (
+        type(error).__name__ == "SafetensorError" and ("I/O error" in text or "IoError" in text)
+    ) or (isinstance(error, RuntimeError) and ("failed writing" in text or "file write failed" in text))
 
 
 def one_line(error: BaseException) -> str:
@@ -206,20 +218,18 @@ def verify_checkpoint(path: str | Path) -> list[str]:
         return [f"{path / CHECKSUMS_FILE} is damaged ({one_line(error)}); {hint}"]
     problems = []
     present = {p.name for p in path.iterdir() if p.name != CHECKSUMS_FILE}
-    for name in sorted(present - set(files)):
-        problems.append(f"{path / name}: not listed in {CHECKSUMS_FILE} (added after the save); {hint}")
     for name, digest in sorted(files.items()):
         if name not in present:
             problems.append(f"{path / name}: listed in {CHECKSUMS_FILE} but missing; {hint}")
         elif not (path / name).is_file() or sha256_file(path / name) != digest:
             problems.append(f"{path / name}: sha256 does not match {CHECKSUMS_FILE} (changed after "
                             f"the save); {hint}")
+    for name in sorted(present - set(files)):
+        problems.append(f"{path / name}: not listed in {CHECKSUMS_FILE} (added after the save); {hint}")
     for required in (STATE_FILE, TRAINABLE_FILE, SCHEDULER_FILE, RNG_FILE.format(0)):
         if required not in files:
-            problems.append(f"{path}: {required} is not in the checkpoint; {hint}")
-    if problems:
-        return problems
-    return _step_problems(path, step, hint)
+            problems.append(f"{path}: {required} is not in {CHECKSUMS_FILE}; {hint}")
+    return problems[:1] or _step_problems(path, step, hint)  # the first problem says enough
 
 
 def _step_problems(path: Path, step: int, hint: str) -> list[str]:

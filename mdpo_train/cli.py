@@ -77,20 +77,13 @@ def main(ctx, config_path: str | None, **_) -> None:
         where = f" ({error.filename})" if getattr(error, "filename", None) else ""
         raise click.ClickException(f"{error.strerror or error}{where}") from None
     except Exception as error:
-        if not _write_failure(error):
-            raise
-        from mdpo_train.checkpoint import one_line
+        from mdpo_train.checkpoint import is_write_failure, one_line
 
+        if not is_write_failure(error):
+            raise
         raise click.ClickException(f"cannot write the run's outputs in {recipe.cfg.output_dir}: "
                                    f"{one_line(error)}") from None
     recipe.accelerator.print(f"done: adapter, processor, metrics and model card in {out}")
-
-
-def _write_failure(error: Exception) -> bool:
-    """torch.save and safetensors report a full disk as their own errors, not OSError."""
-    text = str(error)
-    return (type(error).__name__ == "SafetensorError" and ("I/O error" in text or "IoError" in text)) \
-        or (isinstance(error, RuntimeError) and ("failed writing" in text or "file write failed" in text))
 
 
 if __name__ == "__main__":
