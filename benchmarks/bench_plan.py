@@ -2,7 +2,8 @@
 
 Writes a VLFeedback-shaped source once (`vlfeedback_80k.jsonl` with real-size responses and
 rationales, 4 rated completions per prompt, ids with the real prefixes, plus a
-`merged_images.zip` with one member per row), then measures, each in a fresh subprocess so
+`merged_images.zip` with one member per row, or with `--folder` a `merged_images/` folder
+with one file per row), then measures, each in a fresh subprocess so
 peak memory (ru_maxrss) is the step's own:
   floor  - `json.loads` of every line, nothing kept (the unavoidable work)
   plan   - `mdpo_data.build.stage.plan` for `--n` examples (parse, pair, dedup, sample)
@@ -19,6 +20,7 @@ The sampled ids must agree; the ratios say which reader the code should use.
     python benchmarks/bench_plan.py                 # 80K prompts (806 MB file, cached in /tmp)
     python benchmarks/bench_plan.py --prompts 5000  # a quick check
     python benchmarks/bench_plan.py --parquet --prompts 10000
+    python benchmarks/bench_plan.py --folder --prompts 20000  # a folder of image files
 """
 
 from __future__ import annotations
@@ -80,8 +82,9 @@ def make_row(rng: random.Random, pool: list[str], row: int) -> dict:
     }
 
 
-def make_source(root: Path, prompts: int, seed: int = 0) -> Path:
-    """The jsonl + zip under `root` (reused when a previous run wrote them for `prompts`)."""
+def make_source(root: Path, prompts: int, seed: int = 0, folder: bool = False) -> Path:
+    """The jsonl + zip (or `folder`: a `merged_images/` folder of files) under `root` (reused
+    when a previous run wrote them for `prompts`)."""
     data, done = root / "vlfeedback_80k.jsonl", root / f".done-{prompts}-{seed}"
     if done.exists():
         return data
@@ -95,6 +98,13 @@ def make_source(root: Path, prompts: int, seed: int = 0) -> Path:
             handle.write(json.dumps(make_row(rng, pool, row)) + "\n")
     buffer = io.BytesIO()
     Image.new("RGB", (64, 48), (120, 80, 40)).save(buffer, format="JPEG")
+    if folder:
+        images = root / "merged_images"
+        images.mkdir(exist_ok=True)
+        for row in range(prompts):
+            (images / f"{PREFIXES[row % len(PREFIXES)]}{row}.jpg").write_bytes(buffer.getvalue())
+        done.touch()
+        return data
     with zipfile.ZipFile(root / "merged_images.zip", "w", zipfile.ZIP_STORED) as archive:
         for row in range(prompts):
             archive.writestr(f"merged_images/{PREFIXES[row % len(PREFIXES)]}{row}.jpg", buffer.getvalue())
@@ -217,12 +227,16 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=10, help="examples the plan samples")
     parser.add_argument("--data", type=Path, default=None, help="where to write the source")
     parser.add_argument("--parquet", action="store_true", help="the Hub parquet layout, three readers")
+    parser.add_argument("--folder", action="store_true", help="images as a merged_images/ folder of "
+                        "files (not a zip): the common local layout")
     args = parser.parse_args()
     if args.parquet:
         return main_parquet(args)
-    root = args.data or Path(f"/tmp/mdpo-bench-plan-{args.prompts}")
-    data = make_source(root, args.prompts)
-    print(f"source: {data} ({data.stat().st_size / 1e6:.0f} MB, {args.prompts} prompts)")
+    layout = "folder" if args.folder else "zip"
+    root = args.data or Path(f"/tmp/mdpo-bench-plan-{layout}-{args.prompts}" if args.folder
+                             else f"/tmp/mdpo-bench-plan-{args.prompts}")
+    data = make_source(root, args.prompts, folder=args.folder)
+    print(f"source: {data} ({data.stat().st_size / 1e6:.0f} MB, {args.prompts} prompts, images: {layout})")
     floor = measure(FLOOR, str(data))
     planned = measure(PLAN, str(root), str(args.n))
     print(f"floor  json.loads lines : {floor['seconds']:7.2f} s  peak RSS {floor['rss_mb']:6.0f} MB")

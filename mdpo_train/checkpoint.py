@@ -5,6 +5,12 @@ FSDP/DeepSpeed sharding); the hooks below replace its full-model weights with th
 parameters only (a few MB of LoRA instead of the whole base model). `trainer_state.json` holds
 the data position and the config. A checkpoint is written under a temp name and renamed, so
 a crash mid-save never leaves a folder that looks complete.
+
+Integrity: `checksums.json`, written LAST, lists every file's sha256 and the global step.
+A resume first verifies it (`verify_checkpoint`): a missing, extra or changed file (an RNG
+state deleted, a flipped byte in the optimizer state) and a global step that disagrees with
+the folder name, the trainer state or the scheduler's own step count are one line each, so
+nothing damaged is ever loaded, and nothing is fed to torch.load before its hash matched.
 """
 
 from __future__ import annotations
@@ -16,11 +22,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
+from mdpo_data.format.shards import sha256_file
+from mdpo_train.data import DataError
 
 CHECKPOINTS = "checkpoints"
 TRAINABLE_FILE = "trainable.safetensors"
 STATE_FILE = "trainer_state.json"
+CHECKSUMS_FILE = "checksums.json"
+SCHEDULER_FILE = "scheduler.bin"  # accelerate's name for the first scheduler's state
+RNG_FILE = "random_states_{}.pkl"  # accelerate's name for process i's RNG states
 _NAME = re.compile(r"^checkpoint-(\d+)$")
 
 # Config keys that may change between a run and its resumption (they do not change the math).
@@ -33,13 +43,22 @@ RESUMABLE_CHANGES = {
 }
 
 
+class CheckpointError(DataError):
+    """A checkpoint cannot be saved or resumed from; one line naming the file."""
+
+
 @dataclass
 class Position:
     """Where the data stream is: the next step to run is `step_in_epoch` of `epoch`."""
 
-    global_step: int = 0  # optimizer steps completed
+    global_step: int = 0  # steps completed (the data position)
     epoch: int = 0
     step_in_epoch: int = 0
+    empty_steps: int = 0  # steps whose examples were all too long: no optimizer/scheduler step
+
+    @property
+    def optimizer_steps(self) -> int:
+        return self.global_step - self.empty_steps
 
 
 def checkpoint_dir(output_dir: str | Path, step: int) -> Path:
@@ -47,11 +66,12 @@ def checkpoint_dir(output_dir: str | Path, step: int) -> Path:
 
 
 def list_checkpoints(output_dir: str | Path) -> list[Path]:
-    """Complete checkpoints, oldest first."""
+    """Checkpoint folders, oldest first (a folder gets its name only once complete, by rename;
+    a damaged one is listed too, so `latest` refuses it rather than silently taking an older)."""
     root = Path(output_dir) / CHECKPOINTS
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if _NAME.match(p.name) and (p / STATE_FILE).is_file()]
+    found = [p for p in root.iterdir() if _NAME.match(p.name) and p.is_dir()]
     return sorted(found, key=lambda p: int(_NAME.match(p.name)[1]))
 
 
@@ -63,8 +83,8 @@ def resolve_resume(resume: str, output_dir: str | Path) -> tuple[Path | None, st
             return None, f"--resume latest: no checkpoint in {Path(output_dir) / CHECKPOINTS}"
         return found[-1], None
     path = Path(resume)
-    if not (path / STATE_FILE).is_file():
-        return None, f"--resume: {path} is not a checkpoint folder (no {STATE_FILE})"
+    if not path.is_dir() or not any((path / name).is_file() for name in (STATE_FILE, CHECKSUMS_FILE)):
+        return None, f"--resume: {path} is not a checkpoint folder (no {CHECKSUMS_FILE})"
     return path, None
 
 
@@ -104,6 +124,8 @@ def register_hooks(accelerator) -> None:
                     f"(missing {sorted(expected - set(state))[:3]}, unexpected "
                     f"{sorted(set(state) - expected)[:3]}); was it made with another --finetune/--lora-*?"
                 )
+            import torch
+
             with torch.no_grad():
                 params = dict(inner.named_parameters())
                 for name, value in state.items():
@@ -120,17 +142,29 @@ def _trainable_name(index: int) -> str:
 
 # ------------------------------------------------------------------ save / load
 def save(accelerator, output_dir: str | Path, position: Position, config: dict[str, Any], keep: int) -> Path:
-    """Write checkpoint-<global_step> atomically (all processes call this); prune to `keep`."""
+    """Write checkpoint-<global_step> atomically (all processes call this); prune to `keep`.
+    A write that fails (a full disk) is one CheckpointError; no partial folder is left."""
     final = checkpoint_dir(output_dir, position.global_step)
     tmp = final.with_name(final.name + ".tmp")
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))  # every process writes its own RNG state
+    try:
+        accelerator.save_state(str(tmp))  # every process writes its own RNG state
+    except Exception as error:  # noqa: BLE001 - torch.save/safetensors wrap the OS error
+        if not is_write_failure(error):
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(f"cannot write checkpoint {final}: {one_line(error)}") from None
     accelerator.wait_for_everyone()  # ... before the folder is renamed under them
     if accelerator.is_main_process:
-        state = {"position": asdict(position), "config": config}
-        (tmp / STATE_FILE).write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
+        try:
+            state = {"position": asdict(position), "config": config}
+            (tmp / STATE_FILE).write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
+            write_checksums(tmp, position.global_step)  # last: its presence means complete
+        except OSError as error:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise CheckpointError(f"cannot write checkpoint {final}: {one_line(error)}") from None
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
         for old in list_checkpoints(output_dir)[:-keep] if keep else []:
@@ -139,17 +173,116 @@ def save(accelerator, output_dir: str | Path, position: Position, config: dict[s
     return final
 
 
+def is_write_failure(error: BaseException) -> bool:
+    """A failed write (full disk, file too large), as OSError or as torch.save's and
+    safetensors' own errors around it."""
+    text = str(error)
+    return isinstance(error, OSError) or (
+        type(error).__name__ == "SafetensorError" and ("I/O error" in text or "IoError" in text)
+    ) or (isinstance(error, RuntimeError) and ("failed writing" in text or "file write failed" in text))
+
+
+def one_line(error: BaseException) -> str:
+    """An OSError/RuntimeError of a failed write as one short line (torch and safetensors
+    put the OS error inside their own multi-line messages)."""
+    if isinstance(error, OSError) and error.strerror:
+        where = f" ({error.filename})" if error.filename else ""
+        return f"{error.strerror}{where}"
+    text = " ".join(str(error).split()) or type(error).__name__
+    return f"{type(error).__name__}: {text[:240]}"
+
+
+# ------------------------------------------------------------------ integrity
+def write_checksums(folder: Path, global_step: int) -> None:
+    files = {p.name: sha256_file(p) for p in sorted(folder.iterdir())
+             if p.is_file() and p.name != CHECKSUMS_FILE}
+    text = json.dumps({"global_step": global_step, "files": files}, indent=2, sort_keys=True)
+    (folder / CHECKSUMS_FILE).write_text(text + "\n")
+
+
+def verify_checkpoint(path: str | Path) -> list[str]:
+    """Problems (one line each) that make the checkpoint unusable; [] when it is intact.
+
+    Order matters: every file's hash before anything is parsed, then the global step's
+    agreement between the folder name, checksums.json, trainer_state.json and the
+    scheduler state (edited together or not, they must agree)."""
+    path = Path(path)
+    hint = "resume from another checkpoint (--resume PATH) or start a new run"
+    try:
+        listed = json.loads((path / CHECKSUMS_FILE).read_text())
+        files, step = dict(listed["files"]), int(listed["global_step"])
+    except FileNotFoundError:
+        return [f"{path}: no {CHECKSUMS_FILE} (it is written last): the checkpoint is incomplete "
+                f"or from an older mdpo-train; {hint}"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        return [f"{path / CHECKSUMS_FILE} is damaged ({one_line(error)}); {hint}"]
+    problems = []
+    present = {p.name for p in path.iterdir() if p.name != CHECKSUMS_FILE}
+    for name, digest in sorted(files.items()):
+        if name not in present:
+            problems.append(f"{path / name}: listed in {CHECKSUMS_FILE} but missing; {hint}")
+        elif not (path / name).is_file() or sha256_file(path / name) != digest:
+            problems.append(f"{path / name}: sha256 does not match {CHECKSUMS_FILE} (changed after "
+                            f"the save); {hint}")
+    for name in sorted(present - set(files)):
+        problems.append(f"{path / name}: not listed in {CHECKSUMS_FILE} (added after the save); {hint}")
+    for required in (STATE_FILE, TRAINABLE_FILE, SCHEDULER_FILE, RNG_FILE.format(0)):
+        if required not in files:
+            problems.append(f"{path}: {required} is not in {CHECKSUMS_FILE}; {hint}")
+    return problems[:1] or _step_problems(path, step, hint)  # the first problem says enough
+
+
+def _step_problems(path: Path, step: int, hint: str) -> list[str]:
+    """The global step as the folder name, checksums.json, trainer_state.json and the
+    scheduler's step count (which counts optimizer steps) record it."""
+    import torch
+
+    try:
+        position, _ = read_state(path)
+        scheduler = torch.load(path / SCHEDULER_FILE, map_location="cpu", weights_only=True)
+        scheduled = int(scheduler["last_epoch"])
+    except ValueError as error:
+        return [str(error)]
+    except Exception as error:  # noqa: BLE001 - hashed bytes that are still not a state
+        return [f"{path / SCHEDULER_FILE}: not a scheduler state ({one_line(error)}); {hint}"]
+    named = _NAME.match(path.name)
+    claims = {f"{CHECKSUMS_FILE}": step, f"{STATE_FILE}": position.global_step}
+    if named:
+        claims["the folder name"] = int(named[1])
+    if len(set(claims.values())) > 1 or scheduled != position.optimizer_steps:
+        said = ", ".join(f"{k} {v}" for k, v in claims.items())
+        return [f"{path}: the global step disagrees ({said}, the scheduler ran {scheduled} optimizer "
+                f"steps, the trainer state {position.optimizer_steps}): the checkpoint was edited; "
+                f"{hint}"]
+    return []
+
+
 def read_state(path: str | Path) -> tuple[Position, dict[str, Any]]:
     """(position, config) of a checkpoint; ValueError when its state file is damaged."""
     try:
         state = json.loads((Path(path) / STATE_FILE).read_text())
-        return Position(**state["position"]), dict(state["config"])
+        position = Position(**state["position"])
+        values = asdict(position).values()
+        if not all(type(v) is int and v >= 0 for v in values) or position.optimizer_steps < 0:
+            raise ValueError(f"position {state['position']} is not counts")
+        return position, dict(state["config"])
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise ValueError(f"{Path(path) / STATE_FILE} is damaged ({error}): resume from another "
                          "checkpoint") from None
 
 
 def load(accelerator, path: str | Path) -> Position:
-    """Restore trainable weights, optimizer, scheduler and RNG; return the data position."""
-    accelerator.load_state(str(path))
+    """Restore trainable weights, optimizer, scheduler and RNG; return the data position.
+    Run only after `verify_checkpoint` passed; what still fails to load is one CheckpointError."""
+    path = Path(path)
+    rng = RNG_FILE.format(accelerator.process_index)
+    if not (path / rng).is_file():
+        raise CheckpointError(f"{path}: no {rng}: the checkpoint was saved by fewer processes than "
+                              f"this run's {accelerator.num_processes}; resume with the same number")
+    try:
+        accelerator.load_state(str(path))
+    except CheckpointError:
+        raise
+    except Exception as error:  # noqa: BLE001 - e.g. another LoRA shape: one line, not a traceback
+        raise CheckpointError(f"{path}: cannot be loaded into this run ({one_line(error)})") from None
     return read_state(path)[0]

@@ -76,6 +76,13 @@ def main(ctx, config_path: str | None, **_) -> None:
     except OSError as error:  # an unwritable run folder, a full disk: one line
         where = f" ({error.filename})" if getattr(error, "filename", None) else ""
         raise click.ClickException(f"{error.strerror or error}{where}") from None
+    except Exception as error:
+        from mdpo_train.checkpoint import is_write_failure, one_line
+
+        if not is_write_failure(error):
+            raise
+        raise click.ClickException(f"cannot write the run's outputs in {recipe.cfg.output_dir}: "
+                                   f"{one_line(error)}") from None
     recipe.accelerator.print(f"done: adapter, processor, metrics and model card in {out}")
 
 

@@ -157,10 +157,27 @@ def build_config(options: dict[str, Any], problems: list[str] | None = None) -> 
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """defaults < YAML at `path` < `overrides` (None values in overrides are ignored)."""
+    """defaults < (on --resume) the checkpoint's config < YAML at `path` < `overrides` (None
+    values in overrides are ignored). So `--resume latest` alone continues the run as it was
+    configured; a key given again with another value is still refused by the recipe."""
     options, problems = read_yaml(path) if path else ({}, [])
     options.update({normalize_key(k): v for k, v in (overrides or {}).items() if v is not None})
-    return build_config(options, problems)
+    return build_config({**resumed_options(options), **options}, problems)
+
+
+def resumed_options(options: dict[str, Any]) -> dict[str, Any]:
+    """The config saved in the checkpoint that `resume` names ({} when there is none or it
+    cannot be read: the recipe reports that with the other problems)."""
+    if not options.get("resume") or not options.get("output_dir"):
+        return {}
+    from mdpo_train.checkpoint import read_state, resolve_resume
+
+    found, _ = resolve_resume(str(options["resume"]), str(options["output_dir"]))
+    try:
+        saved = read_state(found)[1] if found else {}
+    except ValueError:
+        return {}
+    return {k: v for k, v in saved.items() if k in FIELDS and k not in ("resume", "output_dir")}
 
 
 # ------------------------------------------------------------------ validation, all at once

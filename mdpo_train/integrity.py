@@ -8,7 +8,6 @@ setup and resume only.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 from mdpo_data.format.integrity import IntegrityError, data_fingerprint, verify_shards
@@ -27,25 +26,22 @@ def verify(source: Source) -> dict[str, Any]:
 
 
 def identity(source: Source) -> dict[str, str]:
-    """What a checkpoint records about its data: the folder and the data fingerprint."""
-    return {"shards": str(Path(source.path).resolve()), "fingerprint": data_fingerprint(source.manifest)}
+    """What a checkpoint records about its data: the data fingerprint (a hash of the manifest's
+    shard list: content, not location, so a moved or copied data folder still resumes)."""
+    return {"fingerprint": data_fingerprint(source.manifest)}
 
 
 def resume_problems(saved_config: dict[str, Any], source: Source | None) -> list[str]:
-    """--resume must continue on the same data: same shards folder, same fingerprint."""
+    """--resume must continue on the same data: the same fingerprint, wherever it lies now."""
     saved = saved_config.get(DATA_KEY)
     if not isinstance(saved, dict) or source is None:
         return []  # a checkpoint from before data identities were recorded
     now = identity(source)
-    problems = []
-    if saved.get("shards") != now["shards"]:
-        problems.append(f"--resume: the checkpoint trained on --shards {saved.get('shards')}, "
-                        f"now {now['shards']}: resume with the same data folder")
     if saved.get("fingerprint") != now["fingerprint"]:
-        problems.append(f"--resume: the data changed since the checkpoint (fingerprint "
-                        f"{str(saved.get('fingerprint'))[:12]}..., now {now['fingerprint'][:12]}...): "
-                        "start a new run for new data")
-    return problems
+        return [f"--resume: the data changed since the checkpoint (fingerprint "
+                f"{str(saved.get('fingerprint'))[:12]}..., now {now['fingerprint'][:12]}...): "
+                "start a new run for new data"]
+    return []
 
 
 @contextmanager

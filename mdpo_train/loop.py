@@ -76,6 +76,10 @@ class MDPORecipe:
         if cfg.output_dir and cfg.resume:
             self.resume_from, problem = checkpoint.resolve_resume(cfg.resume, cfg.output_dir)
             problems += [problem] if problem else []
+            damaged = checkpoint.verify_checkpoint(self.resume_from) if self.resume_from else []
+            problems += [f"--resume: {p}" for p in damaged]
+            if damaged:  # nothing of it is read further
+                self.resume_from = None
             try:
                 _, saved = checkpoint.read_state(self.resume_from) if self.resume_from else (None, None)
             except ValueError as error:
@@ -200,9 +204,12 @@ class MDPORecipe:
         if self.cfg.spot_check_tolerance is not None:
             atol, rtol = self.cfg.spot_check_tolerance, 0.0
         try:
+            # At the scorer's max length: the stored values were computed there; a smaller
+            # --max-length only drops examples from training (counted), it is not a mismatch.
             return spot_check(model, self.processor, self.train_data.take(range(n)),
                               self.source.fingerprint, dtype=self.dtype,
-                              max_length=self.max_length, atol=atol, rtol=rtol)
+                              max_length=self.source.fingerprint.get("max_length") or self.max_length,
+                              atol=atol, rtol=rtol)
         except SpotCheckError as error:
             if not self.cfg.force_model:
                 raise
@@ -309,6 +316,15 @@ class MDPORecipe:
             sums.add(example_metrics(out, policy))
         names, local = sums.vector()
         metrics = means(names, acc.reduce(local, "sum").tolist())  # the step's one sync point
+        kept = metrics["examples"]
+        if not kept:  # every example of the step too long: no update, no lr step (counted)
+            self.position.empty_steps += 1
+            self.optimizer.zero_grad(set_to_none=True)
+            return metrics
+        if kept != step_examples:  # the mean over the examples kept, not the ones planned
+            for param in self.params:
+                if param.grad is not None:
+                    param.grad.mul_(step_examples / kept)
         if cfg.max_grad_norm:
             metrics["grad_norm"] = float(acc.clip_grad_norm_(self.params, cfg.max_grad_norm))
         bad = {k: v for k, v in metrics.items() if k.startswith("loss") or k == "grad_norm"}
@@ -410,6 +426,8 @@ class MDPORecipe:
             "train_examples": len(self.train_data),
             "eval_examples": len(self.splits.get("eval") or []),
             "steps": self.position.global_step,
+            "optimizer_steps": self.position.optimizer_steps,
+            "too_long": self.too_long,
             "steps_per_epoch": self.steps_per_epoch,
             "accumulation": self.accumulation,
             "processes": self.accelerator.num_processes,

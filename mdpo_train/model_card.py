@@ -26,6 +26,7 @@ computed once, offline, by the same base model: the reference model was never lo
 - shards: `{{ config.shards }}` ({{ train_examples }} train / {{ eval_examples }} eval examples used)
 - source: {{ build.source | default('unknown') }}; rejected image: {{ rejected_image }}; build seed {{ build.seed | default('?') }}
 - reference log-probs: {{ fp.model }} ({{ fp.dtype }}, max length {{ fp.max_length }}, fingerprint `{{ fp.key }}`)
+- too long for max length {{ max_length }}: {{ too_long }} train example(s) skipped by the trainer (counted each time seen){% if empty_steps %}; {{ empty_steps }} step(s) kept no example and made no update{% endif %}
 {%- if spot_check %}
 - spot check: {{ spot_check['values'] }} stored values recomputed, largest difference {{ '%.2g' % spot_check.max_abs_diff }}
 {%- endif %}
@@ -77,7 +78,7 @@ def render_model_card(summary: dict[str, Any]) -> str:
     settings = [(k, config[k]) for k in SETTINGS] + [
         ("dtype", summary["dtype"]), ("max_length", summary["max_length"]),
         ("gradient accumulation", summary["accumulation"]), ("processes", summary["processes"]),
-        ("optimizer steps", summary["steps"]),
+        ("optimizer steps", summary.get("optimizer_steps", summary["steps"])),
         ("trainable parameters", f"{summary['trainable_parameters']:,} of {summary['total_parameters']:,}"),
     ]
     fp = (manifest.get("reference") or {}).get("fingerprint") or {}
@@ -96,6 +97,9 @@ def render_model_card(summary: dict[str, Any]) -> str:
         eval_examples=summary["eval_examples"],
         settings=settings,
         steps=summary["steps"],
+        max_length=summary["max_length"],
+        too_long=summary.get("too_long", 0),
+        empty_steps=summary["steps"] - summary.get("optimizer_steps", summary["steps"]),
         last=last,
         metric_names=names,
         fmt=_fmt,

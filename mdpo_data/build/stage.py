@@ -37,6 +37,7 @@ from mdpo_data.build.sampling import draw, split_eval
 from mdpo_data.build.seeds import example_seed
 from mdpo_data.format.shards import SHARD_RE, sha256_file, shard_name, write_bytes_atomic, write_shard
 from mdpo_data.format.markers import drop_markers, read_json, read_marker
+from mdpo_data.build.resume import images_unchanged
 from mdpo_data.build.worker import Task, make_example, worker_init
 
 WRITE_BATCH = 64  # rows per Arrow record batch: bounds memory while a shard is written
@@ -310,6 +311,8 @@ def _write_shards(config: BuildConfig, directory: Path, key: str, splits, partne
                 tasks = _tasks(config, chunk, partners, response_strategy)
                 rows_key = rows_fingerprint(tasks)
                 done = _finished(directory, name, key, rows_key)
+                if done is not None and not images_unchanged(directory / name, tasks):
+                    done = None  # an image edited in place (same size and mtime)
                 if done is None:
                     done = _make_shard(directory, name, key, rows_key, tasks, workers, worker_pool, bar)
                     result.shards_written += 1

@@ -3,8 +3,9 @@
 `verify_shards` streams every listed shard through sha256 (1 MiB blocks, constant memory),
 compares it with the manifest, and only then opens it with Arrow to count its rows: flipped
 or truncated bytes are refused by the hash and never reach a parser. A listed shard that is
-missing, or a shard file the manifest does not list, is refused too. A Hub export (parquet,
-whose bytes the manifest does not list) is checked by its per-split row counts.
+missing, or a shard file the manifest does not list, is refused too. A Hub export is checked
+the same way: its manifest.json lists every `data/*.parquet` file's sha256 and rows (written by
+`export_files` when the export is made), and no parquet is parsed before its hash matched.
 """
 
 from __future__ import annotations
@@ -89,20 +90,68 @@ def verify_shards(directory: str | Path, manifest: dict[str, Any]) -> dict[str, 
 
 
 def _verify_export(directory: Path, manifest: dict[str, Any], start: float) -> dict[str, Any]:
+    problems = export_problems(directory, manifest)
+    if problems:
+        raise IntegrityError(problems[0])
+    listed = manifest["export"]
+    return {"shards": len(listed), "rows": sum(e["rows"] for e in listed),
+            "bytes": sum((directory / e["file"]).stat().st_size for e in listed),
+            "seconds": round(time.perf_counter() - start, 3), "export": True}
+
+
+def export_files(folder: str | Path) -> list[dict[str, Any]]:
+    """The `export` list of an export's manifest: each data/*.parquet file's split, rows and
+    sha256 (rows from the parquet footer of the file just written)."""
     import pyarrow.parquet as pq
 
+    folder = Path(folder)
+    entries = []
+    for split in schema.SPLITS:
+        for file in sorted((folder / "data").glob(f"{split}-*.parquet")):
+            entries.append({"file": f"data/{file.name}", "split": split,
+                            "rows": pq.ParquetFile(file).metadata.num_rows, "sha256": sha256_file(file)})
+    return entries
+
+
+def export_problems(directory: str | Path, manifest: dict[str, Any]) -> list[str]:
+    """Every way a Hub export differs from its manifest (one line each): files listed but
+    missing, changed (sha256, checked before the file is parsed) or unlisted, and row counts
+    that differ from the file's footer or from the build's split totals."""
+    import pyarrow.parquet as pq
+
+    directory = Path(directory)
+    listed = manifest.get("export")
+    if not listed:
+        return [f"{directory}/manifest.json lists no export files (an export made by an older "
+                "mdpo-data, or not an export): its parquet bytes cannot be checked; re-export "
+                "the build with `mdpo-data push --dry-run`"]
+    problems = []
+    names = {e["file"] for e in listed}
+    for file in sorted((directory / "data").iterdir()):
+        if f"data/{file.name}" not in names:
+            problems.append(f"{file}: not listed in manifest.json's export files (added after the "
+                            "export); remove it or re-export")
     rows_by_split: dict[str, int] = {}
-    for file in sorted((directory / "data").glob("*.parquet")):
+    for entry in listed:
+        path = directory / entry["file"]
+        if not path.is_file():
+            problems.append(f"{path}: listed in manifest.json but missing (deleted or moved)")
+            continue
+        if sha256_file(path) != entry["sha256"]:
+            problems.append(f"{path}: sha256 does not match manifest.json (changed after the "
+                            "export); re-export the build or restore the file")
+            continue
         try:
-            n = pq.ParquetFile(file).metadata.num_rows
+            n = pq.ParquetFile(path).metadata.num_rows
         except (pa.ArrowException, OSError) as error:
-            raise IntegrityError(f"{file}: not a readable parquet file ({error})") from None
-        split = file.name.split("-", 1)[0]
-        rows_by_split[split] = rows_by_split.get(split, 0) + n
+            problems.append(f"{path}: not a readable parquet file ({' '.join(str(error).split())[:200]})")
+            continue
+        if n != entry["rows"]:
+            problems.append(f"{path}: {n} rows, manifest.json says {entry['rows']}")
+        rows_by_split[entry["split"]] = rows_by_split.get(entry["split"], 0) + n
     expected = {split: sum(e["rows"] for e in entries)
-                for split, entries in (manifest.get("splits") or {}).items()}
-    if rows_by_split != expected:
-        raise IntegrityError(f"{directory}/data: rows per split {rows_by_split} differ from "
-                             f"manifest.json's {expected}")
-    return {"shards": 0, "rows": sum(rows_by_split.values()), "bytes": 0,
-            "seconds": round(time.perf_counter() - start, 3), "export": True}
+                for split, entries in (manifest.get("splits") or {}).items() if entries}
+    if not problems and rows_by_split != expected:
+        problems.append(f"{directory}/data: rows per split {rows_by_split} differ from the "
+                        f"build's {expected} in manifest.json")
+    return problems

@@ -17,6 +17,8 @@ Layout (typed below; `load_manifest` is the ONE loader every reader goes through
     versions         library versions that produced the bytes
     reference        null until scored, then the scorer's fingerprint and stats (its
                      counts merged from the score markers)
+    export           only in a Hub export: [{"file": "data/...parquet", "split", "rows",
+                     "sha256"}], checked by `mdpo-train` and `validate` before any parquet is read
 No timestamps or absolute paths: the same config and seed give a byte-identical manifest.
 
 Versioning (lerobot's CODEBASE_VERSION pattern): a reader reads every minor version of its
@@ -40,6 +42,7 @@ from mdpo_data.format import schema
 from mdpo_data.format.shards import SHARD_RE, write_bytes_atomic
 
 MANIFEST_NAME = "manifest.json"
+EXPORT_FILE_RE = re.compile(r"^data/[a-z]+-\d{5}-of-\d{5}\.parquet$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -55,6 +58,16 @@ class ManifestError(ValueError):
 @dataclass(frozen=True)
 class ShardEntry:
     file: str
+    rows: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class ExportFile:
+    """A parquet file of a Hub export (`data/...`), as `mdpo-data push --dry-run` wrote it."""
+
+    file: str
+    split: str
     rows: int
     sha256: str
 
@@ -119,6 +132,7 @@ class Manifest:
     rejected_response: dict[str, Any] = field(default_factory=dict)
     system_prompt: dict[str, Any] = field(default_factory=dict)  # see mdpo_data.build.system_prompts
     versions: dict[str, str] = field(default_factory=dict)
+    export: list[ExportFile] | None = None  # only in a Hub export: its parquet files' hashes
 
     def entries(self) -> list[tuple[str, ShardEntry]]:
         """(split, entry) of every listed shard, in split order."""
@@ -239,6 +253,12 @@ def _check_entries(manifest: Manifest) -> None:
                 raise ManifestError(f"field {where}.rows must be >= 0, got {entry.rows}")
             if not _SHA256.match(entry.sha256):
                 raise ManifestError(f"field {where}.sha256 is not a sha256 hex digest")
+    for i, entry in enumerate(manifest.export or []):
+        if not EXPORT_FILE_RE.match(entry.file) or not entry.file.startswith(f"data/{entry.split}-"):
+            raise ManifestError(f"field export[{i}].file {entry.file!r} is not a parquet file of "
+                                f"the export's data/ folder (e.g. data/{entry.split}-00000-of-00001.parquet)")
+        if entry.rows < 0 or not _SHA256.match(entry.sha256):
+            raise ManifestError(f"field export[{i}] needs rows >= 0 and a sha256 hex digest")
     for name, value in dataclasses.asdict(manifest.counts).items():
         if isinstance(value, int) and value < 0:
             raise ManifestError(f"field counts.{name} must be >= 0, got {value}")

@@ -23,7 +23,9 @@ import yaml
 
 from mdpo_data.format import schema
 from mdpo_data.report.card import hub_data_files, is_smoke_test, render_card
+from mdpo_data.format.integrity import export_files
 from mdpo_data.format.manifest import MANIFEST_NAME, read_manifest
+from mdpo_data.format.manifest import dumps as manifest_bytes
 from mdpo_data.format.folder import has_our_manifest
 from mdpo_data.format.shards import shard_files, umask_mode
 from mdpo_data.report.validate import validate
@@ -215,7 +217,9 @@ def export_hub_folder(directory: str | Path, out: str | Path, *, base_card: str 
                  if text]
         front = merge_card_data(ours, bases, list(info.splits), info)
         (staging / CARD_NAME).write_text(card_text(front, body), encoding="utf-8")
-        shutil.copyfile(directory / MANIFEST_NAME, staging / MANIFEST_NAME)
+        # The build's manifest plus the export's own files and hashes (checked on every read)
+        exported = {**read_manifest(directory), "export": export_files(staging)}
+        (staging / MANIFEST_NAME).write_bytes(manifest_bytes(exported))
         if out.exists():
             old = out.with_name(f".{out.name}.old")
             shutil.rmtree(old, ignore_errors=True)

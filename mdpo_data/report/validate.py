@@ -1,4 +1,5 @@
-"""Check a build folder against its manifest and the shard contract; list every problem.
+"""Check a build folder (or a Hub export) against its manifest and the shard contract; list
+every problem.
 
 `validate` never raises for bad data: a missing manifest, an unreadable shard or a bad row
 are all reported as lines, grouped by kind and capped per kind ("... and 812 more"), so one
@@ -21,6 +22,7 @@ import pyarrow as pa
 
 from mdpo_data.format import schema
 from mdpo_data.build.images import DEFAULT_MAX_PIXELS, load_image
+from mdpo_data.format.integrity import export_problems
 from mdpo_data.format.manifest import ManifestError, is_scored, read_manifest
 from mdpo_data.sources.records import BadRow
 from mdpo_data.format.shards import SHARD_RE, sha256_file
@@ -59,6 +61,10 @@ def validate(directory: str | Path, *, max_per_kind: int = MAX_PER_KIND) -> list
     except ManifestError as error:
         problems.add("manifest", f"manifest.json: {error}")
         manifest = None
+    if _is_export(directory):
+        if manifest is not None:
+            _check_export(directory, manifest, problems)
+        return problems.lines()
     on_disk = _shards_on_disk(directory, problems)
     listed = _check_listing(manifest, on_disk, problems) if manifest else {}
     seen = _Seen()
@@ -92,6 +98,43 @@ def validate(directory: str | Path, *, max_per_kind: int = MAX_PER_KIND) -> list
         if complete:
             _check_totals(manifest, rows_by_split, seen, problems)
     return problems.lines()
+
+
+def _is_export(directory: Path) -> bool:
+    """A Hub export (`push --dry-run`): data/*.parquet and no Arrow shards."""
+    return (directory / "data").is_dir() and not any(SHARD_RE.match(p.name) for p in directory.iterdir())
+
+
+def _check_export(directory: Path, manifest: dict, problems: Problems) -> None:
+    """An export's parquet files against the hashes its manifest lists (before any is parsed),
+    then every row, as for a build's shards."""
+    import pyarrow.parquet as pq
+
+    found = export_problems(directory, manifest)
+    for line in found:
+        problems.add("checksum", line)
+    if found:
+        return
+    seen, rows_by_split = _Seen(), defaultdict(int)
+    expected = schema.arrow_schema()
+    for entry in manifest["export"]:
+        path, rows = directory / entry["file"], 0
+        try:
+            parquet = pq.ParquetFile(path)
+            if not _same_fields(parquet.schema_arrow, expected):
+                _schema_problem(entry["file"], parquet.schema_arrow, expected, problems)
+                continue
+            for batch in parquet.iter_batches():
+                _check_rows(entry["file"], batch, rows, manifest, seen, problems)
+                rows += batch.num_rows
+        except (pa.ArrowException, OSError, ValueError, TypeError, KeyError, IndexError) as error:
+            problems.add("shard", f"{entry['file']}: not a readable parquet file "
+                                  f"({' '.join(str(error).split())[:200]})")
+            continue
+        rows_by_split[entry["split"]] += rows
+    _check_totals(manifest, rows_by_split, seen, problems)
+    if not rows_by_split.get("train"):
+        problems.add("rows", "split train has 0 rows: nothing to train on")
 
 
 def _check_state(directory: Path, manifest: dict, problems: Problems) -> None:

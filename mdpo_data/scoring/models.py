@@ -215,10 +215,19 @@ def _listing_sha256(folder: Path) -> str:
 
 
 def processor_sha256(processor) -> str:
-    """Hash of everything in the processor that shapes input ids and pixels (template excluded)."""
+    """Hash of everything in the processor that shapes input ids and pixels (template excluded).
+
+    The fast tokenizer's serialization also holds the padding/truncation settings of its last
+    call; they are reset on a copy, so the hash is the same before and after any padded call."""
     config = processor.to_dict()
     tokenizer = processor.tokenizer
     backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        from tokenizers import Tokenizer
+
+        backend = Tokenizer.from_str(backend.to_str())
+        backend.no_padding()
+        backend.no_truncation()
     vocab = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
     special = json.dumps(tokenizer.special_tokens_map, sort_keys=True, default=str)
     blob = json.dumps(config, sort_keys=True, default=str) + "\0" + vocab + "\0" + special

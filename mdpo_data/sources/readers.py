@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from mdpo_data.sources.records import BadRow, ImageRef, Skip, resolve_under
+from mdpo_data.sources.records import BadRow, ImageRef, Skip, lexically_under
 from mdpo_data.sources import SourceError
 
 DATA_SUFFIXES = (".json", ".jsonl", ".parquet")
@@ -289,15 +289,19 @@ def file_ref(root: Path, relpath: str) -> ImageRef:
     Tries `relpath` then its bare file name (data sets often write `images/<name>` or
     `coco/train2017/<name>` while users point `root` at the folder of images itself). An
     escaping path is refused before any fallback, so `../x.jpg` never resolves to `x.jpg`.
+    Called for every candidate row while planning, so the escape check here is lexical and the
+    existence check one stat; the exact check (symlinks resolved, `resolve_under`) runs when a
+    sampled row's image is loaded.
     """
     relpath = relpath.replace("\\", "/")
     while relpath.startswith("./"):
         relpath = relpath[2:]
-    target = resolve_under(root, relpath)
-    if target.is_file():
+    if not lexically_under(relpath):
+        raise BadRow("image_path_escapes_root", repr(relpath))
+    if os.path.isfile(os.path.join(root, relpath)):
         return ImageRef("file", root=str(root), path=relpath)
     base = PurePosixPath(relpath).name
-    if base != relpath and base and (root / base).is_file():
+    if base != relpath and base and os.path.isfile(os.path.join(root, base)):
         return ImageRef("file", root=str(root), path=base)
     raise BadRow("image_missing", f"{relpath} not under {root}")
 

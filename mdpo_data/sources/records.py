@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import os
+import posixpath
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -45,6 +46,18 @@ def resolve_under(root: str | Path, relpath: str) -> Path:
     if target != root_path and root_path not in target.parents:
         raise BadRow("image_path_escapes_root", repr(relpath))
     return target
+
+
+def lexically_under(relpath: str) -> bool:
+    """True when `relpath` names something below its root by its text alone: relative, no NUL,
+    and no `..` that climbs out once normalized. No file system call: planning checks every
+    candidate row this way, and `resolve_under` (symlinks resolved) decides exactly at load."""
+    if not relpath or "\x00" in relpath or relpath.startswith("/"):
+        return False
+    if ".." not in relpath:  # the common case, without normalizing
+        return relpath.strip("./") != ""
+    normal = posixpath.normpath(relpath)
+    return normal != ".." and not normal.startswith("../") and normal != "."
 
 
 def safe_member_name(name: str) -> bool:

@@ -6,6 +6,8 @@ connecting.
 
 from __future__ import annotations
 
+import json
+
 import math
 
 import datasets
@@ -40,7 +42,10 @@ def exported(tmp_path_factory):
 def test_export_has_the_hub_layout(exported):
     build, out = exported
     assert files(out) == EXPORT_FILES
-    assert (out / "manifest.json").read_bytes() == (build / "manifest.json").read_bytes()
+    exported = json.loads((out / "manifest.json").read_text())  # the build's, plus its own files
+    assert {k: v for k, v in exported.items() if k != "export"} == json.loads((build / "manifest.json").read_text())
+    assert [e["file"] for e in exported["export"]] == sorted(EXPORT_FILES - {"README.md", "manifest.json"},
+                                                             key=lambda f: ("eval" in f, f))
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no staging left
 
 

@@ -116,8 +116,11 @@ def test_file_ref_refuses_escapes_before_any_fallback(tmp_path):
     (tmp_path / "outside.jpg").write_bytes(jpeg_bytes(1))
     (root / "link.jpg").symlink_to(tmp_path / "outside.jpg")
     assert file_ref(root, "sub/x.jpg").path == "x.jpg"  # bare-name fallback inside the root
-    for bad in ("../outside.jpg", "../x.jpg", str(tmp_path / "outside.jpg"), "link.jpg"):
+    for bad in ("../outside.jpg", "../x.jpg", str(tmp_path / "outside.jpg"), "sub/../../x.jpg"):
         with pytest.raises(BadRow, match="image_path_escapes_root"):
-            file_ref(root, bad)
+            file_ref(root, bad)  # lexically, while planning
+    link = file_ref(root, "link.jpg")  # a symlink out: planning does not resolve it ...
+    with pytest.raises(BadRow, match="image_path_escapes_root"):
+        link.load()  # ... loading does, exactly, and refuses it
     with pytest.raises(BadRow, match="image_missing"):
         file_ref(root, "nothing.jpg")
