@@ -302,12 +302,18 @@ def _score(out, runtime, quiet: bool, force: bool = False) -> None:
         click.echo("\n" + _table([(f"score: {k}", v) for k, v in stats.items() if not isinstance(v, dict)]))
 
 
-def _write_card(out) -> None:
+def _write_card(out, *, force: bool = False, strict: bool = False) -> None:
+    """Write the data card. A README.md the user edited is kept: `card` refuses (strict),
+    build and score say so and go on."""
+    from mdpo_data.report.card import EditedCard, write_card
+
     try:
-        from mdpo_data.report.card import write_card
-    except ImportError:  # pragma: no cover - card module ships with the package
+        path = write_card(out, force=force)
+    except EditedCard as error:
+        if strict:
+            _fail(str(error))
+        click.secho(f"warning: {error}", fg="yellow", err=True)
         return
-    path = write_card(out)
     click.echo(f"data card: {path}")
 
 
@@ -437,10 +443,13 @@ def _short(text: str, width: int = 100) -> str:
 
 @main.command()
 @click.argument("directory", type=click.Path(exists=True, file_okay=False))
-def card(directory) -> None:
-    """Write DIR/README.md, the dataset card (YAML front matter + what, how, counts, citations)."""
+@click.option("--force", is_flag=True, help="Replace a README.md that was edited by hand.")
+def card(directory, force) -> None:
+    """Write DIR/README.md, the dataset card (YAML front matter + what, how, counts, citations).
+
+    A README.md edited since mdpo-data wrote it is kept (the command refuses) unless --force."""
     try:
-        _write_card(directory)
+        _write_card(directory, force=force, strict=True)
     except (_manifest_error(), FileNotFoundError) as error:
         _fail(str(error))
 
