@@ -497,7 +497,7 @@ def push(directory, repo, private, dry_run, token, allow_smoke_test) -> None:
     from mdpo_data.report.publish import push as run_push
 
     try:
-        if dry_run:
+        if dry_run is not None:  # `--dry-run ""` (an unset variable) is an error, never an upload
             path = export_hub_folder(directory, dry_run)
             click.echo(f"dry run: the upload folder is {path} (nothing uploaded)")
             return

@@ -172,9 +172,9 @@ def open_append(root: str | Path, path: str | Path):
 
 def check_target(directory: str | Path, what: str = "--out", kind: Kind = DATA) -> Path:
     """Refuse a target we must not write into; nothing is created. Returns the path."""
-    directory = Path(directory)
-    if not str(directory).strip():
+    if not str(directory).strip():  # an unset variable: never "the working folder"
         raise FolderError(f"{what} is empty: give a folder")
+    directory = Path(directory)
     if directory.exists() or directory.is_symlink():
         if not directory.is_dir():
             raise FolderError(f"{what} {directory} exists and is not a folder")
