@@ -124,10 +124,10 @@ def is_ours(directory: str | Path) -> bool:
 
 
 def refuse_links(directory: str | Path, kind: Kind = DATA) -> None:
-    """One-line refusal when a bookkeeping path of `kind` (or an entry of its bookkeeping
-    folders, two levels down) is a symlink: we never read, write or delete through one."""
+    """One-line refusal when a name of ours in `kind` (or an entry of its bookkeeping folders,
+    two levels down) is a symlink: we never read, write or delete through one."""
     directory = Path(directory)
-    paths = [directory / name for name in (*kind.bookkeeping, *kind.folders)]
+    paths = [directory / name for name in (*kind.files, *kind.bookkeeping, *kind.folders)]
     for folder in kind.folders:
         root = directory / folder
         if _real_dir(root):
@@ -159,15 +159,18 @@ def write_owned(root: str | Path, path: str | Path, data: bytes) -> Path:
     return Path(path)
 
 
-def open_append(root: str | Path, path: str | Path):
-    """Open a log for appending without following a symlink (O_NOFOLLOW)."""
+def open_owned(root: str | Path, path: str | Path, mode: str = "a"):
+    """Open a log of ours for writing without following a symlink (O_NOFOLLOW, and no link on
+    the way from `root`): "a" appends, "w" truncates."""
     no_links_between(root, path)
-    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+    flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+    flags |= os.O_APPEND if mode == "a" else os.O_TRUNC
     try:
         fd = os.open(path, flags, 0o666)
     except OSError as error:
-        raise FolderError(f"{path}: cannot open it for writing ({error.strerror or error})") from None
-    return os.fdopen(fd, "a", encoding="utf-8")
+        raise FolderError(f"{path}: cannot open it for writing ({error.strerror or error}); "
+                          "mdpo-data never follows a symlink there") from None
+    return os.fdopen(fd, mode, encoding="utf-8")
 
 
 def check_target(directory: str | Path, what: str = "--out", kind: Kind = DATA) -> Path:
