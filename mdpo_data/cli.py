@@ -79,6 +79,10 @@ def _command_line(ctx: click.Context) -> str:
             args.append(opt)
         elif isinstance(value, dict):  # --columns, as typed
             args += [opt, ",".join(f"{k}={v}" for k, v in value.items())]
+        elif name == "rejected":
+            from mdpo_data.build.stage import portable_spec
+
+            args += [opt, portable_spec(str(value))]
         else:
             args += [opt, _portable(str(value))]
     return shlex.join(["mdpo-data", *args])

@@ -97,8 +97,11 @@ class BuildConfig:
         not what it holds; the shards' markers fingerprint the rows themselves. A pipeline
         file (`albumentations:FILE`) enters by its content.
         """
+        config = self.public()
+        if self.pipeline_file():  # the file enters by its content only, wherever it lives
+            config["rejected"] = "albumentations"
         payload = {
-            "config": self.public(),
+            "config": config,
             "format": schema.FORMAT_VERSION,
             "libs": library_versions(*self.libraries()),
         }
@@ -136,6 +139,7 @@ class BuildConfig:
         values = dataclasses.asdict(self)
         for name in PATH_OPTIONS:
             values[name] = portable_path(values[name])
+        values["rejected"] = portable_spec(self.rejected)
         return values
 
 
@@ -147,6 +151,15 @@ def portable_path(value: str | None) -> str | None:
     if isinstance(value, str) and Path(value).is_absolute():
         return Path(value).name or value
     return value
+
+
+def portable_spec(spec: str) -> str:
+    """`albumentations:/any/where/pipe.yaml` -> `albumentations:pipe.yaml`: the file's name (its
+    content is recorded as `pipeline_sha256`); other specs unchanged."""
+    name, _, arg = spec.strip().partition(":")
+    if name.strip().lower() == "albumentations" and arg.strip():
+        return f"albumentations:{Path(arg.strip()).name}"
+    return spec
 
 
 def portable_text(text: str, roots: list[str]) -> str:
@@ -492,7 +505,7 @@ def _manifest(config: BuildConfig, key: str, command: str | None, strategy, resp
         "config": config.public(),
         "config_key": key,
         "rejected_image": {
-            "spec": config.rejected,
+            "spec": portable_spec(config.rejected),
             "resolved": strategy.resolved,
             "description": strategy.describe(),
             **_noise_record(strategy, image_stats),
