@@ -56,9 +56,9 @@ class Kind:
         return name in self.files or name in self.folders or any(p.match(name) for p in self.patterns)
 
 
-DATA = Kind("mdpo-data build folder", files=(MANIFEST_NAME, "README.md", "preview.png", "preview.html"),
+DATA = Kind("mdpo-data build", files=(MANIFEST_NAME, "README.md", "preview.png", "preview.html"),
             patterns=(SHARD_RE,), folders=(STATE_DIR,), bookkeeping=(MANIFEST_NAME,))
-EXPORT = Kind("mdpo-data Hub export", files=("README.md", MANIFEST_NAME), folders=("data",))
+EXPORT = Kind("mdpo-data export", files=("README.md", MANIFEST_NAME), folders=("data",))
 TRAIN = Kind("mdpo-train output", files=(
     TRAIN_MARK, "train_config.yaml", "metrics.jsonl", "curves.png", "README.md", "adapter_config.json",
     "adapter_model.safetensors", "model.safetensors", "config.json", "generation_config.json",
@@ -182,10 +182,12 @@ def check_target(directory: str | Path, what: str = "--out", kind: Kind = DATA) 
         if not directory.is_dir():
             raise FolderError(f"{what} {directory} exists and is not a folder")
         found = kind_of(directory)
-        if any(directory.iterdir()) and found is None:
+        names = sorted(p.name for p in directory.iterdir())
+        if names and found is None:
+            shown = ", ".join(names[:3]) + (" ..." if len(names) > 3 else "")
             raise FolderError(
-                f"{what} {directory} is not empty and holds no {kind.name} of ours; refusing to "
-                "touch it: pick an empty or new folder")
+                f"{what} {directory} is not empty (it holds {shown}) and holds no {kind.name} of "
+                f"ours (it is not an {kind.name} folder); refusing to touch it: pick an empty or new folder")
         if found is not None and found is not kind and not (kind is PREVIEW and found is DATA):
             raise FolderError(f"{what} {directory} holds an {found.name}, not an {kind.name}: "
                               "pick an empty or new folder")
