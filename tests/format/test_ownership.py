@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from fixtures import make_trl_pairs
 from PIL import Image
 
+from mdpo_data.build.stage import BuildConfig
 from mdpo_data.cli import main as mdpo_data
 from mdpo_data.format.folder import TRAIN_MARK, is_our_preview
 from mdpo_train.cli import main as mdpo_train
@@ -242,6 +243,10 @@ def test_a_pipeline_path_is_recorded_portably(tmp_path):
         manifest = json.loads((out / "manifest.json").read_bytes())
         assert manifest["rejected_image"]["spec"] == "albumentations:pipe.yaml"
         assert len(manifest["rejected_image"]["pipeline_sha256"]) == 64
+    renamed = tmp_path / "elsewhere.yaml"
+    shutil.copy(tmp_path / "one" / "pipe.yaml", renamed)
+    keys = {BuildConfig(rejected=f"albumentations:{p}").key() for p in (tmp_path / "one" / "pipe.yaml", renamed)}
+    assert len(keys) == 1  # the name and the place of the file do not enter the key
 
 
 # ------------------------------------------------------------------ mdpo-train --output-dir
