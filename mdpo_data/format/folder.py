@@ -71,6 +71,7 @@ TRAIN = Kind("mdpo-train output", files=(
 PREVIEW = Kind("mdpo-data preview", files=("preview.png", "preview.html"))
 KINDS = (DATA, EXPORT, TRAIN, PREVIEW)
 PREVIEW_MARK = "mdpo-data preview"  # PNG Software text / HTML generator meta of our previews
+EXPORT_SHARD_RE = re.compile(r"^[a-z]+-\d{5}-of-\d{5}\.parquet$")  # data/<split>-i-of-n.parquet
 
 
 def has_our_manifest(directory: Path) -> bool:
@@ -192,6 +193,10 @@ def check_target(directory: str | Path, what: str = "--out", kind: Kind = DATA) 
             raise FolderError(f"{what} {directory} holds an {found.name}, not an {kind.name}: "
                               "pick an empty or new folder")
         refuse_links(directory, kind)
+        data = directory / "data"
+        if kind is DATA and data.is_dir() and any(EXPORT_SHARD_RE.match(p.name) for p in data.iterdir()):
+            raise FolderError(f"{what} {directory} holds a Hub export's data/*.parquet, which "
+                              "load_dataset would read instead of the new shards: pick another folder")
         if not os.access(directory, os.W_OK | os.X_OK):
             raise FolderError(f"{what} {directory} is not writable")
         return directory

@@ -11,7 +11,6 @@ YAML keys of the card already on the Hub that this card does not set).
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import tempfile
 import warnings
@@ -24,7 +23,7 @@ import yaml
 from mdpo_data.format import schema
 from mdpo_data.report.card import hub_data_files, is_smoke_test, render_card
 from mdpo_data.format.manifest import MANIFEST_NAME, read_manifest
-from mdpo_data.format.folder import EXPORT, FolderError, check_target, user_edited
+from mdpo_data.format.folder import EXPORT, EXPORT_SHARD_RE, FolderError, check_target, user_edited
 from mdpo_data.format.shards import shard_files, umask_mode
 from mdpo_data.report.validate import validate
 
@@ -141,7 +140,6 @@ def _shards_to_parquet(directory: Path, data_dir: Path) -> datasets.DatasetInfo:
     )
 
 
-_EXPORT_SHARD = re.compile(r"^[a-z]+-\d{5}-of-\d{5}\.parquet$")
 
 
 def _foreign_files(target: Path) -> list[str]:
@@ -152,7 +150,7 @@ def _foreign_files(target: Path) -> list[str]:
             continue
         if entry.name == DATA_DIR and entry.is_dir() and not entry.is_symlink():
             found += [f"{DATA_DIR}/{p.name}" for p in sorted(entry.iterdir())
-                      if not (_EXPORT_SHARD.match(p.name) and p.is_file() and not p.is_symlink())]
+                      if not (EXPORT_SHARD_RE.match(p.name) and p.is_file() and not p.is_symlink())]
             continue
         found.append(entry.name)
     return found
@@ -235,7 +233,7 @@ def _replace(out: Path, staging: Path) -> None:
     staging.rename(out)
     data = old / DATA_DIR
     for path in sorted(data.iterdir()) if data.is_dir() and not data.is_symlink() else []:
-        if _EXPORT_SHARD.match(path.name) and path.is_file() and not path.is_symlink():
+        if EXPORT_SHARD_RE.match(path.name) and path.is_file() and not path.is_symlink():
             path.unlink()
     for name in (CARD_NAME, MANIFEST_NAME):
         (old / name).unlink(missing_ok=True)

@@ -178,6 +178,9 @@ def test_building_into_an_old_hub_export_is_refused(built, tmp_path):
         assert "export" in line
     assert {p: sha(p) for p in out.rglob("*") if p.is_file()} == before
     one_line_error(cli("score", out, "--ref-model", "tiny", "--quiet"))
+    shutil.copytree(out / "data", built / "data")  # an export's parquet inside a build folder
+    assert "data/*.parquet" in one_line_error(cli(*DEMO, "--out", built, "--overwrite"))
+    assert sorted(p.name for p in (built / "data").iterdir()) == ["train-00000-of-00001.parquet"]
 
 
 # ------------------------------------------------------------------ preview
