@@ -79,6 +79,10 @@ def _command_line(ctx: click.Context) -> str:
             args.append(opt)
         elif isinstance(value, dict):  # --columns, as typed
             args += [opt, ",".join(f"{k}={v}" for k, v in value.items())]
+        elif name == "rejected":
+            from mdpo_data.config.build import portable_spec
+
+            args += [opt, portable_spec(str(value))]
         else:
             args += [opt, _portable(str(value))]
     return shlex.join(["mdpo-data", *args])
@@ -291,12 +295,18 @@ def _score(out, runtime, quiet: bool, force: bool = False) -> None:
         click.echo("\n" + _table([(f"score: {k}", v) for k, v in stats.items() if not isinstance(v, dict)]))
 
 
-def _write_card(out) -> None:
+def _write_card(out, *, force: bool = False, strict: bool = False) -> None:
+    """Write the data card. A README.md the user edited is kept: `card` refuses (strict),
+    build and score say so and go on."""
+    from mdpo_data.report.card import EditedCard, write_card
+
     try:
-        from mdpo_data.report.card import write_card
-    except ImportError:  # pragma: no cover - card module ships with the package
+        path = write_card(out, force=force)
+    except EditedCard as error:
+        if strict:
+            _fail(str(error))
+        click.secho(f"warning: {error}", fg="yellow", err=True)
         return
-    path = write_card(out)
     click.echo(f"data card: {path}")
 
 
@@ -426,10 +436,13 @@ def _short(text: str, width: int = 100) -> str:
 
 @main.command()
 @click.argument("directory", type=click.Path(exists=True, file_okay=False))
-def card(directory) -> None:
-    """Write DIR/README.md, the dataset card (YAML front matter + what, how, counts, citations)."""
+@click.option("--force", is_flag=True, help="Replace a README.md that was edited by hand.")
+def card(directory, force) -> None:
+    """Write DIR/README.md, the dataset card (YAML front matter + what, how, counts, citations).
+
+    A README.md edited since mdpo-data wrote it is kept (the command refuses) unless --force."""
     try:
-        _write_card(directory)
+        _write_card(directory, force=force, strict=True)
     except (_manifest_error(), FileNotFoundError) as error:
         _fail(str(error))
 
@@ -477,7 +490,7 @@ def push(directory, repo, private, dry_run, token, allow_smoke_test) -> None:
     from mdpo_data.report.publish import push as run_push
 
     try:
-        if dry_run:
+        if dry_run is not None:  # `--dry-run ""` (an unset variable) is an error, never an upload
             path = export_hub_folder(directory, dry_run)
             click.echo(f"dry run: the upload folder is {path} (nothing uploaded)")
             return

@@ -57,6 +57,7 @@ def main(ctx, config_path: str | None, **_) -> None:
 
     Multi-GPU: accelerate launch -m mdpo_train.cli ... (docs/training.md).
     """
+    from mdpo_data.format.folder import FolderError
     from mdpo_data.scoring.models import ModelLoadError
     from mdpo_train.data import DataError
     from mdpo_train.loop import MDPORecipe, NonFiniteLossError
@@ -71,7 +72,7 @@ def main(ctx, config_path: str | None, **_) -> None:
         recipe.setup()
         recipe.train()
         out = recipe.save()
-    except (DataError, SpotCheckError, NonFiniteLossError, ModelLoadError) as error:
+    except (DataError, SpotCheckError, NonFiniteLossError, ModelLoadError, FolderError) as error:
         raise click.ClickException(str(error)) from None
     except OSError as error:  # an unwritable run folder, a full disk: one line
         where = f" ({error.filename})" if getattr(error, "filename", None) else ""

@@ -30,7 +30,7 @@ import torch
 import yaml
 
 from mdpo_data.scoring.logprobs import response_rule_problems
-from mdpo_train import checkpoint, integrity
+from mdpo_train import checkpoint, integrity, output
 from mdpo_train.checkpoint import Position
 from mdpo_train.config import (
     DTYPES, SPOT_CHECK_TOLERANCE, ConfigError, TrainConfig, canonical_dtype, validate,
@@ -73,6 +73,7 @@ class MDPORecipe:
             warnings.warn(f"--max-length {cfg.max_length} is below the scorer's {fp['max_length']}: "
                           "examples with a longer sequence are dropped as they come", stacklevel=2)
         self.resume_from = None
+        problems += output.problems(cfg.output_dir, cfg.shards)
         if cfg.output_dir and cfg.resume:
             self.resume_from, problem = checkpoint.resolve_resume(cfg.resume, cfg.output_dir)
             problems += [problem] if problem else []
@@ -171,13 +172,14 @@ class MDPORecipe:
         # 7. Resume: trainable weights, optimizer, scheduler, every RNG, and the data position.
         if self.resume_from:
             self.position = checkpoint.load(acc, self.resume_from)
-        # 8. Logs: metrics.jsonl (cut back to the checkpoint on resume) and trackers.
+        # 8. Logs: metrics.jsonl (cut back to the checkpoint on resume) and trackers, in the
+        #    run folder, marked ours first.
+        if acc.is_main_process:
+            output.claim(self.output_dir)
         self.log = MetricsLog(self.output_dir / METRICS_FILE, enabled=acc.is_main_process,
                               resume_step=self.position.global_step if self.resume_from else None)
         if acc.is_main_process:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            config_text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
-            (self.output_dir / CONFIG_FILE).write_text(config_text)
+            output.write_text(self.output_dir, CONFIG_FILE, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         acc.init_trackers("mdpo-train", config=_flat(cfg.to_dict()))
         self._describe()
 
@@ -411,6 +413,8 @@ class MDPORecipe:
                 self.processor.save_pretrained(merged_dir)
             plot_metrics(self.output_dir / METRICS_FILE, self.output_dir / PLOT_FILE)
             write_model_card(self.output_dir, self.summary())
+            for folder in (self.output_dir, *([self.output_dir / "merged"] if self.cfg.merge else [])):
+                output.share(folder)
         acc.wait_for_everyone()
         acc.end_training()
         return self.output_dir

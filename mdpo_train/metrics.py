@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from mdpo_train.losses import CHOSEN, CHOSEN_REJECTED_IMAGE, REJECTED, LossOutput
+from mdpo_train.output import open_log
 
 COUNT = "count"
 
@@ -71,14 +72,15 @@ class MetricsLog:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is None:
-            self.path.write_text("")
+            open_log(self.path, "w").close()
         elif self.path.exists():
             kept = [line for line in read_jsonl(self.path) if line.get("step", 0) <= resume_step]
-            self.path.write_text("".join(json.dumps(line) + "\n" for line in kept))
+            with open_log(self.path, "w") as handle:
+                handle.write("".join(json.dumps(line) + "\n" for line in kept))
 
     def write(self, record: dict[str, Any]) -> None:
         if self.enabled:
-            with self.path.open("a") as handle:
+            with open_log(self.path, "a") as handle:
                 handle.write(json.dumps(record, sort_keys=True) + "\n")
 
 

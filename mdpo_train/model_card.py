@@ -107,6 +107,6 @@ def render_model_card(summary: dict[str, Any]) -> str:
 
 
 def write_model_card(directory: str | Path, summary: dict[str, Any]) -> Path:
-    path = Path(directory) / "README.md"
-    path.write_text(render_model_card(summary))
-    return path
+    from mdpo_train.output import write_text
+
+    return write_text(directory, "README.md", render_model_card(summary))

@@ -41,7 +41,12 @@ def plot_metrics(jsonl: str | Path, png: str | Path) -> Path | None:
         if ax.lines:
             ax.legend(fontsize=7)
     fig.tight_layout()
-    png = Path(png)
-    fig.savefig(png, dpi=100)
+    import io
+
+    from mdpo_data.format.folder import write_owned
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
-    return png
+    png = Path(png)
+    return write_owned(png.parent, png, buffer.getvalue())  # never through a symlink

@@ -15,7 +15,6 @@ import hashlib
 import json
 import multiprocessing
 import re
-import shutil
 import sys
 import warnings
 from collections import Counter
@@ -27,8 +26,8 @@ from typing import Any
 from mdpo_data.format import schema
 
 from mdpo_data.format import markers as stage_state
-from mdpo_data.config.build import BuildConfig, BuildError, portable_text
-from mdpo_data.format.folder import STATE_DIR, check_target, has_our_manifest, hold, owned_files
+from mdpo_data.config.build import BuildConfig, BuildError, portable_spec, portable_text
+from mdpo_data.format.folder import STATE_DIR, check_target, clear_data_folder, hold, owned_files
 from mdpo_data.format.manifest import MANIFEST_NAME, manifest_path, write_manifest
 from mdpo_data.format.versions import library_versions
 from mdpo_data.sources.records import Candidate, Skip
@@ -153,24 +152,15 @@ _TEMP = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]+\.tmp$")
 _OUR_FILES = (MANIFEST_NAME, "README.md", "preview.png", "preview.html")
 
 
-def _clear_ours(directory: Path) -> None:
-    """--overwrite: remove only what our manifest and markers list, and our state."""
-    for path in owned_files(directory, read_json(manifest_path(directory))):
-        path.unlink()
-    if has_our_manifest(directory):
-        manifest_path(directory).unlink()
-    state = directory / STATE_DIR
-    for entry in state.iterdir() if state.is_dir() else []:
-        if entry.name not in ("lock", "lock.pid"):
-            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
-
-
 def _prepare_out(directory: Path, key: str, overwrite: bool) -> None:
     """Refuse to mix two different builds in one folder; clear ours when asked to."""
     state = directory / STATE_DIR
     build_file = state / "build.json"
     if overwrite:
-        _clear_ours(directory)
+        left = clear_data_folder(directory, read_json(manifest_path(directory)))
+        if left:
+            warnings.warn(f"--overwrite left {len(left)} file(s) it did not write in {directory}: "
+                          f"{', '.join(left[:5])}{' ...' if len(left) > 5 else ''}", stacklevel=2)
     if build_file.is_file():
         info = read_json(build_file)
         previous = info.get("config_key") if isinstance(info, dict) else "unreadable"
@@ -390,7 +380,7 @@ def _manifest(config: BuildConfig, key: str, command: str | None, strategy, resp
         "config": config.public(),
         "config_key": key,
         "rejected_image": {
-            "spec": config.rejected,
+            "spec": portable_spec(config.rejected),
             "resolved": strategy.resolved,
             "description": strategy.describe(),
             **strategy.record(image_stats),

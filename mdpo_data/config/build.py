@@ -89,10 +89,14 @@ class BuildConfig:
         not what it holds; the shards' markers fingerprint the rows themselves. A pipeline
         file (`albumentations:FILE`) enters by its content.
         """
+        config = self.public()
+        strategy = self.rejected_strategy()
+        if strategy.content_sha256():  # a file enters by its content only, wherever it lives
+            config["rejected"] = strategy.name
         payload = {
-            "config": self.public(),
+            "config": config,
             "format": schema.FORMAT_VERSION,
-            "libs": library_versions(*self.libraries(strategy := self.rejected_strategy())),
+            "libs": library_versions(*self.libraries(strategy)),
         }
         if strategy.content_sha256():
             payload["pipeline"] = strategy.content_sha256()
@@ -122,6 +126,7 @@ class BuildConfig:
         values = dataclasses.asdict(self)
         for name in PATH_OPTIONS:
             values[name] = portable_path(values[name])
+        values["rejected"] = portable_spec(self.rejected)
         return values
 
 
@@ -133,6 +138,17 @@ def portable_path(value: str | None) -> str | None:
     if isinstance(value, str) and Path(value).is_absolute():
         return Path(value).name or value
     return value
+
+
+def portable_spec(spec: str) -> str:
+    """A `--rejected` spec as recorded: a strategy that names a local file keeps only its name
+    (`albumentations:/any/where/pipe.yaml` -> `albumentations:pipe.yaml`; the content is recorded
+    as `pipeline_sha256`); other specs unchanged."""
+    from mdpo_data.rejected.registry import STRATEGIES
+
+    name, sep, arg = spec.strip().partition(":")
+    kind = STRATEGIES.get(name.strip().lower())
+    return kind.portable_spec(spec, arg.strip()) if kind is not None and sep else spec
 
 
 def portable_text(text: str, roots: list[str]) -> str:

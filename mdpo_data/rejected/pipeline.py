@@ -57,6 +57,10 @@ class Albumentations(Strategy):
         resolved = f"albumentations:{pipeline_sha256(text)[:16]}"
         return cls(spec, resolved, path, text, data_format)
 
+    @classmethod
+    def portable_spec(cls, spec: str, arg: str) -> str:
+        return f"{cls.name}:{Path(arg).name}" if arg else spec
+
     def content_sha256(self) -> str:
         return self.sha256
 

@@ -69,6 +69,11 @@ class Strategy:
             raise SpecError(spec, f"{cls.name} takes no argument")
         return cls(spec, cls.name)
 
+    @classmethod
+    def portable_spec(cls, spec: str, arg: str) -> str:
+        """`spec` as a published manifest records it (no local paths); `arg` follows the ':'."""
+        return spec
+
     def describe(self) -> str:
         raise NotImplementedError
 

@@ -21,7 +21,8 @@ import yaml
 from mdpo_data.format import schema
 from mdpo_data.format.manifest import is_scored, read_manifest
 from mdpo_data.report.reliance import reliance_stats
-from mdpo_data.format.shards import read_shard, write_bytes_atomic
+from mdpo_data.format.folder import DATA, refuse_links, user_edited, write_user_file
+from mdpo_data.format.shards import read_shard
 from mdpo_data.sources import CITATIONS, LICENSES
 
 CARD_NAME = "README.md"
@@ -286,8 +287,20 @@ def render_card(directory: str | Path) -> str:
     return _template().render(**card_context(directory))
 
 
-def write_card(directory: str | Path) -> Path:
-    """Write DIR/README.md atomically; returns its path."""
-    path = Path(directory) / CARD_NAME
-    write_bytes_atomic(path, render_card(directory).encode("utf-8"))
+class EditedCard(ValueError):
+    """DIR/README.md is not the card we last wrote (a hand edit): it is kept."""
+
+
+def write_card(directory: str | Path, force: bool = False) -> Path:
+    """Write DIR/README.md atomically and record its hash; returns its path.
+
+    A README whose bytes changed since we wrote it (or that we never wrote) is the user's:
+    EditedCard is raised and the file is kept, unless `force` (`mdpo-data card --force`)."""
+    directory = Path(directory)
+    path = directory / CARD_NAME
+    if not force and user_edited(directory, CARD_NAME):
+        raise EditedCard(f"{path} was edited since mdpo-data wrote it (or is not ours): kept as is; "
+                         f"run `mdpo-data card {directory} --force` to regenerate it")
+    refuse_links(directory, DATA)
+    write_user_file(directory, CARD_NAME, render_card(directory).encode("utf-8"))
     return path

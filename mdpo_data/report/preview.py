@@ -15,13 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
-from PIL import Image, ImageDraw, ImageFont, ImageOps
+from PIL import Image, ImageDraw, ImageFont
+from PIL.PngImagePlugin import PngInfo
 
 from mdpo_data.format import schema
 from mdpo_data.build.images import DEFAULT_MAX_PIXELS, load_image
 from mdpo_data.format.manifest import is_scored, read_manifest
 from mdpo_data.sources.records import BadRow
-from mdpo_data.format.shards import read_shard, write_bytes_atomic
+from mdpo_data.format.folder import PREVIEW, PREVIEW_MARK, FolderError, check_target, is_our_preview, write_owned
+from mdpo_data.format.shards import read_shard
 
 THUMB = 160  # px: longest side of an image in the contact sheet
 HTML_THUMB = 320  # px: longest side of an image in the HTML page
@@ -145,7 +147,7 @@ def _draw_panel(sheet: Image.Image, x: int, y: int, ex: dict[str, Any], font) ->
     draw = ImageDraw.Draw(sheet)
     labels = ("m_w (chosen)", "m_l (rejected)")
     for k, (image, error, label) in enumerate(zip(ex["images"], ex["errors"], labels)):
-        thumb = ImageOps.contain(image, (THUMB, THUMB))  # small images are scaled up too
+        thumb = fit(image, THUMB)  # small images are scaled up too
         left = x + PAD + k * (THUMB + PAD)
         sheet.paste(thumb, (left + (THUMB - thumb.width) // 2, y + PAD + (THUMB - thumb.height) // 2))
         draw.text((left, y + PAD + THUMB + 2), "UNDECODABLE" if error else label,
@@ -185,9 +187,17 @@ def contact_sheet(examples: list[dict[str, Any]], title: str) -> Image.Image:
 # ---------------------------------------------------------------------------------------------
 
 
+def fit(image: Image.Image, size: int) -> Image.Image:
+    """`image` scaled to fit a size x size box, never below 1 px a side (a 30000x1 strip
+    would round to 0 px high, which Pillow cannot make)."""
+    scale = size / max(image.width, image.height)
+    target = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    return image.resize(target, Image.Resampling.BICUBIC) if target != image.size else image
+
+
 def data_uri(image: Image.Image, size: int = HTML_THUMB) -> str:
     """A PNG thumbnail as a data: URI (re-encoded, so any stored format displays)."""
-    thumb = ImageOps.contain(image, (size, size))
+    thumb = fit(image, size)
     buffer = io.BytesIO()
     thumb.save(buffer, "PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
@@ -218,10 +228,25 @@ def write_preview(directory: str | Path, n: int = 16, out: str | Path | None = N
     examples = [example(split, row, max_pixels, scored) for split, row in first_rows(directory, n, manifest)]
     spec = (manifest.get("rejected_image") or {}).get("spec", "?")
     title = f"{directory.name}: first {len(examples)} examples, rejected image {spec}"
-    out_dir = Path(out) if out is not None else directory
+    out_dir = _target(directory, out)
     png, page = out_dir / "preview.png", out_dir / "preview.html"
     buffer = io.BytesIO()
-    contact_sheet(examples, title).save(buffer, "PNG")
-    write_bytes_atomic(png, buffer.getvalue())
-    write_bytes_atomic(page, html_page(examples, title).encode("utf-8"))
+    info = PngInfo()
+    info.add_text("Software", PREVIEW_MARK)  # how a later run recognises the file as ours
+    contact_sheet(examples, title).save(buffer, "PNG", pnginfo=info)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_owned(out_dir, png, buffer.getvalue())
+    write_owned(out_dir, page, html_page(examples, title).encode("utf-8"))
     return png, page
+
+
+def _target(directory: Path, out: str | Path | None) -> Path:
+    """The folder previews go to, checked by the ownership rule: new, empty, ours (the build
+    folder, or one holding our previews); a preview.png/.html there that is not ours is kept."""
+    out_dir = directory if out is None else check_target(out, "preview --out", PREVIEW)
+    for name in PREVIEW.files:
+        path = out_dir / name
+        if (path.exists() or path.is_symlink()) and not is_our_preview(path):
+            raise FolderError(f"{path} is not a preview mdpo-data wrote; refusing to overwrite it: "
+                              "move it or pick another --out")
+    return out_dir

@@ -11,7 +11,6 @@ YAML keys of the card already on the Hub that this card does not set).
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import tempfile
 import warnings
@@ -26,7 +25,7 @@ from mdpo_data.report.card import hub_data_files, is_smoke_test, render_card
 from mdpo_data.format.integrity import export_files
 from mdpo_data.format.manifest import MANIFEST_NAME, read_manifest
 from mdpo_data.format.manifest import dumps as manifest_bytes
-from mdpo_data.format.folder import has_our_manifest
+from mdpo_data.format.folder import EXPORT, EXPORT_SHARD_RE, FolderError, check_target, user_edited
 from mdpo_data.format.shards import shard_files, umask_mode
 from mdpo_data.report.validate import validate
 
@@ -143,18 +142,17 @@ def _shards_to_parquet(directory: Path, data_dir: Path) -> datasets.DatasetInfo:
     )
 
 
-_EXPORT_SHARD = re.compile(r"^[a-z]+-\d{5}-of-\d{5}\.parquet$")
 
 
 def _foreign_files(target: Path) -> list[str]:
     """Entries of an old export that `export_hub_folder` did not write (relative names)."""
     found = []
     for entry in sorted(target.iterdir()):
-        if entry.name in (CARD_NAME, MANIFEST_NAME) and entry.is_file():
+        if entry.name in (CARD_NAME, MANIFEST_NAME) and entry.is_file() and not entry.is_symlink():
             continue
         if entry.name == DATA_DIR and entry.is_dir() and not entry.is_symlink():
             found += [f"{DATA_DIR}/{p.name}" for p in sorted(entry.iterdir())
-                      if not (_EXPORT_SHARD.match(p.name) and p.is_file())]
+                      if not (EXPORT_SHARD_RE.match(p.name) and p.is_file() and not p.is_symlink())]
             continue
         found.append(entry.name)
     return found
@@ -169,16 +167,11 @@ def _check_out(directory: Path, out: Path) -> None:
     if source in target.parents:
         raise PublishError(f"--dry-run folder {out} is inside the build folder {directory}: pick "
                            "a folder outside it")
-    if target.exists():
-        if not target.is_dir():
-            raise PublishError(f"{out} exists and is not a folder")
-        if not any(target.iterdir()):
-            return
-        if not has_our_manifest(target):
-            names = ", ".join(sorted(p.name for p in target.iterdir())[:5])
-            raise PublishError(f"{out} is not empty and is not an mdpo-data export (it holds {names} "
-                               "and no manifest.json of ours); refusing to replace it: pick an "
-                               "empty or new folder")
+    try:
+        check_target(out, "--dry-run folder", EXPORT)
+    except FolderError as error:
+        raise PublishError(str(error)) from None
+    if target.is_dir() and any(target.iterdir()):
         extra = _foreign_files(target)
         if extra:
             raise PublishError(f"{out} holds files that are not part of a Hub export "
@@ -201,6 +194,8 @@ def export_hub_folder(directory: str | Path, out: str | Path, *, base_card: str 
     `base_card`: text of a README already on the Hub, whose YAML keys this card does not set
     are kept. `check=False` skips `validate` (push has already run it).
     """
+    if not str(out).strip():  # `--dry-run "$UNSET"`: an error, never the working folder
+        raise PublishError("--dry-run is empty: give the folder to write the export into")
     directory, out = Path(directory), Path(out)
     read_manifest(directory)  # a clear error when this is not a build folder
     if check:
@@ -212,25 +207,47 @@ def export_hub_folder(directory: str | Path, out: str | Path, *, base_card: str 
     try:
         info = _write_parquet(directory, staging / DATA_DIR)
         ours, body = split_front_matter(render_card(directory))
+        local = _local_card(directory)
         bases = [_existing_front_matter(text, where) for text, where in
-                 ((base_card, "the Hub's README.md"), (_local_card(directory), str(directory / CARD_NAME)))
+                 ((base_card, "the Hub's README.md"), (local, str(directory / CARD_NAME)))
                  if text]
+        if local and user_edited(directory, CARD_NAME):  # the user's own text goes up, not ours
+            body = split_front_matter(local)[1]
         front = merge_card_data(ours, bases, list(info.splits), info)
         (staging / CARD_NAME).write_text(card_text(front, body), encoding="utf-8")
         # The build's manifest plus the export's own files and hashes (checked on every read)
         exported = {**read_manifest(directory), "export": export_files(staging)}
         (staging / MANIFEST_NAME).write_bytes(manifest_bytes(exported))
         if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            out.rename(old)
-            staging.rename(out)
-            shutil.rmtree(old)
+            _replace(out, staging)
         else:
             staging.rename(out)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)  # ours: a unique name mkdtemp made
     return out
+
+
+def _replace(out: Path, staging: Path) -> None:
+    """Swap a finished export in for an old one (checked to hold only our files). The old one
+    moves into a fresh, uniquely named folder next to it, and only the names an export holds
+    are removed from there: nothing we did not create is ever deleted."""
+    holder = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+    old = holder / "export"
+    out.rename(old)
+    staging.rename(out)
+    data = old / DATA_DIR
+    for path in sorted(data.iterdir()) if data.is_dir() and not data.is_symlink() else []:
+        if EXPORT_SHARD_RE.match(path.name) and path.is_file() and not path.is_symlink():
+            path.unlink()
+    for name in (CARD_NAME, MANIFEST_NAME):
+        (old / name).unlink(missing_ok=True)
+    for path in (data, old, holder):
+        try:
+            path.rmdir()
+        except OSError:
+            if path.exists():
+                warnings.warn(f"left {path}: it holds files an export does not write", stacklevel=3)
+                return
 
 
 def _existing_front_matter(text: str, where: str) -> dict[str, Any]:
@@ -243,7 +260,7 @@ def _existing_front_matter(text: str, where: str) -> dict[str, Any]:
 
 
 def _local_card(directory: Path) -> str | None:
-    """DIR/README.md, whose hand-added YAML keys are kept (its body is always re-rendered)."""
+    """DIR/README.md, whose hand-added YAML keys are kept (and its text, when edited by hand)."""
     path = directory / CARD_NAME
     return path.read_text(encoding="utf-8") if path.is_file() else None
 

@@ -38,7 +38,7 @@ import pyarrow as pa
 from mdpo_data.format import schema
 
 from mdpo_data.format import markers as stage_state
-from mdpo_data.format.folder import hold
+from mdpo_data.format.folder import DATA, check_target, hold
 from mdpo_data.scoring.logprobs import RESPONSE_RULE, TRUNCATION_RULE
 from mdpo_data.format.manifest import dumps, read_manifest, write_manifest
 from mdpo_data.scoring.models import fingerprint, load_model
@@ -189,6 +189,7 @@ def score_build(
     directory = Path(directory)
     if max_length is not None and max_length < 1:
         raise ScoreError(f"max_length must be positive, got {max_length}")
+    check_target(directory, "score", DATA)  # ours, of the right kind, no linked bookkeeping
     manifest = read_manifest(directory)
     rank, world, barrier = _distributed()
     with hold(directory) if rank == 0 else contextlib.nullcontext():

@@ -37,7 +37,7 @@ def test_sheet_and_page_show_the_first_n_examples(tmp_path):
 
 
 def test_a_row_the_scorer_skipped_says_so(tmp_path):
-    _, page = write_preview(write_build(tmp_path / "b"), n=5, out=tmp_path)
+    _, page = write_preview(write_build(tmp_path / "b"), n=5, out=tmp_path / "p")
     assert page.read_text().count("none: the scorer skipped this row") == 1  # train-0004
 
 

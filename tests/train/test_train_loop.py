@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from mdpo_data.format import schema
+from mdpo_data.format.folder import TRAIN_MARK
 from mdpo_data.format.manifest import read_manifest, write_manifest
 from mdpo_data.format.shards import read_shard, sha256_file, shard_files, write_shard
 from mdpo_train.checkpoint import list_checkpoints, read_state
@@ -48,6 +49,7 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(demo, tmp_path):
     # A crash right after step 3: a new run folder holding only that checkpoint, resumed.
     crashed = tmp_path / "crashed"
     shutil.copytree(full / "checkpoints" / "checkpoint-3", crashed / "checkpoints" / "checkpoint-3")
+    shutil.copy(full / TRAIN_MARK, crashed / TRAIN_MARK)  # the run marks its folder first
     resumed = train(demo, crashed, max_steps=6, save_steps=3, resume="latest")
     expected, got = train_losses(full), train_losses(crashed)
     assert sorted(got) == [4, 5, 6]

@@ -1,0 +1,68 @@
+"""The run folder (--output-dir) under the ownership rule every writing command follows
+(mdpo_data.format.folder): it must be new, empty, or a previous mdpo-train output of ours
+(marked by .mdpo-train.json, written before anything else); never a data folder or a Hub
+export; and its bookkeeping (metrics.jsonl, train_config.yaml, checkpoints/, ...) is never
+read, written or deleted through a symlink.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from mdpo_data.format.folder import (
+    TRAIN, TRAIN_MARK, FolderError, check_target, has_our_manifest, open_owned, refuse_links, write_owned,
+)
+from mdpo_data.format.shards import SHARD_RE, umask_mode
+
+
+def problems(output_dir: str | None, shards: str | None) -> list[str]:
+    """Why `output_dir` cannot be this run's folder (empty list: it can). Creates nothing."""
+    if output_dir is None:
+        return []
+    if not str(output_dir).strip():
+        return ["--output-dir is empty: give a folder"]
+    target = Path(output_dir)
+    if shards and target.exists() and Path(shards).exists():
+        data = Path(shards)
+        if target.resolve() in (data.resolve(), data.resolve().parent if data.is_file() else None):
+            return [f"--output-dir {output_dir} is the data folder itself: pick another folder"]
+    if target.is_dir() and (has_our_manifest(target) or any(SHARD_RE.match(p.name) for p in target.iterdir())):
+        return [f"--output-dir {output_dir} holds mdpo-data shards or a manifest (a data folder): "
+                "pick another folder"]
+    try:
+        check_target(target, "--output-dir", TRAIN)
+    except FolderError as error:
+        return [str(error)]
+    return []
+
+
+def claim(output_dir: str | Path) -> Path:
+    """Create the run folder and mark it ours (the mark is written first)."""
+    directory = Path(output_dir)
+    refuse_links(directory, TRAIN)
+    directory.mkdir(parents=True, exist_ok=True)
+    if not (directory / TRAIN_MARK).is_file():
+        write_owned(directory, directory / TRAIN_MARK, json.dumps({"kind": "mdpo-train"}).encode())
+    return directory
+
+
+def write_text(output_dir: str | Path, name: str, text: str) -> Path:
+    """Atomically write a file of ours in the run folder, never through a symlink."""
+    directory = Path(output_dir)
+    return write_owned(directory, directory / name, text.encode("utf-8"))
+
+
+def open_log(path: str | Path, mode: str):
+    """Open a log in the run folder without following a symlink: "a" appends, "w" truncates."""
+    return open_owned(Path(path).parent, path, mode)
+
+
+def share(output_dir: str | Path) -> None:
+    """Give the run folder's top-level files the umask's mode (libraries that write through a
+    temp file leave them 0600, unreadable by the team a shared umask allows)."""
+    directory = Path(output_dir)
+    for path in directory.iterdir():
+        if TRAIN.owns(path.name) and path.is_file() and not path.is_symlink():
+            os.chmod(path, umask_mode())
