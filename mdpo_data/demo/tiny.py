@@ -244,7 +244,7 @@ def _qwen_token_ids(ids: dict[str, int]) -> dict[str, int]:
             "vision_end_token_id": ids["<|vision_end|>"]}
 
 
-def build_tiny_qwen2_vl(path: str | Path, seed: int = 0) -> Path:
+def build_tiny_qwen2_vl(path: str | Path, seed: int = 0, *, chat_template: str | None = None) -> Path:
     """Write a tiny Qwen2-VL: 4 image tokens per 56x56 px, more for larger images (3-D RoPE)."""
     import torch
     from transformers import (
@@ -262,7 +262,7 @@ def build_tiny_qwen2_vl(path: str | Path, seed: int = 0) -> Path:
         image_processor=image_processor,
         tokenizer=tokenizer,
         video_processor=Qwen2VLVideoProcessor(),
-        chat_template=_CHATML_TEMPLATE,
+        chat_template=chat_template or _CHATML_TEMPLATE,
     )
     config = Qwen2VLConfig(
         text_config=_qwen_text_config(tokenizer, ids),
@@ -274,7 +274,7 @@ def build_tiny_qwen2_vl(path: str | Path, seed: int = 0) -> Path:
     return _save(model, processor, path, "mdpo-tiny-qwen2-vl-smoke-test", seed)
 
 
-def build_tiny_qwen2_5_vl(path: str | Path, seed: int = 0) -> Path:
+def build_tiny_qwen2_5_vl(path: str | Path, seed: int = 0, *, chat_template: str | None = None) -> Path:
     """Write a tiny Qwen2.5-VL: the Qwen2-VL tokenizer and processor rules, Qwen2.5's windowed
     vision tower and 3-D RoPE (4 image tokens per 56x56 px)."""
     import torch
@@ -292,7 +292,7 @@ def build_tiny_qwen2_5_vl(path: str | Path, seed: int = 0) -> Path:
         image_processor=Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=112 * 112),
         tokenizer=tokenizer,
         video_processor=Qwen2VLVideoProcessor(),
-        chat_template=_CHATML_TEMPLATE,
+        chat_template=chat_template or _CHATML_TEMPLATE,
     )
     config = Qwen2_5_VLConfig(
         text_config=_qwen_text_config(tokenizer, ids),
@@ -404,7 +404,7 @@ _IDEFICS3_TEMPLATE = (  # SmolVLM's published template (Idefics3 architecture)
 )
 
 
-def build_tiny_idefics3(path: str | Path, seed: int = 0) -> Path:
+def build_tiny_idefics3(path: str | Path, seed: int = 0, *, chat_template: str | None = None) -> Path:
     """Write a tiny Idefics3 (SmolVLM's architecture and template): one 32x32 px image, no
     splitting, pixel-shuffled to 4 image tokens between <fake_token_around_image> marks."""
     import torch
@@ -423,7 +423,7 @@ def build_tiny_idefics3(path: str | Path, seed: int = 0) -> Path:
         size={"longest_edge": 32}, max_image_size={"longest_edge": 32}, do_image_splitting=False
     )
     processor = Idefics3Processor(image_processor=image_processor, tokenizer=tokenizer, image_seq_len=4,
-                                  chat_template=_IDEFICS3_TEMPLATE)
+                                  chat_template=chat_template or _IDEFICS3_TEMPLATE)
     ids = {name: tokenizer.convert_tokens_to_ids(name) for name in special}
     config = Idefics3Config(
         vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,

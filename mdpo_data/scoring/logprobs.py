@@ -250,12 +250,15 @@ def _render_all(processor, seqs: list[Sequence]) -> list[_Rendered]:
 
 
 def _process(processor, rendered: list[_Rendered], images: list):
+    """Processor outputs for the rendered rows; images[i] is row i's image or None. Images go
+    nested, one list per row: Gemma 3's processor reads a flat list as one row's images."""
     add_special = {r.add_special for r in rendered}
     if len(add_special) != 1:
         raise ValueError("sequences in one batch disagree on special tokens; batch them separately")
+    has_image = any(image is not None for image in images)
     return processor(
         text=[r.full for r in rendered],
-        images=images or None,
+        images=[[to_rgb(image)] if image is not None else [] for image in images] if has_image else None,
         padding=True,
         padding_side="right",
         add_special_tokens=add_special.pop(),
@@ -281,8 +284,7 @@ def encode(processor, seqs: list[Sequence], *, max_length: int | None = None):
     if not seqs:
         return {}, []
     rendered = _render_all(processor, seqs)
-    images = [to_rgb(s.image) for s in seqs if s.image is not None]
-    batch = _process(processor, rendered, images)
+    batch = _process(processor, rendered, [s.image for s in seqs])
     kept = list(range(len(seqs)))
     if max_length is not None:
         lengths = batch["attention_mask"].sum(1).tolist()
@@ -291,8 +293,7 @@ def encode(processor, seqs: list[Sequence], *, max_length: int | None = None):
             return {}, []
         if len(kept) < len(seqs):  # rare: re-process the ones that fit (images batch per model)
             rendered = [rendered[i] for i in kept]
-            images = [to_rgb(seqs[i].image) for i in kept if seqs[i].image is not None]
-            batch = _process(processor, rendered, images)
+            batch = _process(processor, rendered, [seqs[i].image for i in kept])
     n_response = [r.n_response for r in rendered]
     batch["response_mask"] = _response_mask(batch["attention_mask"], n_response)
     _check_response_tokens(batch, rendered, kept)

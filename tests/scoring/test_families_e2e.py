@@ -1,55 +1,144 @@
-"""Score + 2 train steps on four architectures' tiny configs: LLaVA, Qwen2-VL, Qwen2.5-VL and
-Idefics3 (SmolVLM). The stored reference log-probs equal an independent unbatched forward
-over prompt + response + end-of-turn (system prompt included), and the trainer's spot check
-(the policy before LoRA recomputes them) passes, so training runs."""
+"""The model-families matrix: for every family a tiny offline model built from that family's own
+transformers config, model and processor classes, carrying its published chat template
+(tests/chat_templates/), goes through the real command lines: `mdpo-data build --ref-model DIR`
+(build + score, `--system-prompt auto`), then 2 steps of `mdpo-train --loss mdpo`.
+
+For each family:
+- every stored reference column equals an independent plain unbatched forward written here
+  (`plain_forward`: the published template, the processor, one fp32 log_softmax; none of the
+  project's log-prob code) within 1e-4;
+- the scored span is the answer text then the family's end-of-turn token, nothing after it
+  (decoded from the token ids the plain forward scores, which the stored values then match);
+- before the first update the policy is the reference, so every step-1 loss term is ln 2.
+
+Adding a family is one entry in FAMILIES.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
 
 import pytest
-from score_fixtures import load, make_build, manual_logp
+import torch
+from click.testing import CliRunner
+from score_fixtures import load
 
-from mdpo_data.scoring import logprobs
-
-from mdpo_data.format import shards
+from mdpo_data.cli import main as mdpo_data
+from mdpo_data.demo import tiny
+from mdpo_data.format import schema, shards
 from mdpo_data.format.manifest import read_manifest
-from mdpo_data.scoring.stage import score_build
-from mdpo_data.demo.tiny import build_tiny_idefics3, build_tiny_llava, build_tiny_qwen2_5_vl, build_tiny_qwen2_vl
-from mdpo_train.config import load_config
-from mdpo_train.loop import run
+from mdpo_data.scoring.logprobs import decode_image
+from mdpo_train.cli import main as mdpo_train
 from mdpo_train.metrics import read_jsonl
 from train_fixtures import one_thread
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning"),
               pytest.mark.filterwarnings("ignore::FutureWarning")]
 
-BUILDERS = {"llava": build_tiny_llava, "qwen2_vl": build_tiny_qwen2_vl,
-            "qwen2_5_vl": build_tiny_qwen2_5_vl, "idefics3": build_tiny_idefics3}
-SYSTEM = "Answer in one short sentence."
+TEMPLATES = Path(__file__).parents[1] / "chat_templates"
 
 
-def _with_system(row):
-    row["prompt"] = [{"role": "system", "content": [{"type": "text", "text": SYSTEM}]}] + row["prompt"]
-    return row
+@dataclass(frozen=True)
+class Family:
+    build: Callable[..., Path]  # (path, chat_template=...) -> model folder
+    template: str  # file in tests/chat_templates/
+    end_of_turn: str  # the token that must close every scored span
+    folder: str  # the model folder's name (`--system-prompt auto` detects some families by it)
 
 
-@pytest.mark.parametrize("family", list(BUILDERS))
-def test_score_then_two_train_steps(family, tmp_path):
-    model_dir = BUILDERS[family](tmp_path / "model")
-    build = make_build(tmp_path / "data", shard_rows=(4,), eval_rows=(), sizes=[(56, 56), (90, 60)],
-                       edit=_with_system)
+FAMILIES = {
+    "llava-1.5": Family(tiny.build_tiny_llava, "llava-1.5.jinja", "</s>", "llava-1.5-tiny"),
+    "qwen2-vl": Family(tiny.build_tiny_qwen2_vl, "qwen2-vl.jinja", "<|im_end|>", "qwen2-vl-tiny"),
+    "qwen2.5-vl": Family(tiny.build_tiny_qwen2_5_vl, "qwen2-vl.jinja", "<|im_end|>", "qwen2.5-vl-tiny"),
+    "qwen3-vl": Family(tiny.build_tiny_qwen3_vl, "qwen3-vl.jinja", "<|im_end|>", "qwen3-vl-tiny"),
+    "idefics3-smolvlm": Family(tiny.build_tiny_idefics3, "smolvlm.jinja", "<end_of_utterance>", "smolvlm-tiny"),
+    "gemma-3": Family(tiny.build_tiny_gemma3, "gemma-3.jinja", "<end_of_turn>", "gemma-3-tiny"),
+}
+
+
+def plain_forward(model, processor, prompt: list[dict], image, response: str, end_of_turn: str):
+    """(log-prob, scored token ids): one unbatched forward over the rendered prompt, the
+    response text and `end_of_turn`, with the image, full fp32 log_softmax.
+
+    The text before the response is what the published template renders up to the answer's
+    first character; the scored tokens are those after the longest common token prefix of
+    that head and the whole text (a token merging template whitespace into the first word,
+    "ĠThe", is the answer's).
+    """
+    if image is None:
+        prompt = [{**m, "content": [b for b in m["content"] if b["type"] != "image"]} for m in prompt]
+    answer = [{"role": "assistant", "content": [{"type": "text", "text": response}]}]
+    generation = processor.apply_chat_template(prompt, add_generation_prompt=True)
+    conversation = processor.apply_chat_template(prompt + answer)
+    assert conversation.startswith(generation)
+    head = conversation[: conversation.index(response.strip(), len(generation))]
+    images = None if image is None else [image]
+    tokenizer = processor.tokenizer
+    special = not (tokenizer.bos_token and head.startswith(tokenizer.bos_token))
+    inputs = processor(text=[head + response.strip() + end_of_turn], images=images,
+                       add_special_tokens=special, return_tensors="pt")
+    head_ids = processor(text=[head], images=images, add_special_tokens=special,
+                         return_tensors="pt")["input_ids"][0].tolist()
+    ids = inputs["input_ids"][0].tolist()
+    start = next((i for i, (a, b) in enumerate(zip(ids, head_ids)) if a != b), min(len(ids), len(head_ids)))
+    with torch.no_grad():
+        logp = torch.log_softmax(model(**inputs).logits[0].float(), dim=-1)
+    return sum(float(logp[t - 1, ids[t]]) for t in range(start, len(ids))), ids[start:]
+
+
+REFERENCE = {  # stored column -> (image column, response column)
+    schema.REF_CHOSEN: ("images", "chosen"),
+    schema.REF_REJECTED: ("images", "rejected"),
+    schema.REF_CHOSEN_REJECTED_IMAGE: ("rejected_images", "chosen"),
+    schema.REF_CHOSEN_NO_IMAGE: (None, "chosen"),
+    schema.REF_REJECTED_NO_IMAGE: (None, "rejected"),
+}
+TOKENS = {schema.REF_CHOSEN: schema.CHOSEN_TOKENS, schema.REF_REJECTED: schema.REJECTED_TOKENS}
+
+
+def _invoke(command, args):
+    result = CliRunner().invoke(command, [str(a) for a in args])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return result
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_build_score_train_two_steps(name, tmp_path):
+    family = FAMILIES[name]
+    model_dir = family.build(tmp_path / family.folder,
+                             chat_template=(TEMPLATES / family.template).read_text())
+    data, run = tmp_path / "data", tmp_path / "run"
     with one_thread():
-        score_build(build, str(model_dir), progress=False)
-    reference = read_manifest(build)["reference"]
-    assert reference["fingerprint"]["response_rule"] == logprobs.RESPONSE_RULE
+        _invoke(mdpo_data, ["build", "--source", "demo", "--n", 4, "--seed", 0, "--ref-model", model_dir,
+                            "--no-image-logps", "--quiet", "--out", data])
+        _invoke(mdpo_train, ["--shards", data, "--output-dir", run, "--max-steps", 2,
+                             "--global-batch-size", 2, "--per-device-batch-size", 2, "--lora-r", 4,
+                             "--lora-alpha", 8, "--lr", 1e-3, "--save-steps", 0, "--spot-check-rows", 2,
+                             "--no-progress"])
+
     model, processor = load(model_dir)
-    row = shards.read_shard(build / "train-00000-of-00001.arrow").to_pylist()[0]
-    for column, seq in logprobs.row_sequences(row).items():
-        assert seq.system == SYSTEM
-        want, count = manual_logp(model, processor, seq.image, seq.question, seq.response,
-                                  system=SYSTEM, end_of_turn=logprobs.end_of_turn(processor))
-        assert row[column] == pytest.approx(want, abs=1e-4)
-    options = {"shards": str(build), "output_dir": str(tmp_path / "run"), "max_steps": 2,
-               "global_batch_size": 2, "per_device_batch_size": 2, "lora_r": 4, "lora_alpha": 8,
-               "lr": 1e-3, "progress": False, "save_steps": 0, "spot_check_rows": 2}
-    with one_thread():
-        run(load_config(None, options))
-    steps = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if r["split"] == "train"]
+    eot_id = processor.tokenizer.convert_tokens_to_ids(family.end_of_turn)
+    rows = [r for f in shards.shard_files(data, "train") for r in shards.read_shard(f).to_pylist()]
+    assert len(rows) == 4
+    for row in rows:
+        for column, (image_column, response_column) in REFERENCE.items():
+            response = schema.text_of(row[response_column])
+            image = decode_image(row[image_column][0]["bytes"]) if image_column else None
+            want, ids = plain_forward(model, processor, row["prompt"], image, response, family.end_of_turn)
+            assert ids[-1] == eot_id and eot_id not in ids[:-1], (column, ids)
+            assert processor.tokenizer.decode(ids[:-1]).strip() == response.strip(), column
+            assert row[column] == pytest.approx(want, abs=1e-4), (name, column)
+            if column in TOKENS:
+                assert row[TOKENS[column]] == len(ids), column
+
+    reference = read_manifest(data)["reference"]
+    assert reference["rows_scored"] == 4 and not any(reference["skipped"].values())
+    steps = [r for r in read_jsonl(run / "metrics.jsonl") if r["split"] == "train"]
     assert [r["step"] for r in steps] == [1, 2]
+    terms = {k: v for k, v in steps[0].items() if k.startswith("loss/")}
+    assert set(terms) == {"loss/dpo", "loss/conditional", "loss/anchor"}
+    for term, value in terms.items():
+        assert value == pytest.approx(math.log(2), abs=1e-4), term
