@@ -442,6 +442,132 @@ def build_tiny_idefics3(path: str | Path, seed: int = 0, *, chat_template: str |
     return _save(model, processor, path, "mdpo-tiny-idefics3-smoke-test", seed)
 
 
+_LLAMA_TOKENS = {"special": ["<unk>", "<s>", "</s>", "<pad>", "<image>"], "bos": "<s>", "eos": "</s>",
+                 "pad": "<pad>", "image": "<image>", "unk": "<unk>"}
+_TINY_PINPOINTS = [[32, 32], [32, 64], [64, 32], [64, 64]]  # any-resolution grids, as 336 px ones scaled down
+
+
+def build_tiny_llava_next(path: str | Path, seed: int = 0, *, chat_template: str | None = None) -> Path:
+    """Write a tiny LLaVA-NeXT (llava-v1.6-mistral's classes): CLIP tower (32 px, patch 8) on an
+    any-resolution grid (a base view plus up to 2x2 tiles, newline tokens between rows), Mistral
+    text model; the image-token count depends on the image's size and aspect."""
+    import torch
+    from transformers import (
+        LlavaNextConfig,
+        LlavaNextForConditionalGeneration,
+        LlavaNextImageProcessor,
+        LlavaNextProcessor,
+    )
+
+    path = Path(path)
+    tokenizer = _tokenizer(_LLAMA_TOKENS["special"], bos="<s>", eos="</s>", pad="<pad>")
+    tokenizer.unk_token = "<unk>"
+    processor = LlavaNextProcessor(
+        image_processor=LlavaNextImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
+                                                image_grid_pinpoints=_TINY_PINPOINTS),
+        tokenizer=tokenizer, patch_size=8, vision_feature_select_strategy="default",
+        num_additional_image_tokens=1, chat_template=chat_template or LLAVA_TEMPLATE,
+    )
+    config = LlavaNextConfig(
+        vision_config={"model_type": "clip_vision_model", "hidden_size": 32, "intermediate_size": 64,
+                       "num_hidden_layers": 2, "num_attention_heads": 2, "image_size": 32, "patch_size": 8,
+                       "projection_dim": 32},
+        text_config={"model_type": "mistral", "vocab_size": len(tokenizer), "hidden_size": 64,
+                     "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+                     "num_key_value_heads": 2, "max_position_embeddings": 4096, "sliding_window": None,
+                     "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+                     "pad_token_id": tokenizer.pad_token_id},
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        image_grid_pinpoints=_TINY_PINPOINTS, vision_feature_layer=-1,
+    )
+    torch.manual_seed(seed)
+    model = LlavaNextForConditionalGeneration(config).eval()
+    return _save(model, processor, path, "mdpo-tiny-llava-next-smoke-test", seed)
+
+
+def build_tiny_llava_onevision(path: str | Path, seed: int = 0, *, chat_template: str | None = None) -> Path:
+    """Write a tiny LLaVA-OneVision: SigLIP tower (32 px, patch 8: 16 tokens a view, no CLS) on an
+    any-resolution grid, Qwen2 text model and ChatML tokens."""
+    import torch
+    from transformers import (
+        LlavaOnevisionConfig,
+        LlavaOnevisionForConditionalGeneration,
+        LlavaOnevisionImageProcessor,
+        LlavaOnevisionProcessor,
+        LlavaOnevisionVideoProcessor,
+    )
+
+    path = Path(path)
+    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>"]
+    tokenizer = _tokenizer(special, bos=None, eos="<|im_end|>", pad="<|endoftext|>")
+    processor = LlavaOnevisionProcessor(
+        image_processor=LlavaOnevisionImageProcessor(size={"height": 32, "width": 32},
+                                                     image_grid_pinpoints=_TINY_PINPOINTS),
+        tokenizer=tokenizer, video_processor=LlavaOnevisionVideoProcessor(size={"height": 32, "width": 32}),
+        num_image_tokens=16, vision_feature_select_strategy="full",
+        chat_template=chat_template or _CHATML_TEMPLATE.replace("<|vision_start|><|image_pad|><|vision_end|>", "<image>"),
+    )
+    ids = {name: tokenizer.convert_tokens_to_ids(name) for name in special}
+    config = LlavaOnevisionConfig(
+        vision_config={"model_type": "siglip_vision_model", "hidden_size": 32, "intermediate_size": 64,
+                       "num_hidden_layers": 2, "num_attention_heads": 2, "image_size": 32, "patch_size": 8},
+        text_config={"model_type": "qwen2", "vocab_size": len(tokenizer), "hidden_size": 64,
+                     "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+                     "num_key_value_heads": 2, "max_position_embeddings": 4096,
+                     "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"],
+                     "pad_token_id": ids["<|endoftext|>"]},
+        image_token_index=ids["<image>"], video_token_index=ids["<video>"],
+        image_grid_pinpoints=_TINY_PINPOINTS,
+    )
+    torch.manual_seed(seed)
+    model = LlavaOnevisionForConditionalGeneration(config).eval()
+    return _save(model, processor, path, "mdpo-tiny-llava-onevision-smoke-test", seed)
+
+
+_INTERNVL_TEMPLATE = _CHATML_TEMPLATE.replace("<|vision_start|><|image_pad|><|vision_end|>", "<IMG_CONTEXT>\n")
+
+
+def build_tiny_internvl(path: str | Path, seed: int = 0, *, chat_template: str | None = None) -> Path:
+    """Write a tiny InternVL (transformers-native, as OpenGVLab/InternVL3-*-hf): InternViT tower
+    (32 px, patch 8) pixel-shuffled to 4 tokens a tile between <img> and </img>, images cut into
+    up to 4 tiles plus a thumbnail, Qwen2 text model."""
+    import torch
+    from transformers import (
+        GotOcr2ImageProcessor,
+        InternVLConfig,
+        InternVLForConditionalGeneration,
+        InternVLProcessor,
+        InternVLVideoProcessor,
+    )
+
+    path = Path(path)
+    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<img>", "</img>", "<IMG_CONTEXT>", "<video>"]
+    tokenizer = _tokenizer(special, bos=None, eos="<|im_end|>", pad="<|endoftext|>", named={
+        "start_image_token": "<img>", "end_image_token": "</img>", "context_image_token": "<IMG_CONTEXT>",
+        "video_token": "<video>"})
+    processor = InternVLProcessor(
+        image_processor=GotOcr2ImageProcessor(size={"height": 32, "width": 32}, crop_to_patches=True,
+                                              min_patches=1, max_patches=4, image_mean=[0.485, 0.456, 0.406],
+                                              image_std=[0.229, 0.224, 0.225]),
+        tokenizer=tokenizer, video_processor=InternVLVideoProcessor(size={"height": 32, "width": 32}),
+        image_seq_length=4, chat_template=chat_template or _INTERNVL_TEMPLATE,
+    )
+    ids = {name: tokenizer.convert_tokens_to_ids(name) for name in special}
+    config = InternVLConfig(
+        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                       "num_attention_heads": 2, "image_size": [32, 32], "patch_size": [8, 8]},
+        text_config={"model_type": "qwen2", "vocab_size": len(tokenizer), "hidden_size": 64,
+                     "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+                     "num_key_value_heads": 2, "max_position_embeddings": 4096,
+                     "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"],
+                     "pad_token_id": ids["<|endoftext|>"]},
+        image_token_id=ids["<IMG_CONTEXT>"], image_seq_length=4, downsample_ratio=0.5,
+    )
+    torch.manual_seed(seed)
+    model = InternVLForConditionalGeneration(config).eval()
+    return _save(model, processor, path, "mdpo-tiny-internvl-smoke-test", seed)
+
+
 def cache_dir() -> Path:
     """$MDPO_CACHE, else ~/.cache/mdpo-toolkit."""
     return Path(os.environ.get("MDPO_CACHE") or Path.home() / ".cache" / "mdpo-toolkit")

@@ -26,6 +26,7 @@ import torch
 from click.testing import CliRunner
 from score_fixtures import load
 
+from mdpo_data.build.system_prompts import INTERNVL2_5, VICUNA_V1
 from mdpo_data.cli import main as mdpo_data
 from mdpo_data.demo import tiny
 from mdpo_data.format import schema, shards
@@ -47,14 +48,19 @@ class Family:
     template: str  # file in tests/chat_templates/
     end_of_turn: str  # the token that must close every scored span
     folder: str  # the model folder's name (`--system-prompt auto` detects some families by it)
+    system: str | None = None  # the system message `--system-prompt auto` stores for it
 
 
 FAMILIES = {
-    "llava-1.5": Family(tiny.build_tiny_llava, "llava-1.5.jinja", "</s>", "llava-1.5-tiny"),
+    "llava-1.5": Family(tiny.build_tiny_llava, "llava-1.5.jinja", "</s>", "llava-1.5-tiny", VICUNA_V1),
+    "llava-next": Family(tiny.build_tiny_llava_next, "llava-v1.6-mistral.jinja", "</s>", "llava-v1.6-mistral-tiny"),
+    "llava-onevision": Family(tiny.build_tiny_llava_onevision, "llava-onevision.jinja", "<|im_end|>",
+                              "llava-onevision-tiny"),
     "qwen2-vl": Family(tiny.build_tiny_qwen2_vl, "qwen2-vl.jinja", "<|im_end|>", "qwen2-vl-tiny"),
     "qwen2.5-vl": Family(tiny.build_tiny_qwen2_5_vl, "qwen2-vl.jinja", "<|im_end|>", "qwen2.5-vl-tiny"),
     "qwen3-vl": Family(tiny.build_tiny_qwen3_vl, "qwen3-vl.jinja", "<|im_end|>", "qwen3-vl-tiny"),
     "idefics3-smolvlm": Family(tiny.build_tiny_idefics3, "smolvlm.jinja", "<end_of_utterance>", "smolvlm-tiny"),
+    "internvl": Family(tiny.build_tiny_internvl, "internvl.jinja", "<|im_end|>", "internvl3-tiny", INTERNVL2_5),
     "gemma-3": Family(tiny.build_tiny_gemma3, "gemma-3.jinja", "<end_of_turn>", "gemma-3-tiny"),
 }
 
@@ -64,7 +70,8 @@ def plain_forward(model, processor, prompt: list[dict], image, response: str, en
     response text and `end_of_turn`, with the image, full fp32 log_softmax.
 
     The text before the response is what the published template renders up to the answer's
-    first character; the scored tokens are those after the longest common token prefix of
+    first character (or, where the template's assistant turn does not start with its own
+    generation prompt, that generation prompt: what the model sees when it answers); the scored tokens are those after the longest common token prefix of
     that head and the whole text (a token merging template whitespace into the first word,
     "ĠThe", is the answer's).
     """
@@ -73,8 +80,10 @@ def plain_forward(model, processor, prompt: list[dict], image, response: str, en
     answer = [{"role": "assistant", "content": [{"type": "text", "text": response}]}]
     generation = processor.apply_chat_template(prompt, add_generation_prompt=True)
     conversation = processor.apply_chat_template(prompt + answer)
-    assert conversation.startswith(generation)
-    head = conversation[: conversation.index(response.strip(), len(generation))]
+    if conversation.startswith(generation):
+        head = conversation[: conversation.index(response.strip(), len(generation))]
+    else:  # LLaVA-OneVision: "assistant \n" in the turn, "assistant\n" when generating
+        head = generation
     images = None if image is None else [image]
     tokenizer = processor.tokenizer
     special = not (tokenizer.bos_token and head.startswith(tokenizer.bos_token))
@@ -124,6 +133,7 @@ def test_build_score_train_two_steps(name, tmp_path):
     rows = [r for f in shards.shard_files(data, "train") for r in shards.read_shard(f).to_pylist()]
     assert len(rows) == 4
     for row in rows:
+        assert schema.system_of(row["prompt"]) == family.system
         for column, (image_column, response_column) in REFERENCE.items():
             response = schema.text_of(row[response_column])
             image = decode_image(row[image_column][0]["bytes"]) if image_column else None
