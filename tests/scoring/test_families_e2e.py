@@ -62,6 +62,7 @@ FAMILIES = {
     "idefics3-smolvlm": Family(tiny.build_tiny_idefics3, "smolvlm.jinja", "<end_of_utterance>", "smolvlm-tiny"),
     "internvl": Family(tiny.build_tiny_internvl, "internvl.jinja", "<|im_end|>", "internvl3-tiny", INTERNVL2_5),
     "gemma-3": Family(tiny.build_tiny_gemma3, "gemma-3.jinja", "<end_of_turn>", "gemma-3-tiny"),
+    "mistral3": Family(tiny.build_tiny_mistral3, "mistral-small-3.1.jinja", "</s>", "mistral-small-3.1-tiny"),
 }
 
 
