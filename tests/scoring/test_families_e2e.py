@@ -10,6 +10,8 @@ For each family:
 - the scored span is the answer text then the family's end-of-turn token, nothing after it
   (decoded from the token ids the plain forward scores, which the stored values then match);
 - before the first update the policy is the reference, so every step-1 loss term is ln 2.
+And docs/models.md's image-token column is what the family's processor class, configured like
+the published checkpoint's, gives for a 336x336 image.
 
 Adding a family is one entry in FAMILIES.
 """
@@ -48,22 +50,56 @@ class Family:
     template: str  # file in tests/chat_templates/
     end_of_turn: str  # the token that must close every scored span
     folder: str  # the model folder's name (`--system-prompt auto` detects some families by it)
+    doc_row: str  # its row in docs/models.md
+    published: tuple[str, dict, dict]  # the checkpoint's image processor class, its kwargs, processor kwargs
     system: str | None = None  # the system message `--system-prompt auto` stores for it
 
 
+_CLIP_336 = {"size": {"shortest_edge": 336}, "crop_size": {"height": 336, "width": 336}}
+_LLAVA = {"patch_size": 14, "num_additional_image_tokens": 1, "vision_feature_select_strategy": "default"}
+_QWEN2 = ("Qwen2VLImageProcessor", {"min_pixels": 3136, "max_pixels": 12845056}, {})
+
 FAMILIES = {
-    "llava-1.5": Family(tiny.build_tiny_llava, "llava-1.5.jinja", "</s>", "llava-1.5-tiny", VICUNA_V1),
-    "llava-next": Family(tiny.build_tiny_llava_next, "llava-v1.6-mistral.jinja", "</s>", "llava-v1.6-mistral-tiny"),
+    "llava-1.5": Family(tiny.build_tiny_llava, "llava-1.5.jinja", "</s>", "llava-1.5-tiny", "LLaVA-1.5",
+                        ("CLIPImageProcessor", _CLIP_336, _LLAVA), VICUNA_V1),
+    "llava-next": Family(tiny.build_tiny_llava_next, "llava-v1.6-mistral.jinja", "</s>", "llava-v1.6-mistral-tiny",
+                         "LLaVA-NeXT", ("LlavaNextImageProcessor", {**_CLIP_336, "image_grid_pinpoints": [
+                             [336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]}, _LLAVA)),
     "llava-onevision": Family(tiny.build_tiny_llava_onevision, "llava-onevision.jinja", "<|im_end|>",
-                              "llava-onevision-tiny"),
-    "qwen2-vl": Family(tiny.build_tiny_qwen2_vl, "qwen2-vl.jinja", "<|im_end|>", "qwen2-vl-tiny"),
-    "qwen2.5-vl": Family(tiny.build_tiny_qwen2_5_vl, "qwen2-vl.jinja", "<|im_end|>", "qwen2.5-vl-tiny"),
-    "qwen3-vl": Family(tiny.build_tiny_qwen3_vl, "qwen3-vl.jinja", "<|im_end|>", "qwen3-vl-tiny"),
-    "idefics3-smolvlm": Family(tiny.build_tiny_idefics3, "smolvlm.jinja", "<end_of_utterance>", "smolvlm-tiny"),
-    "internvl": Family(tiny.build_tiny_internvl, "internvl.jinja", "<|im_end|>", "internvl3-tiny", INTERNVL2_5),
-    "gemma-3": Family(tiny.build_tiny_gemma3, "gemma-3.jinja", "<end_of_turn>", "gemma-3-tiny"),
-    "mistral3": Family(tiny.build_tiny_mistral3, "mistral-small-3.1.jinja", "</s>", "mistral-small-3.1-tiny"),
+                              "llava-onevision-tiny", "LLaVA-OneVision", (
+                                  "LlavaOnevisionImageProcessor", {"size": {"height": 384, "width": 384},
+                                  "image_grid_pinpoints": [[384 * i, 384 * j] for i in range(1, 7) for j in range(1, 7)]},
+                                  {"num_image_tokens": 729, "vision_feature_select_strategy": "full",
+                                   "vision_aspect_ratio": "anyres_max_9"})),
+    "qwen2-vl": Family(tiny.build_tiny_qwen2_vl, "qwen2-vl.jinja", "<|im_end|>", "qwen2-vl-tiny", "Qwen2-VL", _QWEN2),
+    "qwen2.5-vl": Family(tiny.build_tiny_qwen2_5_vl, "qwen2-vl.jinja", "<|im_end|>", "qwen2.5-vl-tiny", "Qwen2.5-VL",
+                         _QWEN2),
+    "qwen3-vl": Family(tiny.build_tiny_qwen3_vl, "qwen3-vl.jinja", "<|im_end|>", "qwen3-vl-tiny", "Qwen3-VL", (
+        "Qwen2VLImageProcessor", {"patch_size": 16, "merge_size": 2,
+                                  "size": {"shortest_edge": 65536, "longest_edge": 16777216}}, {})),
+    "idefics3-smolvlm": Family(tiny.build_tiny_idefics3, "smolvlm.jinja", "<end_of_utterance>", "smolvlm-tiny",
+                               "Idefics3 / SmolVLM", ("Idefics3ImageProcessor", {
+                                   "size": {"longest_edge": 1536}, "max_image_size": {"longest_edge": 384},
+                                   "do_image_splitting": True}, {"image_seq_len": 81})),
+    "internvl": Family(tiny.build_tiny_internvl, "internvl.jinja", "<|im_end|>", "internvl3-tiny", "InternVL", (
+        "GotOcr2ImageProcessor", {"size": {"height": 448, "width": 448}, "crop_to_patches": True,
+                                  "min_patches": 1, "max_patches": 12}, {"image_seq_length": 256}), INTERNVL2_5),
+    "gemma-3": Family(tiny.build_tiny_gemma3, "gemma-3.jinja", "<end_of_turn>", "gemma-3-tiny", "Gemma 3", (
+        "Gemma3ImageProcessor", {"size": {"height": 896, "width": 896}, "do_pan_and_scan": False},
+        {"image_seq_length": 256})),
+    "mistral3": Family(tiny.build_tiny_mistral3, "mistral-small-3.1.jinja", "</s>", "mistral-small-3.1-tiny",
+                       "Mistral 3", ("PixtralImageProcessor", {"size": {"longest_edge": 1540},
+                                     "patch_size": {"height": 14, "width": 14}},
+                                     {"patch_size": 14, "spatial_merge_size": 2})),
 }
+
+
+@pytest.fixture(scope="module", params=list(FAMILIES))
+def built(request, tmp_path_factory):
+    """(family name, its tiny model folder, built once for this module's tests)."""
+    family = FAMILIES[request.param]
+    folder = tmp_path_factory.mktemp(request.param) / family.folder
+    return request.param, family.build(folder, chat_template=(TEMPLATES / family.template).read_text())
 
 
 def plain_forward(model, processor, prompt: list[dict], image, response: str, end_of_turn: str):
@@ -115,11 +151,9 @@ def _invoke(command, args):
     return result
 
 
-@pytest.mark.parametrize("name", list(FAMILIES))
-def test_build_score_train_two_steps(name, tmp_path):
+def test_build_score_train_two_steps(built, tmp_path):
+    name, model_dir = built
     family = FAMILIES[name]
-    model_dir = family.build(tmp_path / family.folder,
-                             chat_template=(TEMPLATES / family.template).read_text())
     data, run = tmp_path / "data", tmp_path / "run"
     with one_thread():
         _invoke(mdpo_data, ["build", "--source", "demo", "--n", 4, "--seed", 0, "--ref-model", model_dir,
@@ -153,3 +187,42 @@ def test_build_score_train_two_steps(name, tmp_path):
     assert set(terms) == {"loss/dpo", "loss/conditional", "loss/anchor"}
     for term, value in terms.items():
         assert value == pytest.approx(math.log(2), abs=1e-4), term
+
+
+def image_tokens_336(model_dir: Path, published: tuple[str, dict, dict]) -> tuple[int, int]:
+    """(positions holding image features, all positions the image adds) for one 336x336 image,
+    with the family's processor class configured like the published checkpoint's."""
+    import json
+
+    import transformers
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    image_class, image_kwargs, processor_kwargs = published
+    processor = AutoProcessor.from_pretrained(model_dir)
+    parts = {name: getattr(processor, name) for name in processor.get_attributes()}
+    parts["image_processor"] = getattr(transformers, image_class)(**image_kwargs)
+    processor = type(processor)(**parts, chat_template=processor.chat_template, **processor_kwargs)
+    with_image = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Hi"}]}]
+    without = [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}]
+    text = processor.apply_chat_template(with_image, add_generation_prompt=True)
+    bare = processor.apply_chat_template(without, add_generation_prompt=True)
+    special = not (processor.tokenizer.bos_token and text.startswith(processor.tokenizer.bos_token))
+    ids = processor(text=[text], images=[[Image.new("RGB", (336, 336), (90, 90, 90))]],
+                    add_special_tokens=special)["input_ids"][0]
+    config = json.loads((model_dir / "config.json").read_text())
+    image_id = config.get("image_token_id", config.get("image_token_index"))
+    bare_ids = processor.tokenizer(bare, add_special_tokens=special)["input_ids"]
+    return sum(1 for t in ids if t == image_id), len(ids) - len(bare_ids)
+
+
+def test_image_tokens_336_match_docs(built):
+    """docs/models.md's image-token column is what the family's processor gives today."""
+    name, model_dir = built
+    family = FAMILIES[name]
+    features, added = image_tokens_336(model_dir, family.published)
+    table = (Path(__file__).parents[2] / "docs" / "models.md").read_text()
+    row = next(line for line in table.splitlines() if line.startswith(f"| {family.doc_row} |"))
+    cell = row.split(" | ")[5]
+    assert cell.startswith(str(features)), (name, features, cell)
+    assert added == features or f"({added}" in cell, (name, added, cell)
