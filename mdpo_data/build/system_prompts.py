@@ -22,10 +22,16 @@ from typing import Any
 VICUNA_V1 = ("A chat between a curious human and an artificial intelligence assistant. The assistant "
              "gives helpful, detailed, and polite answers to the human's questions.")
 
+# InternVL2.5 / InternVL3: the default system message of their `internvl2_5` conversation
+# template (the -hf checkpoints' chat template adds none, so without it a row is off-distribution).
+INTERNVL2_5 = ("你是书生·万象，英文名是InternVL，是由上海人工智能实验室、清华大学及多家合作单位联合开发的"
+               "多模态大语言模型。")
+
 # family: (training system prompt, lower-case substrings of model ids/paths that identify it)
 FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
     "vicuna_v1": (VICUNA_V1, ("llava-1.5", "llava-v1.5", "llava-v1.6-vicuna", "llava-1.6-vicuna",
                               "vicuna")),
+    "internvl2_5": (INTERNVL2_5, ("internvl2_5", "internvl2.5", "internvl3-")),
 }
 
 

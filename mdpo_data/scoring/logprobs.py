@@ -9,7 +9,10 @@ What counts as a response token (the exact rule, `RESPONSE_RULE`):
     1. Render the prompt messages (`schema.prompt_messages(question, system)`: the system
        message if any, then one user turn holding the image block and the question; no image
        block when the image is None) with the chat template and `add_generation_prompt=True`
-       -> P, and the same messages plus the assistant turn -> F. P must be a prefix of F.
+       -> P, and the same messages plus the assistant turn -> F. Where P is not a prefix of
+       F (LLaVA-OneVision renders the assistant turn as "assistant \\n" but prompts with
+       "assistant\\n"), the response follows P directly, as when the model generates:
+       S = P + text + end-of-turn (steps 2-3 still locate and check the text in F).
     2. Locate the assistant's text in F: inside the template's `{% generation %}` block where
        it has one, else in what F adds after P; the first occurrence of the response (or of
        the response stripped of surrounding whitespace, for templates that `trim` it).
@@ -42,6 +45,7 @@ caller counts it as a skip.
 from __future__ import annotations
 
 import io
+import os
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -193,10 +197,9 @@ def _generation_span(processor, seq: Sequence, full: str) -> tuple[int, int] | N
 def sequence_text(processor, seq: Sequence) -> tuple[str, str]:
     """(the prompt part A, the scored sequence S = A + text + end-of-turn); see the docstring."""
     prompt, full = render(processor, seq)
-    if not full.startswith(prompt):
-        raise ValueError("the chat template's generation prompt is not a prefix of the rendered "
-                         "conversation; cannot place the response after it")
-    span = _generation_span(processor, seq, full) or (len(prompt), len(full))
+    after_prompt = full.startswith(prompt)  # else: the response follows P itself (rule step 1)
+    start = len(prompt) if after_prompt else len(os.path.commonprefix([prompt, full]))
+    span = _generation_span(processor, seq, full) or (start, len(full))
     region = full[span[0]:span[1]]
     for text in (seq.response, seq.response.strip()):
         at = region.find(text) if text.strip() else -1
@@ -205,7 +208,7 @@ def sequence_text(processor, seq: Sequence) -> tuple[str, str]:
     else:
         raise ValueError(f"cannot find the response {seq.response[:60]!r} in the chat template's "
                          "output (empty, or changed by the template)")
-    head = full[: span[0] + at]
+    head = full[: span[0] + at] if after_prompt else prompt
     return head, head + text + end_of_turn(processor)
 
 
@@ -250,12 +253,15 @@ def _render_all(processor, seqs: list[Sequence]) -> list[_Rendered]:
 
 
 def _process(processor, rendered: list[_Rendered], images: list):
+    """Processor outputs for the rendered rows; images[i] is row i's image or None. Images go
+    nested, one list per row: Gemma 3's processor reads a flat list as one row's images."""
     add_special = {r.add_special for r in rendered}
     if len(add_special) != 1:
         raise ValueError("sequences in one batch disagree on special tokens; batch them separately")
+    has_image = any(image is not None for image in images)
     return processor(
         text=[r.full for r in rendered],
-        images=images or None,
+        images=[[to_rgb(image)] if image is not None else [] for image in images] if has_image else None,
         padding=True,
         padding_side="right",
         add_special_tokens=add_special.pop(),
@@ -281,8 +287,7 @@ def encode(processor, seqs: list[Sequence], *, max_length: int | None = None):
     if not seqs:
         return {}, []
     rendered = _render_all(processor, seqs)
-    images = [to_rgb(s.image) for s in seqs if s.image is not None]
-    batch = _process(processor, rendered, images)
+    batch = _process(processor, rendered, [s.image for s in seqs])
     kept = list(range(len(seqs)))
     if max_length is not None:
         lengths = batch["attention_mask"].sum(1).tolist()
@@ -291,8 +296,7 @@ def encode(processor, seqs: list[Sequence], *, max_length: int | None = None):
             return {}, []
         if len(kept) < len(seqs):  # rare: re-process the ones that fit (images batch per model)
             rendered = [rendered[i] for i in kept]
-            images = [to_rgb(seqs[i].image) for i in kept if seqs[i].image is not None]
-            batch = _process(processor, rendered, images)
+            batch = _process(processor, rendered, [seqs[i].image for i in kept])
     n_response = [r.n_response for r in rendered]
     batch["response_mask"] = _response_mask(batch["attention_mask"], n_response)
     _check_response_tokens(batch, rendered, kept)

@@ -26,7 +26,6 @@ from typing import Any
 
 import torch
 
-from mdpo_data.build.images import to_rgb
 from mdpo_data.scoring.logprobs import PrefixGroup, _common_prefix, _process, _render_all, _Rendered
 
 # [R, T] processor outputs whose value on appended (text) response tokens is known to be 0.
@@ -100,8 +99,7 @@ def encode_groups(processor, groups: list[PrefixGroup], *, share: bool = True,
         split += was_split
         rows += [([rendered[i] for i in m], [group_slots[i] for i in m], group.image) for m in members]
     heads = [members[0] for members, _, _ in rows]
-    images = [to_rgb(image) for _, _, image in rows if image is not None]
-    processed = _process(processor, heads, images)
+    processed = _process(processor, heads, [image for _, _, image in rows])
     try:
         packed = _layout(processed, rows, processor.tokenizer.pad_token_id or 0)
     except PackingError:

@@ -32,6 +32,8 @@ def test_prompt_helpers_round_trip_with_and_without_a_system_message():
 @pytest.mark.parametrize("model, family", [
     ("llava-hf/llava-1.5-7b-hf", "vicuna_v1"), ("/models/llava-v1.5-13b", "vicuna_v1"),
     ("llava-hf/llava-v1.6-vicuna-7b-hf", "vicuna_v1"), ("Qwen/Qwen2-VL-2B-Instruct", None),
+    ("OpenGVLab/InternVL3-1B-hf", "internvl2_5"), ("OpenGVLab/InternVL2_5-8B", "internvl2_5"),
+    ("OpenGVLab/InternVL3_5-1B-HF", None), ("llava-hf/llava-v1.6-mistral-7b-hf", None),
     ("tiny", None), (None, None)])
 def test_known_model_families(model, family):
     assert system_prompts.model_family(model) == family
