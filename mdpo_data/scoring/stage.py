@@ -163,6 +163,7 @@ def _distributed():
 
 
 def _score_shard(directory: Path, job: _Job, scorer: Scorer, key: str, no_image: bool) -> dict:
+    before = scorer.batches.copy()
     table, too_long = score_table(read_shard(job.path), scorer, no_image=no_image)
     write_shard(job.path, [table])
     marker = {
@@ -174,7 +175,7 @@ def _score_shard(directory: Path, job: _Job, scorer: Scorer, key: str, no_image:
         "sha256": sha256_file(job.path),
         "rows": table.num_rows,
         "skipped": {"too_long": too_long},
-        "method": scorer.method,
+        "method": scorer.method_since(before),
     }
     stage_state.record(directory, "score", job.path.name, marker)
     return marker
@@ -312,6 +313,8 @@ def _stats(totals: _Totals, scorer: Scorer, fp: dict, jobs, world, batch_size, d
         "tokens_per_second": round(totals.tokens / totals.seconds, 1) if totals.seconds else None,
         "prefix_reuse": scorer.prefix_reuse,
         "prefix_reuse_reason": scorer.prefix_reason,
+        "method": scorer.method,
+        "responses_too_long_untokenized": scorer.unencoded,
         "batch_size": batch_size,
         "dtype": dtype,
         "device": str(scorer.device),
