@@ -148,3 +148,22 @@ def test_out_inside_source_path_is_never_read_back(tmp_path, source):
     assert read_manifest(out)["counts"] == counts and folder_bytes(out) == first
     _build(*args, "--n", 50, out=built.root / "o2")  # a second build beside the first
     assert read_manifest(built.root / "o2")["counts"] == counts
+
+
+def test_llava_instruct_array_bom_and_bad_bytes(tmp_path):
+    """(llava-instruct builds need a BPO model; its reader is checked through the source.)"""
+    from fixtures import make_llava_instruct
+
+    from mdpo_data.sources import open_source
+    from mdpo_data.sources.records import Skip
+
+    built = make_llava_instruct(tmp_path / "src", rows=5, seed=3)
+    text = built.data.read_bytes()
+    second = text.index(b'"value": "', text.index(b'"id": "' + built.records[1]["id"].encode()))
+    text = text[:second + 10] + b"\xff\xfe" + text[second + 10:]
+    built.data.write_bytes(b"\xef\xbb\xbf" + text)
+    items = list(open_source("llava-instruct", path=str(built.data), image_root=str(built.images)))
+    skips = [item for item in items if isinstance(item, Skip)]
+    assert [(s.reason, s.row) for s in skips] == [("invalid_utf8", 1)]
+    kept = [item for item in items if not isinstance(item, Skip)]
+    assert kept[0].row == 0 and all("\ufffd" not in c.question + c.chosen for c in kept)
