@@ -248,9 +248,15 @@ def _lone_surrogate(data: Any) -> tuple[str, str] | None:
 def _array_records(file: Path, name: str):
     """Records of a JSON array. Bytes that are not UTF-8 are kept as lone surrogates while
     parsing so that only the records holding them are skipped (invalid_utf8); a BOM is allowed."""
+    raw = file.read_bytes()
     try:
-        with open(file, encoding="utf-8-sig", errors="surrogateescape") as handle:
-            data = json.load(handle)
+        text = raw.decode("utf-8-sig")
+        suspect = "\\ud" in text or "\\uD" in text  # an escaped surrogate: check each record
+    except UnicodeDecodeError:
+        text, suspect = raw.decode("utf-8-sig", "surrogateescape"), True
+    del raw
+    try:
+        data = json.loads(text)
     except json.JSONDecodeError as error:
         raise SourceError(
             f"{file} is not a valid JSON array ({error}); fix the file, or convert it to JSON "
@@ -263,8 +269,9 @@ def _array_records(file: Path, name: str):
         raise SourceError(
             f"{file} holds a JSON {type(data).__name__}, expected an array of records"
         )
+    del text
     for index, item in enumerate(data):
-        problem = _lone_surrogate(item)
+        problem = _lone_surrogate(item) if suspect else None
         if problem:
             yield index, f"{name}:{index}", None, *problem, None
         else:

@@ -65,6 +65,7 @@ def test_build_with_a_local_ref_model_stores_its_familys_prompt(tiny_llava, tmp_
     assert read_manifest(out)["system_prompt"]["model_family"] == "vicuna_v1"
 
 
+@pytest.mark.slow
 def test_score_refuses_a_build_without_the_familys_prompt_and_names_the_command(tiny_llava, tmp_path):
     ref = _with_config(shutil.copytree(tiny_llava, tmp_path / "ref"), text_name="lmsys/vicuna-7b-v1.5")
     out = tmp_path / "o"
@@ -83,6 +84,7 @@ def test_score_refuses_a_build_without_the_familys_prompt_and_names_the_command(
     assert all(r["ref_chosen_logps"] is not None for r in rows)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", ["none", "Be brief."])
 def test_score_accepts_a_build_whose_prompt_was_chosen_explicitly(tiny_llava, tmp_path, spec):
     ref = _with_config(shutil.copytree(tiny_llava, tmp_path / "ref"), text_name="lmsys/vicuna-7b-v1.5")

@@ -44,6 +44,7 @@ def _score(out, tiny, max_length, check=True):
                    "--quiet", check=check)
 
 
+@pytest.mark.slow
 def test_huge_text_is_too_long_untokenized_and_fallbacks_are_recorded(tiny, tmp_path):
     out = _build(tmp_path, tmp_path / "o", edits={1: {"chosen": HUGE}, 4: {"rejected": "long " * 150}})
     proc = _score(out, tiny, 200)
@@ -73,6 +74,7 @@ def test_validate_refuses_a_build_whose_every_train_row_was_dropped(tiny, tmp_pa
     assert "No rows were skipped" not in (out / "README.md").read_text()
 
 
+@pytest.mark.slow
 def test_after_an_interrupted_score_every_reader_says_rerun_score(tiny, tmp_path):
     out = _build(tmp_path, tmp_path / "o")
     unscored_manifest = (out / "manifest.json").read_bytes()
