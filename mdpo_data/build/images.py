@@ -113,9 +113,11 @@ def stored_bytes(data: bytes, image: Image.Image, fmt: str) -> bytes:
     """The bytes a shard stores for the CHOSEN image `image` decoded from `data`.
 
     The original bytes when any reader decodes them to `image` without interpretation: a
-    JPEG or PNG in RGB mode, without transparency and without an EXIF/XMP rotation. Anything
-    else is re-encoded as PNG (lossless), so every stored image decodes, as is, to the RGB
-    pixels the rejected image was derived from (`datasets` gives an RGB image for every row).
+    single-frame 8-bit JPEG or PNG in RGB mode, without transparency and without an EXIF/XMP
+    rotation. Anything else is re-encoded as PNG (lossless, 8-bit, one frame), so every stored
+    image decodes, as is, to the RGB pixels the rejected image was derived from (`datasets`
+    gives an RGB image for every row): a 16-bit PNG (PIL opens 48-bit RGB as "RGB"), an APNG
+    or a multi-picture JPEG (MPO) is stored as its first frame, never as the original file.
     """
     if fmt in ("JPEG", "PNG"):
         with Image.open(io.BytesIO(data)) as header:  # header only: no pixels decoded
@@ -123,6 +125,8 @@ def stored_bytes(data: bytes, image: Image.Image, fmt: str) -> bytes:
                 header.mode == "RGB"
                 and header.size == image.size
                 and "transparency" not in header.info
+                and getattr(header, "n_frames", 1) == 1
+                and (fmt != "PNG" or _png_bit_depth(data) == 8)
                 and (not _may_carry_orientation(data, fmt) or _orientation(header) == 1)
             )
         if faithful:
@@ -144,6 +148,11 @@ def encode(image: Image.Image, fmt: str) -> bytes:
     else:
         image.save(buffer, "PNG", compress_level=1, optimize=False, icc_profile=None)
     return buffer.getvalue()
+
+
+def _png_bit_depth(data: bytes) -> int:
+    """Bits per sample from a PNG's IHDR (always the first chunk, at a fixed offset)."""
+    return data[24] if len(data) > 24 and data[12:16] == b"IHDR" else 0
 
 
 def _orientation(image: Image.Image) -> int | None:

@@ -65,6 +65,7 @@ def make_example(task: Task) -> dict[str, Any] | Skip:
                 return Skip("swap_same_image", where, "", c.row)
         else:
             rejected, stats = strategy.apply_with_stats(image, task.seed)
+            _check_pixels(rejected, task.max_pixels)
             rejected_bytes = images.encode(rejected, "PNG" if strategy.lossless else fmt)
     except BadRow as error:
         return Skip(error.reason, where, error.detail, c.row)
@@ -87,6 +88,16 @@ def make_example(task: Task) -> dict[str, Any] | Skip:
     if stats:
         row["_stats"] = stats  # summed into the manifest by the build, not stored in the row
     return row
+
+
+def _check_pixels(rejected, max_pixels: int) -> None:
+    """A strategy (an albumentations pipeline that resizes up) may draw an image larger than
+    --max-pixels: a counted skip here, so the build never writes what its validate refuses."""
+    width, height = rejected.size
+    if width * height > max_pixels:
+        raise BadRow("rejected_image_too_many_pixels",
+                     f"the strategy drew {width}x{height} = {width * height:,} pixels, over "
+                     f"max_pixels={max_pixels:,}")
 
 
 def worker_init() -> None:

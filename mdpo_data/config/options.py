@@ -19,6 +19,7 @@ import dataclasses
 import difflib
 import importlib
 import math
+import reprlib
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
@@ -108,7 +109,7 @@ def read_yaml(path: str | Path, what: str = "config") -> dict[str, Any]:
     if not path.is_file():
         raise ConfigFileError(f"{what} file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_bytes().decode("utf-8")) or {}
+        data = load_yaml_text(path.read_bytes().decode("utf-8"), str(path)) or {}
     except UnicodeDecodeError as error:
         raise ConfigFileError(f"{path} is not UTF-8 text (byte {error.start})") from None
     except OSError as error:
@@ -122,6 +123,74 @@ def read_yaml(path: str | Path, what: str = "config") -> dict[str, Any]:
     for key in FREE_TEXT_KEYS:
         options.pop(key, None)
     return options
+
+
+MAX_YAML_VALUES = 100_000  # values a config may expand to through aliases (a real one has ~50)
+
+
+def load_yaml_text(text: str, name: str) -> Any:
+    """`yaml.safe_load`, refusing what a config never needs and a hostile file uses: aliases
+    that expand to more than MAX_YAML_VALUES values (a "billion laughs" is tiny on disk but
+    unbounded once printed or iterated), recursive aliases, and a key given twice in one
+    mapping (YAML's last-wins would silently drop the first). The node graph is checked
+    before any Python object is made."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_nodes(node, name)
+        try:
+            return loader.construct_document(node)
+        except (ValueError, OverflowError) as error:  # e.g. an int of 5,000 digits
+            message = " ".join(str(error).split())[:200]
+            raise ConfigFileError(f"{name}: a value cannot be read: {message}") from None
+    except RecursionError:  # PyYAML composes and constructs recursively
+        raise ConfigFileError(f"{name}: YAML nested too deeply for a config") from None
+    finally:
+        loader.dispose()
+
+
+def _check_nodes(root: yaml.Node, name: str) -> None:
+    sizes: dict[int, int] = {}
+    visiting: set[int] = set()
+
+    def size(node: yaml.Node) -> int:  # expanded values under `node`, aliases followed
+        if id(node) in sizes:
+            return sizes[id(node)]
+        if id(node) in visiting:
+            raise ConfigFileError(f"{name}: line {node.start_mark.line + 1}: recursive YAML alias")
+        visiting.add(id(node))
+        total = 1
+        if isinstance(node, yaml.MappingNode):
+            _check_duplicates(node, name)
+            children = [child for pair in node.value for child in pair]
+        else:
+            children = node.value if isinstance(node, yaml.SequenceNode) else []
+        for child in children:
+            total += size(child)
+            if total > MAX_YAML_VALUES:
+                raise ConfigFileError(
+                    f"{name}: line {node.start_mark.line + 1}: YAML aliases expand to more than "
+                    f"{MAX_YAML_VALUES:,} values; a config needs no aliases this large")
+        visiting.discard(id(node))
+        sizes[id(node)] = total
+        return total
+
+    size(root)
+
+
+def _check_duplicates(node: yaml.MappingNode, name: str) -> None:
+    seen: dict[str, int] = {}
+    for key, _ in node.value:
+        if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
+            continue
+        line = key.start_mark.line + 1
+        normal = normalize_key(key.value)
+        if normal in seen:
+            raise ConfigFileError(f"{name}: line {line}: duplicate key {shown(key.value)} (first given "
+                                  f"on line {seen[normal]}); give each key once")
+        seen[normal] = line
 
 
 def closest_key(name: str, known: Iterable[str], aliases: Mapping[str, str] | None = None) -> str | None:
@@ -145,6 +214,14 @@ def suggestion(name: str, close: str | None) -> str:
 
 # ------------------------------------------------------------------ values
 
+_SHOWN = reprlib.Repr()
+_SHOWN.maxlevel, _SHOWN.maxlist, _SHOWN.maxdict, _SHOWN.maxstring, _SHOWN.maxother = 2, 4, 4, 60, 60
+
+
+def shown(value: Any) -> str:
+    """A value as a message shows it: a short repr, whatever the value's size or depth."""
+    return _SHOWN.repr(value)
+
 
 def check_value(cls, name: str, value: Any, *, scalars_as_text: bool = False) -> tuple[Any, str | None]:
     """(coerced value, problem or None) for one field from its annotated type; the problem is
@@ -154,22 +231,22 @@ def check_value(cls, name: str, value: Any, *, scalars_as_text: bool = False) ->
         return value, None if optional else "may not be null"
     origin = typing.get_origin(base)
     if base is bool:
-        return value, None if isinstance(value, bool) else f"expected true/false, got {value!r}"
+        return value, None if isinstance(value, bool) else f"expected true/false, got {shown(value)}"
     if base is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
-        return value, None if ok else f"expected a whole number, got {value!r}"
+        return value, None if ok else f"expected a whole number, got {shown(value)}"
     if base is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        return (float(value) if ok else value), None if ok else f"expected a number, got {value!r}"
+        return (float(value) if ok else value), None if ok else f"expected a number, got {shown(value)}"
     if base is str:
         scalar = scalars_as_text and isinstance(value, (int, float)) and not isinstance(value, bool)
         ok = isinstance(value, (str, Path)) or scalar
-        return (str(value) if ok else value), None if ok else f"expected string, got {value!r}"
+        return (str(value) if ok else value), None if ok else f"expected string, got {shown(value)}"
     if origin is list:
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
         ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
-        return value, None if ok else f"expected a list of strings, got {value!r}"
+        return value, None if ok else f"expected a list of strings, got {shown(value)}"
     if origin is dict:
         return _check_mapping(typing.get_args(base)[1], value)
     raise AssertionError(f"unhandled config type {base} for {name}")
@@ -180,9 +257,9 @@ def _check_mapping(kind: type, value: Any) -> tuple[Any, str | None]:
         ok = isinstance(value, dict) and all(
             isinstance(v, (int, float)) and not isinstance(v, bool) for v in value.values())
         coerced = {str(k): float(v) for k, v in value.items()} if ok else value
-        return coerced, None if ok else f"expected a mapping of name: number, got {value!r}"
+        return coerced, None if ok else f"expected a mapping of name: number, got {shown(value)}"
     ok = isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
-    return value, None if ok else f"expected a mapping of name: text, got {value!r}"
+    return value, None if ok else f"expected a mapping of name: text, got {shown(value)}"
 
 
 def _bounds(meta: Mapping[str, Any]) -> tuple[float | None, bool, float | None, bool]:
@@ -208,15 +285,15 @@ def range_problem(meta: Mapping[str, Any], value: Any) -> str | None:
     if value is None or (low is None and high is None):
         return None
     if isinstance(value, float) and not math.isfinite(value):
-        return f"must be finite, got {value}"
+        return f"must be finite, got {shown(value)}"
     if (low is None or (value > low if low_open else value >= low)) and \
             (high is None or (value < high if high_open else value <= high)):
         return None
     if low is not None and high is not None:
-        return f"must be in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}, got {value}"
+        return f"must be in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}, got {shown(value)}"
     if low is not None:
-        return f"must be > {low:g}, got {value}" if low_open else f"must be at least {low:g}, got {value}"
-    return f"must be < {high:g}, got {value}" if high_open else f"must be at most {high:g}, got {value}"
+        return f"must be > {low:g}, got {shown(value)}" if low_open else f"must be at least {low:g}, got {shown(value)}"
+    return f"must be < {high:g}, got {shown(value)}" if high_open else f"must be at most {high:g}, got {shown(value)}"
 
 
 def check_fields(cls, options: Mapping[str, Any], label: Callable[[str], str] = flag,
@@ -232,7 +309,7 @@ def check_fields(cls, options: Mapping[str, Any], label: Callable[[str], str] = 
         value, problem = check_value(cls, name, options[name], scalars_as_text=scalars_as_text)
         choices = choices_of(field)
         if problem is None and value is not None and choices is not None and value not in choices:
-            problem = f"{value!r} is not one of {', '.join(choices)}"
+            problem = f"{shown(value)} is not one of {', '.join(choices)}"
         if problem is None:
             problem = range_problem(field.metadata, value)
         if problem is None and value is not None and field.metadata.get("check"):

@@ -19,6 +19,7 @@ from typing import Any
 import pyarrow as pa
 
 from mdpo_data.format import schema
+from mdpo_data.format.markers import unfinished_score
 from mdpo_data.format.shards import SHARD_RE, sha256_file
 
 
@@ -47,9 +48,11 @@ def verified_shards(directory: str | Path, manifest: dict[str, Any], split: str)
         path = directory / entry["file"]
         if not path.is_file():
             raise IntegrityError(f"{path}: listed in manifest.json but missing (deleted or moved)")
-        if sha256_file(path) != entry["sha256"]:
-            raise IntegrityError(f"{path}: sha256 does not match manifest.json (changed after the "
-                                 "build); run `mdpo-data validate` and rebuild or restore it")
+        digest = sha256_file(path)
+        if digest != entry["sha256"]:
+            raise IntegrityError(unfinished_score(directory, entry["file"], digest) or (
+                f"{path}: sha256 does not match manifest.json (changed after the build); run "
+                "`mdpo-data validate` and rebuild or restore it"))
         yield path
 
 
@@ -74,9 +77,10 @@ def verify_shards(directory: str | Path, manifest: dict[str, Any]) -> dict[str, 
             raise IntegrityError(f"{path}: listed in manifest.json but missing (deleted or moved)")
         digest = sha256_file(path)
         if digest != entry["sha256"]:
-            raise IntegrityError(f"{path}: sha256 {digest[:12]}... does not match manifest.json "
-                                 f"({entry['sha256'][:12]}...): the shard changed after it was "
-                                 "built or scored; rebuild/rescore it or restore the file")
+            raise IntegrityError(unfinished_score(directory, entry["file"], digest) or (
+                f"{path}: sha256 {digest[:12]}... does not match manifest.json "
+                f"({entry['sha256'][:12]}...): the shard changed after it was "
+                "built or scored; rebuild/rescore it or restore the file"))
         try:
             n = stream_rows(path)
         except (pa.ArrowException, OSError) as error:

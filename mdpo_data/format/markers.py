@@ -115,6 +115,18 @@ def vouched_sha256(directory: Path, shard_name: str) -> str | None:
     return current if current == recorded else None
 
 
+def unfinished_score(directory: Path, shard_name: str, digest: str) -> str | None:
+    """When a shard's bytes (`digest`) differ from the manifest because a `score` rewrote it
+    and has not updated the manifest yet (it is running, or was killed): the fix, in a
+    sentence. None when no score marker vouches for these bytes (the shard was changed)."""
+    marker = read_marker(directory, "score", shard_name)
+    if not marker or marker.get("sha256") != digest:
+        return None
+    return (f"{shard_name} was rewritten by a `mdpo-data score` that is still running or was "
+            f"interrupted (manifest.json is updated when it finishes): wait for it, or re-run the "
+            f"same `mdpo-data score {directory} --ref-model MODEL` to finish it")
+
+
 def merge_skips(markers: Iterable[dict[str, Any]]) -> dict[str, int]:
     """The stage's skips by reason over its markers (what the manifest reports)."""
     total: Counter = Counter()

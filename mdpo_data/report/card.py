@@ -257,6 +257,7 @@ def card_context(directory: str | Path) -> dict[str, Any]:
         "fingerprint_yaml": yaml.safe_dump(fingerprint, sort_keys=True, allow_unicode=True).strip(),
         "smoke_test": scored and is_smoke_test(fingerprint),
         "reference_skipped": reference.get("skipped") or {},
+        "scorer_dropped": sum((reference.get("skipped") or {}).values()) if scored else 0,
         "reference_columns": reference.get("columns") or [],
         "reliance": _reliance(tables) if scored else None,
         "examples": _examples(tables.get("train", next(iter(tables.values())))),

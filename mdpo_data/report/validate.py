@@ -24,6 +24,7 @@ from mdpo_data.format import schema
 from mdpo_data.build.images import DEFAULT_MAX_PIXELS, load_image
 from mdpo_data.format.integrity import export_problems
 from mdpo_data.format.manifest import ManifestError, is_scored, read_manifest
+from mdpo_data.format.markers import unfinished_score
 from mdpo_data.sources.records import BadRow
 from mdpo_data.format.shards import SHARD_RE, sha256_file
 
@@ -82,8 +83,9 @@ def validate(directory: str | Path, *, max_per_kind: int = MAX_PER_KIND) -> list
             complete = False
             continue
         if entry.get("sha256") != digest:
-            problems.add("checksum", f"{name}: sha256 does not match manifest.json "
-                                     "(file changed after the build; not read further)")
+            unfinished = unfinished_score(directory, name, digest)
+            problems.add("checksum", unfinished or f"{name}: sha256 does not match manifest.json "
+                                                   "(file changed after the build; not read further)")
             complete = False
             continue
         rows = _check_shard(path, manifest, seen, problems)
@@ -160,6 +162,7 @@ class _Seen:
 
     ids: dict[str, str] = field(default_factory=dict)  # example_id -> "shard row i"
     unscored_rows: int = 0  # rows of a scored build with every reference column null
+    unscored_by_split: Counter = field(default_factory=Counter)
 
 
 def _check_totals(manifest: dict, rows_by_split: dict[str, int], seen: _Seen, problems: Problems) -> None:
@@ -176,6 +179,13 @@ def _check_totals(manifest: dict, rows_by_split: dict[str, int], seen: _Seen, pr
         if seen.unscored_rows != skipped:
             problems.add("reference", f"{seen.unscored_rows} row(s) have no reference log-probs, "
                                       f"manifest reference.skipped counts {skipped}")
+        train = rows_by_split.get("train", 0)
+        if train and seen.unscored_by_split["train"] == train:
+            max_length = (manifest["reference"].get("fingerprint") or {}).get("max_length")
+            problems.add("reference", f"split train: the scorer dropped all {train} rows (longer than "
+                                      f"max_length {max_length}): nothing to train on; rescore with a "
+                                      "larger --max-length (mdpo-data score DIR --ref-model MODEL "
+                                      "--max-length N --force)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -337,11 +347,17 @@ def _check_reference(name: str, batch: pa.RecordBatch, manifest: dict | None, wh
     for i in range(batch.num_rows):
         if all(values[c][i] is None for c in values):
             seen.unscored_rows += 1
+            seen.unscored_by_split[_split_of(name)] += 1
             continue
         for column in values:
             bad = _bad_reference_value(column, values[column][i])
             if bad:
                 problems.add("reference", f"{where(i)}: {column} {bad}")
+
+
+def _split_of(shard_name: str) -> str:
+    match = SHARD_RE.match(shard_name)
+    return match["split"] if match else ""
 
 
 def _reference_columns(manifest: dict) -> list[str]:

@@ -8,6 +8,8 @@ the score stage (`mdpo_data.scoring.stage`).
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pyarrow as pa
 
 from mdpo_data.format import schema
@@ -81,7 +83,11 @@ class Scorer:
         self.prefix_reuse = prefix_reuse != "off" and supported
         self.prefix_reason = reason if prefix_reuse != "off" else "disabled"
         self._verify = prefix_reuse == "auto" and self.prefix_reuse
+        self._disabled = ""  # why prefix reuse was turned off mid-run (batches after fall back)
+        self.batches: Counter = Counter()  # "packed" / "plain:<why>" for batches with a shared prefix
         self.sequences = self.tokens = self.slots = 0  # slots: positions run, padding included
+        self.max_chars = _max_chars(processor, max_length)
+        self.unencoded = 0  # responses too long by their length alone: never tokenized
 
     @property
     def device(self):
@@ -89,17 +95,40 @@ class Scorer:
 
     @property
     def method(self) -> str:
-        return "prefix-packed" if self.prefix_reuse else "plain"
+        return self.method_since(Counter())
+
+    def method_since(self, before: Counter) -> str:
+        """How the batches run since the snapshot `before` (a copy of `batches`) were scored:
+        "prefix-packed" only when every batch with a shared prefix was packed, else how many
+        fell back to the plain path and why."""
+        counts = Counter(self.batches)
+        counts.subtract(before)
+        packed = counts["packed"]
+        fell = {key.removeprefix("plain:"): n for key, n in sorted(counts.items())
+                if key.startswith("plain:") and n > 0}
+        if not fell:
+            return "prefix-packed" if packed else "plain"
+        n = sum(fell.values())
+        why = "; ".join(f"{count} x {reason}" for reason, count in fell.items())
+        return f"plain in {n} of {packed + n} batches ({why}), prefix-packed in {packed}"
 
     def score_groups(self, items: list[Item]) -> dict[tuple[int, str], tuple[float, int] | None]:
-        """Every response's (log-prob, tokens), or None when it exceeds max_length."""
+        """Every response's (log-prob, tokens), or None when it exceeds max_length. A group
+        whose text alone cannot fit (`max_chars`) is None without being tokenized."""
+        results: dict = {}
+        if self.max_chars is not None:
+            fits = [item for item in items if _text_chars(item[0]) <= self.max_chars]
+            for group, keys in items:
+                if _text_chars(group) > self.max_chars:
+                    results.update(dict.fromkeys(keys))
+                    self.unencoded += len(keys)
+            items = fits
         order = list(range(len(items)))
         if self.bucket:
             # Homogeneous batches: groups sharing a prefix apart from single sequences (y_w
             # under m_l), which gain nothing from a cached prefix and run in one plain pass.
             order.sort(key=lambda i: (items[i][0].image is None, len(items[i][0].responses) > 1,
                                       _chars(items[i][0])))
-        results: dict = {}
         batch: list[Item] = []
         for i in order:
             if batch and sum(len(g.responses) for g, _ in batch) + len(items[i][0].responses) > self.batch_size:
@@ -111,15 +140,20 @@ class Scorer:
         return results
 
     def _score_batch(self, batch: list[Item]) -> dict:
-        if self.prefix_reuse and any(len(group.responses) > 1 for group, _ in batch):
+        shared = any(len(group.responses) > 1 for group, _ in batch)
+        if shared and not self.prefix_reuse and self._disabled:
+            self.batches["plain:" + self._disabled] += 1
+        if self.prefix_reuse and shared:
             try:
                 fast = self._prefix(batch)
-            except PrefixReuseError:
+            except PrefixReuseError as error:
+                self.batches[f"plain:{error}"] += 1
                 return self._plain(batch)
             except Exception as error:  # noqa: BLE001 - first batch decides; later errors raise
                 if not self._verify:
                     raise
                 self._disable(f"prefix reuse failed on the first batch ({type(error).__name__}: {error})")
+                self.batches["plain:" + self._disabled] += 1
                 return self._plain(batch)
             if self._verify:
                 self._verify = False
@@ -128,7 +162,9 @@ class Scorer:
                        if not _tolerance_ok(value[0], plain[key][0], value[1], self.model.dtype)]
                 if bad:
                     self._disable(f"prefix reuse disagreed with the plain forward on {len(bad)} sequences")
+                    self.batches["plain:" + self._disabled] += 1
                     return plain
+            self.batches["packed"] += 1
             return fast
         return self._plain(batch)
 
@@ -136,6 +172,7 @@ class Scorer:
         import warnings
 
         self.prefix_reuse, self.prefix_reason = False, reason + "; using the plain path"
+        self._disabled = reason
         warnings.warn(self.prefix_reason, stacklevel=3)
 
     def _prefix(self, batch: list[Item]) -> dict:
@@ -169,6 +206,30 @@ class Scorer:
 
 def _chars(group: PrefixGroup) -> int:
     return len(group.question) + max(len(r) for r in group.responses)
+
+
+def _text_chars(group: PrefixGroup) -> int:
+    """Characters of the longest sequence's own text (system + question + response)."""
+    return _chars(group) + len(group.system or "")
+
+
+# A token covers at most as many characters as its vocabulary string has (byte-level BPE and
+# SentencePiece alike); normalisation can merge a few characters into one (NFKC composes up
+# to 3), so the bound keeps a factor 4 of margin.
+_NORMALISATION_MARGIN = 4
+
+
+def _max_chars(processor, max_length: int | None) -> int | None:
+    """Characters of text that cannot fit `max_length` tokens whatever they are: a 10 MB answer
+    is a too-long row at once instead of minutes of tokenizing (None: no bound known)."""
+    tokenizer = getattr(processor, "tokenizer", processor)
+    if max_length is None or not hasattr(tokenizer, "get_vocab"):
+        return None
+    try:
+        longest = max((len(token) for token in tokenizer.get_vocab()), default=0)
+    except Exception:  # noqa: BLE001 - an odd tokenizer: no shortcut, the exact check still runs
+        return None
+    return max_length * max(longest, 1) * _NORMALISATION_MARGIN if longest else None
 
 
 # --------------------------------------------------------------------------- one table

@@ -133,6 +133,24 @@ def _check_previous(directory: Path, manifest: dict, jobs: list[_Job], fp: dict,
         )
 
 
+def _check_system_prompt(directory: Path, manifest: dict, ref_model: str) -> None:
+    """`--system-prompt auto` decided at build time without a model: rows stored with no
+    system prompt would be scored (and trained) without the one `ref_model` was trained with.
+    Refuse before loading anything, naming the build command that stores it."""
+    from mdpo_data.build.system_prompts import FAMILIES, unapplied_family
+
+    family = unapplied_family(manifest.get("system_prompt"), ref_model)
+    if family is None:
+        return
+    command = (manifest.get("command") or "mdpo-data build ... --out OUT").replace(
+        " OUT", f" {directory}")
+    raise ScoreError(
+        f"{directory} was built with --system-prompt auto but no --ref-model, so its rows carry no "
+        f"system prompt, while {ref_model} ({family}) was trained with {FAMILIES[family][0]!r}. "
+        f"Rebuild with the model to store it: `{command} --ref-model {ref_model} --overwrite` "
+        f"(or rebuild with --system-prompt none to score without one)")
+
+
 def _distributed():
     """(rank, world size, barrier): accelerate's state under `accelerate launch`, else trivial."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
@@ -145,6 +163,7 @@ def _distributed():
 
 
 def _score_shard(directory: Path, job: _Job, scorer: Scorer, key: str, no_image: bool) -> dict:
+    before = scorer.batches.copy()
     table, too_long = score_table(read_shard(job.path), scorer, no_image=no_image)
     write_shard(job.path, [table])
     marker = {
@@ -156,7 +175,7 @@ def _score_shard(directory: Path, job: _Job, scorer: Scorer, key: str, no_image:
         "sha256": sha256_file(job.path),
         "rows": table.num_rows,
         "skipped": {"too_long": too_long},
-        "method": scorer.method,
+        "method": scorer.method_since(before),
     }
     stage_state.record(directory, "score", job.path.name, marker)
     return marker
@@ -191,6 +210,7 @@ def score_build(
         raise ScoreError(f"max_length must be positive, got {max_length}")
     check_target(directory, "score", DATA)  # ours, of the right kind, no linked bookkeeping
     manifest = read_manifest(directory)
+    _check_system_prompt(directory, manifest, ref_model)
     rank, world, barrier = _distributed()
     with hold(directory) if rank == 0 else contextlib.nullcontext():
         return _score_locked(directory, manifest, ref_model, dtype=dtype, batch_size=batch_size,
@@ -294,6 +314,8 @@ def _stats(totals: _Totals, scorer: Scorer, fp: dict, jobs, world, batch_size, d
         "tokens_per_second": round(totals.tokens / totals.seconds, 1) if totals.seconds else None,
         "prefix_reuse": scorer.prefix_reuse,
         "prefix_reuse_reason": scorer.prefix_reason,
+        "method": scorer.method,
+        "responses_too_long_untokenized": scorer.unencoded,
         "batch_size": batch_size,
         "dtype": dtype,
         "device": str(scorer.device),

@@ -60,13 +60,18 @@ def primed(items: Iterator[Any]) -> Iterator[Any]:
 
 
 def data_files(path: Path, suffixes: Iterable[str] = DATA_SUFFIXES) -> list[Path]:
-    """The data files of a file or folder, in a stable order (hidden folders skipped)."""
+    """The data files of a file or folder, in a stable order. Hidden folders are skipped, and
+    so are folders this project wrote (a build or export folder: its manifest.json is not
+    data), so a build whose --out lies inside --source-path never reads its own output."""
+    from mdpo_data.format.folder import is_ours
+
     suffixes = tuple(suffixes)
     if path.is_file():
         return [path]
     found = []
     for dirpath, dirnames, filenames in os.walk(path):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        dirnames[:] = sorted(d for d in dirnames
+                             if not d.startswith(".") and not is_ours(Path(dirpath) / d))
         for name in sorted(filenames):
             if name.endswith(suffixes) and name not in _NOT_DATA and not name.startswith("."):
                 found.append(Path(dirpath) / name)
@@ -120,8 +125,13 @@ def records_at(locations: Iterable[tuple], skip_columns: Iterable[str] = ()) -> 
         if span is not None:
             with open(file, "rb") as handle:
                 handle.seek(span[0])
-                line = handle.read(span[1]).decode("utf-8", errors="replace")
-            _, _, data, reason, detail, _ = _parse_line(line, index, where)
+                raw = handle.read(span[1])
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                data, reason, detail = None, *_not_utf8(error)
+            else:
+                _, _, data, reason, detail, _ = _parse_line(line, index, where)
         elif file.suffix == ".parquet":
             data, reason, detail = _parquet_row_data(file, index, set(skip_columns), groups), "", ""
         else:
@@ -157,6 +167,12 @@ def _display_name(file: Path, root: Path) -> str:
         return file.name
 
 
+def _not_utf8(error: UnicodeDecodeError) -> tuple[str, str]:
+    """The skip of a record whose bytes are not UTF-8: never decoded with U+FFFD (the stored
+    text would silently differ from the source's)."""
+    return "invalid_utf8", f"byte {error.start} of the record is not UTF-8 ({error.reason})"
+
+
 def _starts_with_bracket(file: Path) -> bool:
     """A `.json` file may hold one array or (commonly, despite the name) JSON lines."""
     with open(file, "rb") as handle:
@@ -178,15 +194,25 @@ def _jsonl_records(file: Path, name: str):
                 if not line:  # after a \r that ends the file
                     continue
                 lineno += 1
+                problem = None
                 if line.isascii():
                     size = len(line)
                 else:
                     raw = line.encode("utf-8", "surrogateescape")
-                    size, line = len(raw), raw.decode("utf-8", errors="replace")
+                    size = len(raw)
+                    try:
+                        line = raw.decode("utf-8")
+                    except UnicodeDecodeError as error:
+                        problem = _not_utf8(error)
+                    if lineno == 1:
+                        line = line.removeprefix("\ufeff")  # a BOM: the first row is kept
                 span, offset = (offset, size), offset + size
                 if line.isspace():  # blank (strip() would copy the line)
                     continue
-                yield _parse_line(line, index, f"{name}:{lineno}", span)
+                if problem:
+                    yield index, f"{name}:{lineno}", None, *problem, span
+                else:
+                    yield _parse_line(line, index, f"{name}:{lineno}", span)
                 index += 1
 
 
@@ -195,27 +221,61 @@ _LONE_CR = re.compile(r"(?<=\r)(?!\n)")
 
 def _parse_line(line: str, index: int, where: str, span: tuple[int, int] | None = None):
     try:
-        data = json.loads(line)
+        data = json.loads(line.removeprefix("\ufeff"))
     except json.JSONDecodeError as error:
         return index, where, None, "malformed_json", f"{error.msg} (column {error.colno})", span
+    except RecursionError:
+        return index, where, None, "malformed_json", "nested too deeply", span
+    if "\\ud" in line or "\\uD" in line:  # an escaped lone surrogate is no text either
+        problem = _lone_surrogate(data)
+        if problem:
+            return index, where, None, *problem, span
     return index, where, *_as_dict(data), span
 
 
-def _array_records(file: Path, name: str):
+def _lone_surrogate(data: Any) -> tuple[str, str] | None:
+    """("invalid_utf8", detail) when a decoded record holds a lone surrogate (no UTF-8 form:
+    Arrow could not store it), else None."""
     try:
-        with open(file, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as error:
+        return "invalid_utf8", f"a lone surrogate {error.object[error.start]!a} is not text"
+    except (RecursionError, ValueError):
+        return "malformed_json", "nested too deeply"
+    return None
+
+
+def _array_records(file: Path, name: str):
+    """Records of a JSON array. Bytes that are not UTF-8 are kept as lone surrogates while
+    parsing so that only the records holding them are skipped (invalid_utf8); a BOM is allowed."""
+    raw = file.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+        suspect = "\\ud" in text or "\\uD" in text  # an escaped surrogate: check each record
+    except UnicodeDecodeError:
+        text, suspect = raw.decode("utf-8-sig", "surrogateescape"), True
+    del raw
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
         raise SourceError(
             f"{file} is not a valid JSON array ({error}); fix the file, or convert it to JSON "
             "lines (one object per line) so that bad rows are skipped and counted"
         ) from None
+    except RecursionError:
+        raise SourceError(f"{file}: JSON nested too deeply to read; convert it to JSON lines (one "
+                          "object per line) so that such rows are skipped and counted") from None
     if not isinstance(data, list):
         raise SourceError(
             f"{file} holds a JSON {type(data).__name__}, expected an array of records"
         )
+    del text
     for index, item in enumerate(data):
-        yield index, f"{name}:{index}", *_as_dict(item), None
+        problem = _lone_surrogate(item) if suspect else None
+        if problem:
+            yield index, f"{name}:{index}", None, *problem, None
+        else:
+            yield index, f"{name}:{index}", *_as_dict(item), None
 
 
 def _as_dict(data: Any) -> tuple[dict[str, Any] | None, str, str]:
@@ -231,8 +291,8 @@ def _parquet_records(file: Path, name: str, skip_columns: set[str]):
         names = pq.read_schema(file).names
         index = 0
         for batch in _parquet_batches(file, [c for c in names if c not in skip_columns]):
-            for data in batch:
-                yield index, f"{name}:{index}", data, "", "", None
+            for data, problem in batch:
+                yield index, f"{name}:{index}", data, *(problem or ("", "")), None
                 index += 1
     except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
         raise SourceError(f"cannot read parquet file {file}: {error}") from None
@@ -246,7 +306,17 @@ def _parquet_batches(file: Path, columns: list[str]) -> Iterator[list[dict[str, 
     import pyarrow.parquet as pq
 
     for batch in pq.ParquetFile(file).iter_batches(batch_size=512, columns=columns):
-        yield batch.to_pylist()
+        try:
+            yield [(row, None) for row in batch.to_pylist()]
+        except UnicodeDecodeError:  # a string cell that is not UTF-8: find it, row by row
+            yield [_parquet_row_or_problem(batch, i) for i in range(batch.num_rows)]
+
+
+def _parquet_row_or_problem(batch, i: int) -> tuple[dict | None, tuple[str, str] | None]:
+    try:
+        return batch.slice(i, 1).to_pylist()[0], None
+    except UnicodeDecodeError as error:
+        return None, _not_utf8(error)
 
 
 def is_embedded_image_type(arrow_type: Any) -> str | None:

@@ -94,7 +94,7 @@ def aspect_ratings(annotations: Any) -> dict[str, float]:
     if isinstance(annotations, str):
         try:
             annotations = json.loads(annotations)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             raise BadRow("malformed_record", "annotations is not JSON") from None
     if not isinstance(annotations, dict):
         raise BadRow("missing_rating", "no annotations")

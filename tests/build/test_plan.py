@@ -95,12 +95,14 @@ def test_materialize_gives_full_candidates(tmp_path):
 
 
 def test_records_at_reads_back_lines_with_invalid_utf8(tmp_path):
-    """Undecodable bytes become U+FFFD as before; the byte spans still point at the raw line."""
+    """Undecodable bytes are an invalid_utf8 skip (never U+FFFD); the byte spans still point at
+    the raw line, and records_at reads the same records back."""
     raw = b'{"k": "caf\xc3\xa9"}\n{"k": "x\xff\xfey"}\r{"k": "\xe2\x80"}\n\xef\xbb\xbf{"k": 4}\n'
     path = tmp_path / "data.jsonl"
     path.write_bytes(raw)
     first = list(iter_records([path], tmp_path))
-    assert [r.data for r in first[:3]] == [{"k": "café"}, {"k": "x\ufffd\ufffdy"}, {"k": "\ufffd"}]
-    assert first[3].reason == "malformed_json"  # a BOM mid-file, as json.loads reports it
+    assert [r.data for r in first] == [{"k": "café"}, None, None, {"k": 4}]  # a BOM mid-file too
+    assert [r.reason for r in first[1:3]] == ["invalid_utf8", "invalid_utf8"]
+    assert "byte 8 " in first[1].detail  # 0-based, as UnicodeDecodeError counts
     assert b"".join(raw[r.span[0] : sum(r.span)] for r in first) == raw
     assert list(records_at([r.location for r in reversed(first)])) == list(reversed(first))

@@ -18,8 +18,8 @@ from mdpo_data.scoring.logprobs import Sequence, encode, sequence_logps
 from mdpo_data.demo.tiny import build_tiny_llava
 
 TEMPLATES = Path(__file__).parents[1] / "chat_templates"
-VICUNA = ("A chat between a curious human and an artificial intelligence assistant. The assistant "
-          "gives helpful, detailed, and polite answers to the human's questions.")
+VICUNA = ("A chat between a curious user and an artificial intelligence assistant. The assistant "
+          "gives helpful, detailed, and polite answers to the user's questions.")
 
 _LLAMA = {"special": ["<unk>", "<s>", "</s>", "<pad>", "<image>"], "bos": "<s>", "eos": "</s>",
           "pad": "<pad>", "image": "<image>", "unk": "<unk>"}
@@ -99,7 +99,7 @@ def test_system_prompt_is_in_the_scored_sequence(family):
     _, _, processor, _ = family
     batch, _ = encode(processor, [_example(VICUNA)])
     text = processor.tokenizer.decode(batch["input_ids"][0])
-    assert "curious human" in text
+    assert "curious user" in text
 
 
 def test_generation_marks_bound_the_text_where_the_template_has_them(family):
