@@ -40,20 +40,31 @@ def stream_rows(path: Path) -> int:
         return sum(batch.num_rows for batch in pa.ipc.open_stream(source))
 
 
+def verify_entry(directory: str | Path, entry: dict[str, Any], *, also: str | None = None) -> str:
+    """THE shard check: the sha256 of the file a manifest entry names, after it matched the
+    entry's (or `also`, bytes a score marker vouches for). IntegrityError naming the file and
+    the fix otherwise. Every reader calls this before it parses a shard."""
+    path = Path(directory) / entry["file"]
+    if not path.is_file():
+        raise IntegrityError(f"{path}: listed in manifest.json but missing (deleted or moved)")
+    try:
+        digest = sha256_file(path)
+    except OSError as error:
+        raise IntegrityError(f"{path}: cannot be read ({error.strerror or error})") from None
+    if digest == entry["sha256"] or (also is not None and digest == also):
+        return digest
+    raise IntegrityError(unfinished_score(Path(directory), entry["file"], digest) or (
+        f"{path}: sha256 {digest[:12]}... does not match manifest.json ({entry['sha256'][:12]}...): "
+        "the shard changed after it was built or scored; rebuild or restore it"))
+
+
 def verified_shards(directory: str | Path, manifest: dict[str, Any], split: str):
     """Yield the listed shards of `split` one by one, each after its sha256 matched the
     manifest (IntegrityError naming it otherwise): readers parse only bytes we wrote."""
     directory = Path(directory)
     for entry in (manifest.get("splits") or {}).get(split, []):
-        path = directory / entry["file"]
-        if not path.is_file():
-            raise IntegrityError(f"{path}: listed in manifest.json but missing (deleted or moved)")
-        digest = sha256_file(path)
-        if digest != entry["sha256"]:
-            raise IntegrityError(unfinished_score(directory, entry["file"], digest) or (
-                f"{path}: sha256 does not match manifest.json (changed after the build); run "
-                "`mdpo-data validate` and rebuild or restore it"))
-        yield path
+        verify_entry(directory, entry)
+        yield directory / entry["file"]
 
 
 def verify_shards(directory: str | Path, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -73,14 +84,7 @@ def verify_shards(directory: str | Path, manifest: dict[str, Any]) -> dict[str, 
     rows = nbytes = 0
     for _split, entry in entries:
         path = directory / entry["file"]
-        if not path.is_file():
-            raise IntegrityError(f"{path}: listed in manifest.json but missing (deleted or moved)")
-        digest = sha256_file(path)
-        if digest != entry["sha256"]:
-            raise IntegrityError(unfinished_score(directory, entry["file"], digest) or (
-                f"{path}: sha256 {digest[:12]}... does not match manifest.json "
-                f"({entry['sha256'][:12]}...): the shard changed after it was "
-                "built or scored; rebuild/rescore it or restore the file"))
+        verify_entry(directory, entry)
         try:
             n = stream_rows(path)
         except (pa.ArrowException, OSError) as error:

@@ -22,11 +22,10 @@ import pyarrow as pa
 
 from mdpo_data.format import schema
 from mdpo_data.build.images import DEFAULT_MAX_PIXELS, load_image
-from mdpo_data.format.integrity import export_problems
+from mdpo_data.format.integrity import IntegrityError, export_problems, verify_entry
 from mdpo_data.format.manifest import ManifestError, is_scored, read_manifest
-from mdpo_data.format.markers import unfinished_score
 from mdpo_data.sources.records import BadRow
-from mdpo_data.format.shards import SHARD_RE, sha256_file
+from mdpo_data.format.shards import SHARD_RE
 
 MAX_PER_KIND = 10  # lines listed per kind of problem; the rest are counted
 LOGP_TOLERANCE = 1e-3  # a summed log-prob above this cannot be a log-probability
@@ -77,15 +76,9 @@ def validate(directory: str | Path, *, max_per_kind: int = MAX_PER_KIND) -> list
             complete = False
             continue
         try:
-            digest = sha256_file(path)
-        except OSError as error:
-            problems.add("shard", f"{name}: cannot be read ({error.strerror or error})")
-            complete = False
-            continue
-        if entry.get("sha256") != digest:
-            unfinished = unfinished_score(directory, name, digest)
-            problems.add("checksum", unfinished or f"{name}: sha256 does not match manifest.json "
-                                                   "(file changed after the build; not read further)")
+            verify_entry(directory, entry)
+        except IntegrityError as error:  # not read further
+            problems.add("checksum", str(error))
             complete = False
             continue
         rows = _check_shard(path, manifest, seen, problems)

@@ -39,6 +39,7 @@ from mdpo_data.format import schema
 
 from mdpo_data.format import markers as stage_state
 from mdpo_data.format.folder import DATA, check_target, hold
+from mdpo_data.format.integrity import IntegrityError, verify_entry
 from mdpo_data.scoring.logprobs import RESPONSE_RULE, TRUNCATION_RULE
 from mdpo_data.format.manifest import dumps, read_manifest, write_manifest
 from mdpo_data.scoring.models import fingerprint, load_model
@@ -102,14 +103,11 @@ def _jobs(directory: Path, manifest: dict[str, Any]) -> list[_Job]:
     for split in schema.SPLITS:
         for entry in manifest.get("splits", {}).get(split, []):
             path = directory / entry["file"]
-            if not path.is_file():
-                raise ScoreError(f"manifest lists {entry['file']} but {path} does not exist")
-            current = sha256_file(path)
             marker = _read_marker(directory, path) or {}
-            if current not in (entry["sha256"], marker.get("sha256")):
-                raise ScoreError(f"{entry['file']}: its bytes do not match manifest.json (sha256 "
-                                 f"{current[:12]}..., manifest {entry['sha256'][:12]}...): it "
-                                 "changed after the build; rebuild it (mdpo-data build) or restore it")
+            try:  # a shard this scorer already rewrote is vouched for by its marker
+                current = verify_entry(directory, entry, also=marker.get("sha256"))
+            except IntegrityError as error:
+                raise ScoreError(str(error)) from None
             jobs.append(_Job(len(jobs), split, path, current))
     if not jobs:
         raise ScoreError(f"{directory}: the manifest lists no shards to score")
