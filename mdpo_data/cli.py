@@ -18,7 +18,7 @@ import click
 from mdpo_data.config.options import OptionsCommand, dataclass_options
 
 # Runtime fields that are `mdpo-data score` flags (the rest only apply to a build).
-SCORE_OPTIONS = ("ref_model", "dtype", "batch_size", "device", "max_length", "no_image_logps",
+SCORE_OPTIONS = ("ref_model", "dtype", "attention", "batch_size", "device", "max_length", "no_image_logps",
                  "trust_remote_code", "revision")
 
 
@@ -287,6 +287,7 @@ def _score(out, runtime, quiet: bool, force: bool = False) -> None:
             out,
             runtime.ref_model,
             dtype=runtime.dtype,
+            attention=runtime.attention,
             batch_size=runtime.batch_size,
             device=runtime.device,
             max_length=runtime.max_length,

@@ -139,7 +139,7 @@ class MDPORecipe:
         # 3. The scoring model, loaded exactly as the scorer loaded it.
         model, self.processor = load_model(
             self.model_id, dtype=DTYPES[self.dtype], device=str(acc.device),
-            trust_remote_code=cfg.trust_remote_code, revision=cfg.revision,
+            trust_remote_code=cfg.trust_remote_code, revision=cfg.revision, attention=cfg.attention,
         )
         self.smoke_test = is_smoke_test_model(model)
         # 4. Before training, policy == reference: recompute a few stored log-probs.

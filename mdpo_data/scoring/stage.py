@@ -179,6 +179,7 @@ def score_build(
     progress: bool = True,
     force: bool = False,
     prefix_reuse: str = "auto",
+    attention: str = "auto",
 ) -> dict[str, Any]:
     """Score every shard of a build folder with `ref_model`; update the manifest; return stats.
 
@@ -196,18 +197,19 @@ def score_build(
                              device=device, max_length=max_length, no_image_logps=no_image_logps,
                              trust_remote_code=trust_remote_code, revision=revision,
                              progress=progress, force=force, prefix_reuse=prefix_reuse,
-                             distributed=(rank, world, barrier))
+                             attention=attention, distributed=(rank, world, barrier))
 
 
 def _score_locked(directory: Path, manifest: dict, ref_model: str, *, dtype, batch_size, device,
                   max_length, no_image_logps, trust_remote_code, revision, progress, force,
-                  prefix_reuse, distributed) -> dict[str, Any]:
+                  prefix_reuse, attention, distributed) -> dict[str, Any]:
     import torch
 
     rank, world, barrier = distributed
     jobs = _jobs(directory, manifest)
     model, processor = load_model(
-        ref_model, dtype=dtype, device=device, trust_remote_code=trust_remote_code, revision=revision
+        ref_model, dtype=dtype, device=device, trust_remote_code=trust_remote_code, revision=revision,
+        attention=attention,
     )
     resolved_dtype = str(model.dtype).removeprefix("torch.")
     fp = fingerprint(ref_model, model, processor, dtype=resolved_dtype, max_length=max_length,

@@ -68,3 +68,14 @@ def test_bf16_packed_within_batch_noise_of_separate(llava):
     noise = (alone - separate[: len(alone)]).abs().max()
     assert gap <= BF16_TOL, gap
     print(f"bf16 packed-separate {gap:.4f}, separate under two batch compositions {noise:.4f}")
+
+
+def test_attention_option_loads_the_kernel_or_says_why(tmp_path):
+    from mdpo_data.demo.tiny import build_tiny_llava, build_tiny_qwen2_vl
+    from mdpo_data.scoring.logprobs import attention_implementation
+    from mdpo_data.scoring.models import ModelLoadError, load_model
+
+    model, _ = load_model(str(build_tiny_llava(tmp_path / "llava")), device="cpu", attention="eager")
+    assert attention_implementation(model) == "eager"
+    with pytest.raises(ModelLoadError, match="attention 'flex_attention' is not available"):
+        load_model(str(build_tiny_qwen2_vl(tmp_path / "qwen")), device="cpu", attention=FLEX)
