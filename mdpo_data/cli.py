@@ -300,7 +300,10 @@ def _score(out, runtime, quiet: bool, force: bool = False) -> None:
     except (ValueError, OSError) as error:  # ManifestError is a ValueError
         _fail(f"scoring failed: {error}")
     if stats:
+        from mdpo_data.scoring.memory import memory_line
+
         click.echo("\n" + _table([(f"score: {k}", v) for k, v in stats.items() if not isinstance(v, dict)]))
+        click.echo(f"score: {memory_line(stats['batch_size'], stats, 'sequences')}")
 
 
 def _write_card(out) -> None:

@@ -30,6 +30,7 @@ import torch
 import yaml
 
 from mdpo_data.scoring.logprobs import response_rule_problems
+from mdpo_data.scoring.memory import memory_line, peak_memory
 from mdpo_train import checkpoint, integrity
 from mdpo_train.checkpoint import Position
 from mdpo_train.config import (
@@ -286,6 +287,8 @@ class MDPORecipe:
                 if epoch_end or pos.global_step >= self.total_steps:
                     break  # a new epoch needs a new order
         bar.close()
+        self.memory = peak_memory(acc.device)  # the micro-batch planning line (and the model card)
+        acc.print(f"mdpo-train: {memory_line(cfg.per_device_batch_size, self.memory, 'examples')}")
         if self.last_eval_step != pos.global_step:
             self.evaluate()
         if self.too_long:
@@ -419,6 +422,7 @@ class MDPORecipe:
             "prefix_sharing": self.prefix_sharing,
             "smoke_test": self.smoke_test,
             "last": self.last_record,
+            "memory": getattr(self, "memory", None),
         }
 
 

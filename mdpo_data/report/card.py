@@ -255,6 +255,7 @@ def card_context(directory: str | Path) -> dict[str, Any]:
         "smoke_test": scored and is_smoke_test(fingerprint),
         "reference_skipped": reference.get("skipped") or {},
         "reference_columns": reference.get("columns") or [],
+        "reference_batch_size": reference.get("batch_size"),
         "reliance": _reliance(tables) if scored else None,
         "examples": _examples(tables.get("train", next(iter(tables.values())))),
         "citations": cites,
