@@ -205,9 +205,9 @@ def score_variant(model, processor, table, model_info, args, *, attention: str, 
                     prefix_reuse="on" if packed else "off", bucket=packed)
     import torch
 
-    with torch.inference_mode():  # warm-up: kernel selection, flex_attention's torch.compile
-        score_table(table.slice(0, 1), Scorer(model, processor, batch_size=args.score_batch, max_length=4096,
-                                              prefix_reuse="on" if packed else "off"), no_image=False)
+    with torch.inference_mode():  # warm-up on the same shapes: kernel choice, flex's torch.compile
+        score_table(table, Scorer(model, processor, batch_size=args.score_batch, max_length=4096,
+                                  prefix_reuse="on" if packed else "off", bucket=packed), no_image=False)
     with PeakMemory(args.device) as memory, torch.inference_mode():
         started = time.perf_counter()
         scored, _ = score_table(table, scorer, no_image=False)
