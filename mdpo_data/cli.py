@@ -18,7 +18,7 @@ import click
 from mdpo_data.config.options import OptionsCommand, dataclass_options
 
 # Runtime fields that are `mdpo-data score` flags (the rest only apply to a build).
-SCORE_OPTIONS = ("ref_model", "dtype", "batch_size", "device", "max_length", "no_image_logps",
+SCORE_OPTIONS = ("ref_model", "dtype", "attention", "batch_size", "device", "max_length", "no_image_logps",
                  "trust_remote_code", "revision")
 
 
@@ -280,6 +280,7 @@ def _score(out, runtime, quiet: bool, force: bool = False) -> None:
             out,
             runtime.ref_model,
             dtype=runtime.dtype,
+            attention=runtime.attention,
             batch_size=runtime.batch_size,
             device=runtime.device,
             max_length=runtime.max_length,
@@ -292,7 +293,10 @@ def _score(out, runtime, quiet: bool, force: bool = False) -> None:
     except (ValueError, OSError) as error:  # ManifestError is a ValueError
         _fail(f"scoring failed: {error}")
     if stats:
+        from mdpo_data.scoring.memory import memory_line
+
         click.echo("\n" + _table([(f"score: {k}", v) for k, v in stats.items() if not isinstance(v, dict)]))
+        click.echo(f"score: {memory_line(stats['batch_size'], stats, 'sequences')}")
 
 
 def _write_card(out, *, force: bool = False, strict: bool = False) -> None:

@@ -40,6 +40,7 @@ RESUMABLE_CHANGES = {
     "spot_check_tolerance", "output_dir", "shards",
     "data",  # the data identity: checked by mdpo_train.integrity.resume_problems instead
     "prefix_sharing",  # same log-probs either way (tests/scoring/test_packing.py)
+    "attention",  # the kernel: same log-probs up to rounding (tests/scoring/test_flex.py)
 }
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mdpo_data.config import options as config_io
-from mdpo_data.config.options import setting
+from mdpo_data.config.options import names_from, setting
 from mdpo_train.losses import LOSSES, TERMS, LossOptions
 
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
@@ -58,6 +58,8 @@ class TrainConfig:
     lora_dropout: float = setting(0.05, "LoRA dropout", min=0, below=1)
     lora_target: list[str] | None = setting(None, "e.g. q_proj,v_proj; default: every linear layer of the LM")
     gradient_checkpointing: bool = setting(False, "~30% slower, far less activation memory")
+    attention: str = setting("auto", "attention kernel: auto | sdpa | eager | flex_attention (packed rows "
+                             "as a BlockMask)", choices=names_from("mdpo_data.scoring.models", "ATTENTION"))
     prefix_sharing: bool = setting(True, "y_w and y_l under one image as one sequence (block mask; exact)")
     # ---- loss (docs/method.md)
     loss: str = setting("mdpo", "mdpo | dpo | mdpo_no_cond | mdpo_no_anchor | sft (needs no reference "

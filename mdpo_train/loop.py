@@ -30,6 +30,7 @@ import torch
 import yaml
 
 from mdpo_data.scoring.logprobs import response_rule_problems
+from mdpo_data.scoring.memory import memory_line, peak_memory
 from mdpo_train import checkpoint, integrity, output
 from mdpo_train.checkpoint import Position
 from mdpo_train.config import (
@@ -144,7 +145,7 @@ class MDPORecipe:
         # 3. The scoring model, loaded exactly as the scorer loaded it.
         model, self.processor = load_model(
             self.model_id, dtype=DTYPES[self.dtype], device=str(acc.device),
-            trust_remote_code=cfg.trust_remote_code, revision=cfg.revision,
+            trust_remote_code=cfg.trust_remote_code, revision=cfg.revision, attention=cfg.attention,
         )
         self.smoke_test = is_smoke_test_model(model)
         # 4. Before training, policy == reference: recompute a few stored log-probs.
@@ -295,6 +296,8 @@ class MDPORecipe:
                 if epoch_end or pos.global_step >= self.total_steps:
                     break  # a new epoch needs a new order
         bar.close()
+        self.memory = peak_memory(acc.device)  # the micro-batch planning line (and the model card)
+        acc.print(f"mdpo-train: {memory_line(cfg.per_device_batch_size, self.memory, 'examples')}")
         if self.last_eval_step != pos.global_step:
             self.evaluate()
         if self.too_long:
@@ -441,6 +444,7 @@ class MDPORecipe:
             "prefix_sharing": self.prefix_sharing,
             "smoke_test": self.smoke_test,
             "last": self.last_record,
+            "memory": getattr(self, "memory", None),
         }
 
 

@@ -71,6 +71,10 @@ def _fmt(record: dict[str, Any] | None, name: str) -> str:
     return "" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
+def _memory(peak: dict[str, Any] | None) -> str:
+    return f"{peak['peak_memory_gib']:.2f} GiB ({peak['peak_memory_source']})" if peak else "not measured"
+
+
 def render_model_card(summary: dict[str, Any]) -> str:
     config, manifest = summary["config"], summary["manifest"]
     last = summary.get("last") or {}
@@ -79,6 +83,7 @@ def render_model_card(summary: dict[str, Any]) -> str:
         ("dtype", summary["dtype"]), ("max_length", summary["max_length"]),
         ("gradient accumulation", summary["accumulation"]), ("processes", summary["processes"]),
         ("optimizer steps", summary.get("optimizer_steps", summary["steps"])),
+        ("peak memory", _memory(summary.get("memory"))),
         ("trainable parameters", f"{summary['trainable_parameters']:,} of {summary['total_parameters']:,}"),
     ]
     fp = (manifest.get("reference") or {}).get("fingerprint") or {}

@@ -22,6 +22,8 @@ class Runtime:
         None, "Score with this reference model after building ('tiny': smoke-test model; 'demo': "
         "small model trained on the demo source, built on first use).")
     dtype: str = setting("auto", "Scoring dtype.", choices=names_from("mdpo_data.scoring.models", "DTYPES"))
+    attention: str = setting("auto", "Scoring attention kernel (flex_attention: packed rows as a BlockMask).",
+                             choices=names_from("mdpo_data.scoring.models", "ATTENTION"))
     batch_size: int | None = setting(None, "Scoring batch size (BPO generation: 8).", min=1,
                                      shown="automatic")
     device: str = setting("auto", "Scoring device.")

@@ -259,6 +259,7 @@ def card_context(directory: str | Path) -> dict[str, Any]:
         "reference_skipped": reference.get("skipped") or {},
         "scorer_dropped": sum((reference.get("skipped") or {}).values()) if scored else 0,
         "reference_columns": reference.get("columns") or [],
+        "reference_batch_size": reference.get("batch_size"),
         "reliance": _reliance(tables) if scored else None,
         "examples": _examples(tables.get("train", next(iter(tables.values())))),
         "citations": cites,

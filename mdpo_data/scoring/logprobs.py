@@ -54,6 +54,7 @@ import torch
 
 from mdpo_data.format import schema
 from mdpo_data.build.images import to_rgb  # one RGB rule for build, scorer and trainer
+from mdpo_data.scoring.flex import FLEX, block_mask
 
 TRUNCATION_RULE = "drop-if-longer-than-max-length:v1"  # see the module docstring
 # Bump when the response rule changes: the trainer refuses data scored under another rule.
@@ -432,8 +433,16 @@ class PrefixGroup:
         return [Sequence(self.image, self.question, r, self.system) for r in self.responses]
 
 
-# Attention kernels that take an arbitrary 4-D mask (flash-attention and others do not).
-MASKED_ATTENTION = ("sdpa", "eager")
+# Attention kernels that take the packed rows' mask: a 4-D tensor (sdpa, eager) or a
+# FlexAttention BlockMask (`mdpo_data.scoring.flex`); flash-attention and others do not.
+MASKED_ATTENTION = ("sdpa", "eager", FLEX)
+
+
+def attention_implementation(model) -> str | None:
+    """The language model's attention kernel name as transformers resolved it."""
+    config = _unwrap(model).config
+    text = getattr(config, "text_config", None) or config
+    return getattr(text, "_attn_implementation", None) or getattr(config, "_attn_implementation", None)
 
 
 def prefix_reuse_support(model) -> tuple[bool, str]:
@@ -449,7 +458,7 @@ def prefix_reuse_support(model) -> tuple[bool, str]:
     rope = getattr(text, "rope_parameters", None) or getattr(text, "rope_scaling", None) or {}
     if isinstance(rope, dict) and "mrope_section" in rope:
         return False, f"{config.model_type}: 3-D multimodal rotary positions (M-RoPE)"
-    attention = getattr(text, "_attn_implementation", None) or getattr(config, "_attn_implementation", None)
+    attention = attention_implementation(model)
     if attention not in MASKED_ATTENTION:
         return False, f"{config.model_type}: {attention} attention takes no arbitrary 4-D mask"
     return True, f"{config.model_type}: 1-D positions, {attention} attention with a 4-D block mask"
@@ -531,7 +540,8 @@ def packed_logps(model, packed) -> tuple[torch.Tensor, torch.Tensor]:
     device, dtype = inputs["input_ids"].device, _unwrap(model).dtype
     segments = packed.segments.to(device)
     if packed.block:
-        inputs["attention_mask"] = block_attention_mask(segments, dtype)
+        flex = attention_implementation(model) == FLEX
+        inputs["attention_mask"] = block_mask(segments) if flex else block_attention_mask(segments, dtype)
         inputs["position_ids"] = packed.position_ids.to(device)
     else:
         inputs["attention_mask"] = (segments >= 0).long()

@@ -19,6 +19,9 @@ from mdpo_data.format.versions import library_versions
 from mdpo_data.format.shards import sha256_file
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+# Attention kernels (transformers' attn_implementation). "auto": transformers' default (sdpa).
+# flex_attention runs packed rows with a BlockMask (`mdpo_data.scoring.flex`) where the family has it.
+ATTENTION = ("auto", "sdpa", "eager", "flex_attention")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 
 
@@ -77,10 +80,12 @@ def load_model(
     device: str = "auto",
     trust_remote_code: bool = False,
     revision: str | None = None,
+    attention: str = "auto",
 ):
     """(model in eval mode on `device`, processor) via AutoModelForImageTextToText/AutoProcessor.
 
     Remote code runs only with trust_remote_code=True. The resolved dtype is `model.dtype`.
+    `attention` (ATTENTION) picks the attention kernel; one the family lacks is a one-line error.
     """
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -88,11 +93,18 @@ def load_model(
     path = resolve_model(model_id_or_path)
     device = resolve_device(device)
     torch_dtype = getattr(torch, resolve_dtype(dtype, device))
+    if attention not in ATTENTION:
+        raise ValueError(f"attention {attention!r} is not one of {', '.join(ATTENTION)}")
     options = {"trust_remote_code": trust_remote_code, "revision": revision}
+    kernel = {} if attention == "auto" else {"attn_implementation": attention}
     try:
         processor = AutoProcessor.from_pretrained(path, **options)
-        model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch_dtype, **options)
+        model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch_dtype, **kernel, **options)
     except (OSError, ValueError, KeyError) as error:
+        if kernel and "attention" in str(error).lower():
+            first = str(error).splitlines()[0]
+            raise ModelLoadError(f"{model_id_or_path}: attention {attention!r} is not available for this "
+                                 f"model ({first}); use --attention sdpa") from None
         raise ModelLoadError(_load_hint(model_id_or_path, path, trust_remote_code, error)) from None
     if not (hasattr(processor, "tokenizer") and hasattr(processor, "image_processor")):
         raise ModelLoadError(

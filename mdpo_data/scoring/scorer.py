@@ -35,18 +35,21 @@ Item = tuple[PrefixGroup, list[tuple[int, str]]]  # a prefix group and the cell 
 
 
 def auto_batch_size(model, max_length: int | None) -> int:
-    """Sequences per forward: 8 on CPU; on a GPU a rough guess from free memory.
+    """Sequences per forward: 8 on CPU; on a GPU a rough guess from the device's memory.
 
     Per sequence of L tokens (L = max_length, at most 2048) it budgets ~16 hidden-size
     vectors per token per layer (KV cache and temporaries) plus the logits of L/2 response
-    positions, and spends half the free memory; pass batch_size when the guess OOMs.
+    positions, and spends half of (total memory - the model's weights); pass batch_size when
+    the guess OOMs. Not the *free* memory: that moves with other processes, and the batch
+    composition changes bf16 sums (~1e-3), so the same config must get the same batch size.
     """
     import torch
 
     device = model.device
     if device.type != "cuda":
         return 8
-    free, _ = torch.cuda.mem_get_info(device)
+    total = torch.cuda.get_device_properties(device).total_memory
+    free = total - sum(p.numel() * p.element_size() for p in model.parameters())
     config = getattr(model.config, "text_config", None) or model.config
     itemsize = model.dtype.itemsize
     tokens = min(max_length or 2048, 2048)

@@ -42,6 +42,7 @@ from mdpo_data.format.folder import DATA, check_target, hold
 from mdpo_data.format.integrity import IntegrityError, verify_entry
 from mdpo_data.scoring.logprobs import RESPONSE_RULE, TRUNCATION_RULE
 from mdpo_data.format.manifest import dumps, read_manifest, write_manifest
+from mdpo_data.scoring.memory import peak_memory, reset_peak
 from mdpo_data.scoring.models import fingerprint, load_model
 from mdpo_data.scoring.scorer import Scorer, ScoreError, auto_batch_size, score_table
 from mdpo_data.format.shards import read_shard, sha256_file, write_shard
@@ -174,6 +175,7 @@ def _score_shard(directory: Path, job: _Job, scorer: Scorer, key: str, no_image:
         "rows": table.num_rows,
         "skipped": {"too_long": too_long},
         "method": scorer.method_since(before),
+        "batch_size": scorer.batch_size,  # bf16 sums depend on the batch composition
     }
     stage_state.record(directory, "score", job.path.name, marker)
     return marker
@@ -196,6 +198,7 @@ def score_build(
     progress: bool = True,
     force: bool = False,
     prefix_reuse: str = "auto",
+    attention: str = "auto",
 ) -> dict[str, Any]:
     """Score every shard of a build folder with `ref_model`; update the manifest; return stats.
 
@@ -215,18 +218,19 @@ def score_build(
                              device=device, max_length=max_length, no_image_logps=no_image_logps,
                              trust_remote_code=trust_remote_code, revision=revision,
                              progress=progress, force=force, prefix_reuse=prefix_reuse,
-                             distributed=(rank, world, barrier))
+                             attention=attention, distributed=(rank, world, barrier))
 
 
 def _score_locked(directory: Path, manifest: dict, ref_model: str, *, dtype, batch_size, device,
                   max_length, no_image_logps, trust_remote_code, revision, progress, force,
-                  prefix_reuse, distributed) -> dict[str, Any]:
+                  prefix_reuse, attention, distributed) -> dict[str, Any]:
     import torch
 
     rank, world, barrier = distributed
     jobs = _jobs(directory, manifest)
     model, processor = load_model(
-        ref_model, dtype=dtype, device=device, trust_remote_code=trust_remote_code, revision=revision
+        ref_model, dtype=dtype, device=device, trust_remote_code=trust_remote_code, revision=revision,
+        attention=attention,
     )
     resolved_dtype = str(model.dtype).removeprefix("torch.")
     fp = fingerprint(ref_model, model, processor, dtype=resolved_dtype, max_length=max_length,
@@ -237,6 +241,7 @@ def _score_locked(directory: Path, manifest: dict, ref_model: str, *, dtype, bat
     scorer = Scorer(model, processor, batch_size=batch_size, max_length=max_length,
                     prefix_reuse=prefix_reuse)
     totals = _Totals()
+    reset_peak(model.device)
     mine = [job for job in jobs if job.index % world == rank]
     bar = _progress(mine, progress and rank == 0)
     with torch.inference_mode():
@@ -287,6 +292,7 @@ def _write_reference(directory: Path, jobs: list[_Job], fp: dict, no_image: bool
         "no_image_logps": no_image,
         "columns": columns + list(schema.TOKEN_COLUMNS),
         "rows_scored": sum(m["rows"] for m in markers.values()) - skipped["too_long"],
+        "batch_size": _one_or_all(m.get("batch_size") for m in markers.values()),
         "skipped": skipped,
         "skip_rule": SKIP_RULE,
     }
@@ -296,6 +302,12 @@ def _write_reference(directory: Path, jobs: list[_Job], fp: dict, no_image: bool
         unchanged = False
     if not unchanged:
         write_manifest(directory, manifest)
+
+
+def _one_or_all(values) -> Any:
+    """The shards' common value, or the sorted distinct values when runs differed."""
+    distinct = sorted({v for v in values if v is not None})
+    return distinct[0] if len(distinct) == 1 else distinct or None
 
 
 def _stats(totals: _Totals, scorer: Scorer, fp: dict, jobs, world, batch_size, dtype) -> dict:
@@ -315,6 +327,7 @@ def _stats(totals: _Totals, scorer: Scorer, fp: dict, jobs, world, batch_size, d
         "method": scorer.method,
         "responses_too_long_untokenized": scorer.unencoded,
         "batch_size": batch_size,
+        **peak_memory(scorer.device),
         "dtype": dtype,
         "device": str(scorer.device),
         "fingerprint_key": fp["key"],

@@ -93,6 +93,16 @@ def test_manifest_reference_and_checksums(scored):
             assert read_shard(build / entry["file"]).schema.equals(schema.arrow_schema())
 
 
+def test_batch_size_recorded_and_peak_memory_reported(scored):
+    from mdpo_data.report.card import render_card
+
+    build, stats = scored
+    assert read_manifest(build)["reference"]["batch_size"] == stats["batch_size"] == 8  # CPU default
+    assert stats["peak_memory_source"] == "peak RSS of the process"
+    assert 0.05 < stats["peak_memory_gib"] < 64  # a Python process with torch loaded
+    assert "Scored in micro-batches of 8 sequences" in render_card(build)
+
+
 def test_rescore_same_fingerprint_is_a_noop(scored, llava_dir):
     build, _ = scored
     before = {p.name: p.stat().st_mtime_ns for p in build.iterdir() if p.is_file()}

@@ -148,6 +148,9 @@ def test_outputs_adapter_merged_weights_metrics_plot_and_card(demo, tmp_path):
     card = (out / "README.md").read_text()
     assert "`mdpo` = dpo + conditional + anchor" in card and str(demo) in card and "SMOKE TEST" in card
     assert "docs/method.md" in card and "arxiv.org/abs/2406.11839" in card  # a citation that works on the Hub
+    memory = recipe.memory
+    assert memory["peak_memory_source"] == "peak RSS of the process" and memory["peak_memory_gib"] > 0.05
+    assert f"| peak memory | {memory['peak_memory_gib']:.2f} GiB (peak RSS of the process) |" in card
 
     # The saved adapter and the merged weights give the trained policy's log-probs.
     rows = recipe.train_data.take(range(2))
