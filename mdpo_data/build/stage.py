@@ -74,6 +74,10 @@ class BuildConfig:
     demo_first_row: int = setting(0, "demo: first row of the pool (the demo model trains on other rows).")
     demo_style_shortcut: float = setting(0.0, "demo: share of train pairs whose chosen answer is plain and "
                                          "rejected chatty (a text-only cue).")
+    demo_prior: float = setting(0.0, "demo: share of scene groups in their shape's usual colour (circles red, "
+                                "squares blue, triangles green): a language prior. 0: no prior.")
+    demo_prior_pairs: float = setting(0.0, "demo: share of train pairs on counter-prior scenes whose rejected "
+                                      "answer is the prior's; eval pairs balanced consistent/counter.")
     eval_fraction: float = setting(0.0, "Share of sampled pairs put in an eval split.")
     shard_size: int = setting(1000, "Rows per shard.", min=1)
     max_pixels: int = setting(40_000_000, "Refuse larger images (decompression bombs).", min=1)
@@ -137,10 +141,16 @@ class BuildConfig:
         values = dataclasses.asdict(self)
         for name in PATH_OPTIONS:
             values[name] = portable_path(values[name])
+        for name, default in RECORDED_WHEN_SET.items():
+            if values[name] == default:
+                del values[name]
         return values
 
 
 PATH_OPTIONS = ("source_path", "image_root", "rejected_response_model", "inject_model")
+# Options added after builds were published: recorded only when set, so a build without them
+# keeps its manifest and config key byte for byte.
+RECORDED_WHEN_SET = {"demo_prior": 0.0, "demo_prior_pairs": 0.0}
 
 
 def portable_path(value: str | None) -> str | None:
@@ -195,6 +205,7 @@ def plan(config: BuildConfig):
         columns=config.columns,
         demo_size=config.demo_size,
         demo_first_row=config.demo_first_row,
+        demo_prior=config.demo_prior,
     )
     keep_missing = bool(config.rejected_response)
     pool, sampled, missing = draw(items, config.n, config.seed, keep_missing)

@@ -121,4 +121,7 @@ def _value_problems(config: BuildConfig) -> list[str]:
         problems.append("--system-prompt: expected auto, none or a non-empty text")
     if not 0.0 <= config.demo_style_shortcut <= 1.0:
         problems.append(f"--demo-style-shortcut: must be in [0, 1], got {config.demo_style_shortcut}")
+    for flag, value in (("--demo-prior", config.demo_prior), ("--demo-prior-pairs", config.demo_prior_pairs)):
+        if not 0.0 <= value <= 1.0:
+            problems.append(f"{flag}: must be in [0, 1], got {value}")
     return problems
