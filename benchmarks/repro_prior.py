@@ -59,6 +59,8 @@ def parse_args(argv=None):
     parser.add_argument("--lora-r", type=int, default=16)
     parser.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
     parser.add_argument("--ref-model", default="demo-prior")
+    parser.add_argument("--report-only", action="store_true",
+                        help="train nothing: tabulate the runs already measured in OUT/runs")
     return parser.parse_args(argv)
 
 
@@ -248,24 +250,29 @@ def main(argv=None) -> None:
         del ref_model
         ref_file.write_text(json.dumps(reference, indent=2))
     print(f"reference: {json.dumps({k: round(v, 3) for k, v in reference.items()})}", flush=True)
-    per_run: dict[str, list[dict]] = {}
-    for name in args.runs:
-        for seed in args.seeds:
+    per_run: dict[str, list[dict]] = {name: [] for name in args.runs}
+    for seed in args.seeds:  # seeds outermost: an interrupted run has every model at some seeds
+        for name in args.runs:
             t = time.perf_counter()
+            cached = args.out / "runs" / f"{name}-seed{seed}" / "repro_metrics.json"
+            if args.report_only and not cached.is_file():
+                continue
             result = repro_mini.train_and_measure(
                 args, data, name, seed, rows, build_seed,
                 measure_fn=lambda model, processor: measure(model, processor, rows, held))
-            per_run.setdefault(name, []).append(result)
+            per_run[name].append(result)
             print(f"{name} seed {seed}: " + json.dumps({k: round(result[k], 3) for k in HEADLINE})
                   + f" ({time.perf_counter() - t:.0f}s)", flush=True)
+    per_run = {name: results for name, results in per_run.items() if results}
     results = aggregate(reference, per_run)
     results["data"] = {"text_rule_train_preference_accuracy": rule, "eval_pairs": len(rows)}
     (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    steps = per_run[args.runs[0]][0]["steps"]
+    seeds = sorted({len(v) for v in per_run.values()})
+    steps = next(iter(per_run.values()))[0]["steps"]
     setup = (f"`python benchmarks/repro_prior.py --out OUT --prior {args.prior} --prior-pairs {args.prior_pairs} "
              f"--epochs {args.epochs} --batch {args.batch} --lr {args.lr} --beta {args.beta} "
              f"--finetune {args.finetune}`: {len(rows)} eval pairs, {steps} steps per run, "
-             f"{len(args.seeds)} seeds; text-only rule on the train pairs: {rule:.1%}")
+             f"{'/'.join(map(str, seeds))} seeds per run; text-only rule on the train pairs: {rule:.1%}")
     table = {k: v for k, v in results.items() if k != "data"}
     write_markdown(table, args.out / "results.md", setup)
     write_markdown(table, args.out / "results_all.md", setup, metrics=tuple(reference))
