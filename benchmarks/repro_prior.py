@@ -193,10 +193,10 @@ def _cell(metric: str, value: float, half: float | None = None) -> str:
     return text
 
 
-def write_markdown(results: dict, path: Path, setup: str, metrics=HEADLINE) -> None:
+def write_markdown(results: dict, path: Path, setup: str, metrics=HEADLINE, reference_name="demo-prior") -> None:
     lines = ["| model | " + " | ".join(metrics) + " |", "|---|" + "---:|" * len(metrics)]
     ref = results["reference"]
-    lines.append("| reference (demo-prior model) | " + " | ".join(_cell(m, ref[m]) for m in metrics) + " |")
+    lines.append(f"| reference ({reference_name}) | " + " | ".join(_cell(m, ref[m]) for m in metrics) + " |")
     for name, values in results.items():
         if name != "reference":
             lines.append(f"| {name} | " + " | ".join(_cell(m, values[m]["mean"], values[m]["ci95"])
@@ -274,8 +274,9 @@ def main(argv=None) -> None:
              f"--finetune {args.finetune}`: {len(rows)} eval pairs, {steps} steps per run, "
              f"{'/'.join(map(str, seeds))} seeds per run; text-only rule on the train pairs: {rule:.1%}")
     table = {k: v for k, v in results.items() if k != "data"}
-    write_markdown(table, args.out / "results.md", setup)
-    write_markdown(table, args.out / "results_all.md", setup, metrics=tuple(reference))
+    write_markdown(table, args.out / "results.md", setup, reference_name=args.ref_model)
+    write_markdown(table, args.out / "results_all.md", setup, metrics=tuple(reference),
+                   reference_name=args.ref_model)
     write_figure(table, args.out / "results.png")
     print(f"done in {time.perf_counter() - started:.0f}s: {args.out}/results.{{json,md,png}}")
 
