@@ -10,6 +10,7 @@ which is exactly the contrast MDPO needs: only the image tells the two apart.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import random
@@ -343,7 +344,8 @@ def prior_pairs(candidate: Candidate, seed: int, share: float, *, prior: float) 
 def balanced_prior_pair(candidate: Candidate, seed: int, index: int, *, prior: float) -> Candidate:
     """--demo-prior-pairs on an EVAL pair: alternately prior-consistent and counter-prior, so
     a text-only rule is right on one half and wrong on the other."""
-    return make_candidate(seed, candidate.row, prior=prior, kind=PRIOR_KINDS[index % 2])
+    pair = make_candidate(seed, candidate.row, prior=prior, kind=PRIOR_KINDS[index % 2])
+    return pair if candidate.rejected is not None else dataclasses.replace(pair, rejected=None)  # BPO fills it
 
 
 def style_shortcut(candidate: Candidate, seed: int, share: float) -> Candidate:
