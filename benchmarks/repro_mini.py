@@ -126,7 +126,10 @@ def _reset_accelerate() -> None:
     PartialState._reset_state()
 
 
-def train_and_measure(args, data: Path, name: str, seed: int, rows, build_seed) -> dict[str, float]:
+def train_and_measure(args, data: Path, name: str, seed: int, rows, build_seed, *, runs=RUNS,
+                      measure_fn=None) -> dict[str, float]:
+    """Train run `name` (trainer options `runs[name]`) with `seed`; `measure_fn(model, processor)`
+    (default: this benchmark's `measure` on the eval rows) gives its metrics, cached on disk."""
     from mdpo_train.config import build_config
     from mdpo_train.loop import MDPORecipe
 
@@ -139,7 +142,7 @@ def train_and_measure(args, data: Path, name: str, seed: int, rows, build_seed) 
 
         shutil.rmtree(run_dir)
     options = {
-        "shards": str(data), "output_dir": str(run_dir), **RUNS[name], "beta": args.beta,
+        "shards": str(data), "output_dir": str(run_dir), **runs[name], "beta": args.beta,
         "lr": args.lr, "epochs": args.epochs, "global_batch_size": args.batch,
         "per_device_batch_size": args.batch, "finetune": args.finetune, "seed": seed,
         "warmup_ratio": 0.1, "save_steps": 0, "progress": False, "logging_steps": 5,
@@ -154,7 +157,10 @@ def train_and_measure(args, data: Path, name: str, seed: int, rows, build_seed) 
         recipe.setup()
         recipe.train()
     model = recipe.accelerator.unwrap_model(recipe.model)
-    result = measure(model, recipe.processor, rows, build_seed)
+    if measure_fn is None:
+        result = measure(model, recipe.processor, rows, build_seed)
+    else:
+        result = measure_fn(model, recipe.processor)
     result["steps"] = recipe.position.global_step
     cached.write_text(json.dumps(result, indent=2))
     return result

@@ -87,6 +87,28 @@ def greedy(model, tokenizer, batch, max_new_tokens: int) -> list[Generated]:
     return results
 
 
+def greedy_texts(model, processor, images: list, questions: list[str], *, max_new_tokens: int,
+                 batch_size: int = 32, progress=None) -> list[Generated]:
+    """Greedy answers to (image, question) prompts in the processor's chat template, in
+    batches of `batch_size` (`progress(n)` after each); the evaluators' one decoding path."""
+    from mdpo_data.format import schema
+    from mdpo_data.scoring.logprobs import add_special_tokens
+
+    out: list[Generated] = []
+    for start in range(0, len(questions), batch_size):
+        chunk = questions[start : start + batch_size]
+        prompts = [processor.apply_chat_template(schema.prompt_messages(q), add_generation_prompt=True,
+                                                 tokenize=False) for q in chunk]
+        inputs = processor(
+            text=prompts, images=images[start : start + batch_size], padding=True, padding_side="left",
+            add_special_tokens=add_special_tokens(processor.tokenizer, prompts[0]), return_tensors="pt",
+        )
+        out += greedy(model, processor.tokenizer, inputs, max_new_tokens)
+        if progress is not None:
+            progress(len(chunk))
+    return out
+
+
 class Weaken:
     """The VLM answering with a diffusion-noised image (`weaken:T`)."""
 

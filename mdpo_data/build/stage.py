@@ -80,6 +80,7 @@ def plan(config: BuildConfig):
         columns=config.columns,
         demo_size=config.demo_size,
         demo_first_row=config.demo_first_row,
+        demo_prior=config.demo_prior,
     )
     keep_missing = bool(config.rejected_response)
     pool, sampled, missing = draw(items, config.n, config.seed, keep_missing)

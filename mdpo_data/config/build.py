@@ -63,8 +63,12 @@ class BuildConfig:
     demo_size: int = setting(2000, "demo: pairs in the built-in pool.", min=1)
     demo_first_row: int = setting(0, "demo: first row of the pool (the demo model trains on other rows).")
     demo_style_shortcut: float = setting(0.0, "demo: share of train pairs whose chosen answer is plain and "
-                                         "rejected chatty (a text-only cue).")
-    eval_fraction: float = setting(0.0, "Share of sampled pairs put in an eval split.")
+                                         "rejected chatty (a text-only cue).", min=0, max=1)
+    demo_prior: float = setting(0.0, "demo: share of scene groups in their shape's usual colour (circles red, "
+                                "squares blue, triangles green): a language prior. 0: no prior.", min=0, max=1)
+    demo_prior_pairs: float = setting(0.0, "demo: share of train pairs on counter-prior scenes whose rejected "
+                                      "answer is the prior's; eval pairs balanced consistent/counter.", min=0, max=1)
+    eval_fraction: float = setting(0.0, "Share of sampled pairs put in an eval split.", min=0, below=1)
     shard_size: int = setting(1000, "Rows per shard.", min=1)
     max_pixels: int = setting(40_000_000, "Refuse larger images (decompression bombs).", min=1)
     rejected_response: str | None = setting(None, "Bootstrap missing rejected answers (BPO): weaken[:T] | inject.",
@@ -127,10 +131,16 @@ class BuildConfig:
         for name in PATH_OPTIONS:
             values[name] = portable_path(values[name])
         values["rejected"] = portable_spec(self.rejected)
+        for name, default in RECORDED_WHEN_SET.items():
+            if values[name] == default:
+                del values[name]
         return values
 
 
 PATH_OPTIONS = ("source_path", "image_root", "rejected_response_model", "inject_model")
+# Options added after builds were published: recorded only when set, so a build without them
+# keeps its manifest and config key byte for byte.
+RECORDED_WHEN_SET = {"demo_prior": 0.0, "demo_prior_pairs": 0.0}
 
 
 def portable_path(value: str | None) -> str | None:

@@ -119,10 +119,6 @@ def _given(options: dict[str, Any]) -> dict[str, Any]:
 def _value_problems(config: BuildConfig) -> list[str]:
     """Problems no field type or range can say."""
     problems = []
-    if not 0.0 <= config.eval_fraction < 1.0:
-        problems.append(f"--eval-fraction: must be in [0, 1), got {config.eval_fraction}")
     if not config.system_prompt.strip():
         problems.append("--system-prompt: expected auto, none or a non-empty text")
-    if not 0.0 <= config.demo_style_shortcut <= 1.0:
-        problems.append(f"--demo-style-shortcut: must be in [0, 1], got {config.demo_style_shortcut}")
     return problems

@@ -51,22 +51,12 @@ def forced_choice(model, processor, candidates: list[Candidate], *, batch_size: 
 def greedy_answers(model, processor, candidates: list[Candidate], *, max_new_tokens: int = 48,
                    batch_size: int = 32) -> list[tuple[str, bool]]:
     """Per candidate: (greedy answer text, ended its turn within max_new_tokens)."""
-    from mdpo_data.format import schema
-    from mdpo_data.bpo.generate import greedy
-    from mdpo_data.scoring.logprobs import _add_special_tokens
+    from mdpo_data.bpo.generate import greedy_texts
 
-    out = []
-    render = processor.apply_chat_template
-    for start in range(0, len(candidates), batch_size):
-        chunk = candidates[start : start + batch_size]
-        prompts = [render(schema.prompt_messages(c.question), add_generation_prompt=True, tokenize=False)
-                   for c in chunk]
-        inputs = processor(
-            text=prompts, images=[image_of(c) for c in chunk], padding=True, padding_side="left",
-            add_special_tokens=_add_special_tokens(processor.tokenizer, prompts[0]), return_tensors="pt",
-        )
-        out += [(g.text, g.finished) for g in greedy(model, processor.tokenizer, inputs, max_new_tokens)]
-    return out
+    images = [image_of(c) for c in candidates]
+    generated = greedy_texts(model, processor, images, [c.question for c in candidates],
+                             max_new_tokens=max_new_tokens, batch_size=batch_size)
+    return [(g.text, g.finished) for g in generated]
 
 
 def summarize(candidates: list[Candidate], margins: list[float],

@@ -66,13 +66,20 @@ class Recipe:
     batch_size: int = 32
     lr: float = 2e-3
     warmup_ratio: float = 0.05
+    prior: float = 0.0  # > 0: trained in the world with a language prior (`--demo-prior`)
 
     def key(self) -> str:
-        blob = json.dumps({**asdict(self), "version": DEMO_MODEL_VERSION}, sort_keys=True)
+        values = asdict(self)
+        if not self.prior:  # added later: the default recipe keeps its key (and its cache)
+            del values["prior"]
+        blob = json.dumps({**values, "version": DEMO_MODEL_VERSION}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
 DEFAULT_RECIPE = Recipe()
+# `--ref-model demo-prior`: 90% of groups in their shape's usual colour, so the model has a
+# prior to fall back on; the counter-prior 10% keep it seeing (docs/results.md).
+PRIOR_RECIPE = Recipe(prior=0.9)
 
 
 # ---------------------------------------------------------------- 1-2. tokenizer, processor, weights
@@ -144,7 +151,7 @@ def pretrain_build_config(recipe: Recipe = DEFAULT_RECIPE):
 
     return BuildConfig(
         source="demo", n=recipe.n_train, demo_size=recipe.n_train, seed=recipe.seed,
-        demo_first_row=PRETRAIN_FIRST_ROW, shard_size=max(recipe.n_train, 1),
+        demo_first_row=PRETRAIN_FIRST_ROW, shard_size=max(recipe.n_train, 1), demo_prior=recipe.prior,
     )
 
 
@@ -241,7 +248,8 @@ def _mark(path: Path, recipe: Recipe) -> None:
 def demo_model_path(recipe: Recipe = DEFAULT_RECIPE) -> Path:
     """The demo model, built on first use into $MDPO_CACHE; concurrent callers are safe
     (built beside the target and renamed into place; a losing racer discards its copy)."""
-    target = cache_dir() / f"demo-llava-{DEMO_MODEL_VERSION}-{recipe.key()}"
+    prior = "-prior" if recipe.prior else ""
+    target = cache_dir() / f"demo-llava{prior}-{DEMO_MODEL_VERSION}-{recipe.key()}"
     return cached_build(target, lambda tmp: build_demo_model(tmp, recipe, log=_stderr))
 
 

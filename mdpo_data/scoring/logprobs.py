@@ -213,9 +213,12 @@ def sequence_text(processor, seq: Sequence) -> tuple[str, str]:
     return head, head + text + end_of_turn(processor)
 
 
-def _add_special_tokens(tokenizer, text: str) -> bool:
+def add_special_tokens(tokenizer, text: str) -> bool:
     """Same rule as `processor.apply_chat_template(tokenize=True)`: no BOS if the template has it."""
     return not (tokenizer.bos_token is not None and text.startswith(tokenizer.bos_token))
+
+
+_add_special_tokens = add_special_tokens  # the name older callers use
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:

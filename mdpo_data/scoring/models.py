@@ -35,15 +35,22 @@ def _demo_model_path():
     return demo_model_path()
 
 
+def _demo_prior_model_path():
+    from mdpo_data.demo.model import PRIOR_RECIPE, demo_model_path
+
+    return demo_model_path(PRIOR_RECIPE)
+
+
 # Names that stand for a model built offline and cached (no Hub id can be a bare word like these).
 BUILT_IN_MODELS = {
     "tiny": lambda: tiny.tiny_model_path(),  # random weights: the plumbing's smoke test
     "demo": _demo_model_path,  # can see the demo scenes; built on first use (minutes on a CPU)
+    "demo-prior": _demo_prior_model_path,  # the same, trained in the world with a language prior
 }
 
 
 def resolve_model(model_id_or_path: str) -> str:
-    """A built-in name ("tiny", "demo") -> its cached folder, built on first use; anything
+    """A built-in name ("tiny", "demo", "demo-prior") -> its cached folder, built on first use; anything
     else unchanged."""
     built_in = BUILT_IN_MODELS.get(model_id_or_path)
     return str(built_in()) if built_in else model_id_or_path

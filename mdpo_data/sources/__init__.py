@@ -129,7 +129,7 @@ class Demo(Source):
     name = "demo"
     module = "mdpo_data.sources.demo"
     license = "apache-2.0"
-    uses = frozenset({"seed", "demo_size", "first_row"})
+    uses = frozenset({"seed", "demo_size", "first_row", "prior"})
 
     def after_sampling(self, config, sampled):
         """With --rejected-response the demo stands in for a gold-answer source: its own
@@ -139,13 +139,21 @@ class Demo(Source):
         return sampled
 
     def after_split(self, config, splits):
-        """--demo-style-shortcut: a share of TRAIN pairs phrased chosen=plain, rejected=chatty."""
-        if not config.demo_style_shortcut:
-            return splits
-        from mdpo_data.sources.demo import style_shortcut
+        """--demo-style-shortcut: a share of TRAIN pairs phrased chosen=plain, rejected=chatty.
+        --demo-prior-pairs: a share of TRAIN pairs whose rejected answer is the prior's; the
+        EVAL pairs alternate prior-consistent and counter-prior (a text rule fails one half)."""
+        from mdpo_data.sources.demo import balanced_prior_pair, prior_pairs, style_shortcut
 
-        share = config.demo_style_shortcut
-        return {**splits, "train": [style_shortcut(c, config.seed, share) for c in splits["train"]]}
+        if config.demo_style_shortcut:
+            share = config.demo_style_shortcut
+            splits = {**splits, "train": [style_shortcut(c, config.seed, share) for c in splits["train"]]}
+        if config.demo_prior_pairs:
+            share, prior = config.demo_prior_pairs, config.demo_prior
+            splits = {**splits, "train": [prior_pairs(c, config.seed, share, prior=prior) for c in splits["train"]]}
+            if "eval" in splits:
+                splits["eval"] = [balanced_prior_pair(c, config.seed, i, prior=prior)
+                                  for i, c in enumerate(splits["eval"])]
+        return splits
 
 
 # Views of the registry kept for callers that read one fact for every source.
@@ -166,6 +174,7 @@ def open_source(
     columns: dict[str, str] | None = None,
     demo_size: int = 2000,
     demo_first_row: int = 0,
+    demo_prior: float = 0.0,
 ) -> Iterator[Candidate | Skip]:
     """Validate the options for source `name` and return its (lazy) record stream."""
     source = get(name)
@@ -181,8 +190,9 @@ def open_source(
         "columns": columns,
         "demo_size": demo_size,
         "first_row": demo_first_row,
+        "prior": demo_prior,
     }
-    defaults = {"pairing": "all", "demo_size": 2000, "first_row": 0}
+    defaults = {"pairing": "all", "demo_size": 2000, "first_row": 0, "prior": 0.0}
     ignored = [
         key
         for key, value in given.items()

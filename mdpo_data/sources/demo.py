@@ -10,6 +10,7 @@ which is exactly the contrast MDPO needs: only the image tells the two apart.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import random
@@ -33,6 +34,15 @@ COLORS = {
 }
 NUMBERS = ("zero", "one", "two", "three", "four", "five", "six")
 
+# The language prior (`--demo-prior P`, off by default): each shape's usual colour. In a prior
+# world a group of items takes its shape's usual colour with probability P; a COUNTER-prior
+# group wears another colour. Every usual colour belongs to one shape, so a counter-prior
+# scene's target of the balanced and preference pairs wears another shape's colour (a "swap"):
+# then the prior suggests a wrong answer to colour, shape and presence questions alike.
+PRIOR = {"circle": "red", "square": "blue", "triangle": "green"}
+PRIOR_SHAPE = {color: shape for shape, color in PRIOR.items()}
+PRIOR_KINDS = ("consistent", "counter")
+
 
 # ---------------------------------------------------------------- scenes
 
@@ -52,6 +62,29 @@ def make_scene(rng: random.Random) -> dict:
     return {"size": SIZE, "background": background, "items": items}
 
 
+def apply_prior(scene: dict, rng: random.Random, share: float, kind: str | None = None) -> str:
+    """Recolour the scene's groups in place: each follows PRIOR with probability `share`
+    (`kind` forces the target group: "consistent", or "counter" = another shape's usual
+    colour). Returns the target group's relation to the prior."""
+    items = scene["items"]
+    colors: dict[str, str] = {}
+    for shape in dict.fromkeys(item[0] for item in items):  # the target group first
+        if shape == items[0][0] and kind is not None:
+            follows = kind == "consistent"
+            others = [PRIOR[s] for s in SHAPES if s != shape]
+        else:
+            follows = rng.random() < share
+            others = [c for c in sorted(COLORS) if c != PRIOR[shape]]
+        if follows and PRIOR[shape] not in colors.values():
+            colors[shape] = PRIOR[shape]
+        else:
+            colors[shape] = rng.choice([c for c in others if c not in colors.values()])
+    for item in items:
+        item[1] = colors[item[0]]
+    target = items[0]
+    return "consistent" if target[1] == PRIOR[target[0]] else "counter"
+
+
 def _plural(shape: str, n: int = 2) -> str:
     return shape if n == 1 else shape + "s"
 
@@ -66,7 +99,7 @@ def _number(n: int, form: int) -> str:
 TEMPLATES = 6
 
 
-def _count_qa(rng, shape, color, count, scene):
+def _count_qa(rng, shape, color, count, scene, trap=False):
     wrong = rng.choice([n for n in range(1, 7) if n != count])
     question = rng.choice(
         (
@@ -89,8 +122,9 @@ def _count_qa(rng, shape, color, count, scene):
     return "count", question, say, count, wrong, str(count), str(wrong)
 
 
-def _color_qa(rng, shape, color, count, scene):
+def _color_qa(rng, shape, color, count, scene, trap=False):
     wrong = rng.choice([c for c in COLORS if c != color])
+    wrong = PRIOR[shape] if trap else wrong  # trap: the wrong answer is the prior's
     things, verb = _plural(shape, count), ("is" if count == 1 else "are")
     question = rng.choice(
         (
@@ -111,8 +145,9 @@ def _color_qa(rng, shape, color, count, scene):
     return "color", question, say, color, wrong, color, wrong
 
 
-def _shape_qa(rng, shape, color, count, scene):
+def _shape_qa(rng, shape, color, count, scene, trap=False):
     wrong = rng.choice([s for s in SHAPES if s != shape])
+    wrong = PRIOR_SHAPE[color] if trap else wrong
     one = count == 1
     question = rng.choice(
         (
@@ -130,7 +165,7 @@ def _shape_qa(rng, shape, color, count, scene):
     return "shape", question, say, shape, wrong, shape, wrong
 
 
-def _position_qa(rng, shape, color, count, scene):
+def _position_qa(rng, shape, color, count, scene, trap=False):
     x, y = scene["items"][0][2:4]
     horizontal = rng.random() < 0.5
     right = ("left", "right")[x >= GRID // 2] if horizontal else ("top", "bottom")[y >= GRID // 2]
@@ -151,8 +186,9 @@ def _position_qa(rng, shape, color, count, scene):
     return "position", question, say, right, wrong, right, wrong
 
 
-def _presence_qa(rng, shape, color, count, scene):
+def _presence_qa(rng, shape, color, count, scene, trap=False):
     other = rng.choice([c for c in COLORS if c != color])
+    other = PRIOR[shape] if trap else other  # trap: the absent colour asked is the prior's
     ask_present = rng.random() < 0.5
     asked = color if ask_present else other
     question = rng.choice(
@@ -173,7 +209,48 @@ def _presence_qa(rng, shape, color, count, scene):
     return "presence", question, say, ask_present, not ask_present, truth, str(not ask_present).lower()
 
 
+def groups_of(scene: dict) -> list[tuple[str, str, int]]:
+    """(shape, colour, count) per group, the target group first."""
+    counts: dict[tuple[str, str], int] = {}
+    for shape, color, *_ in scene["items"]:
+        counts[(shape, color)] = counts.get((shape, color), 0) + 1
+    return [(shape, color, n) for (shape, color), n in counts.items()]
+
+
+def describe(groups: list[tuple[str, str, int]], k: int = 0) -> str:
+    """The demo's description sentence of a scene's groups (CHAIR parses these objects)."""
+    things = " and ".join(f"{_number(n, 0)} {color} {_plural(shape, n)}" for shape, color, n in groups)
+    return ("The image shows ", "I can see ", "There are ")[k % 3] + things + "."
+
+
+def _describe_qa(rng, shape, color, count, scene, trap=False):
+    """Prior worlds only: a description; the wrong one recolours the target group (trap: in
+    its shape's usual colour, the prior's hallucination)."""
+    groups = groups_of(scene)
+    used = {c for _, c, _ in groups}
+    wrong = rng.choice([c for c in sorted(COLORS) if c not in used])
+    wrong = PRIOR[shape] if trap else wrong
+    question = rng.choice(("Describe the image.", "What objects are in the image?", "Describe this picture."))
+
+    def say(target_color, k):
+        return describe([(shape, target_color, count)] + groups[1:], k)
+
+    return "describe", question, say, color, wrong, color, wrong
+
+
+def prior_answer(task: str, shape: str, color: str, question: str) -> str | None:
+    """What the prior alone answers (None: it says nothing about counts and positions)."""
+    if task in ("color", "describe"):
+        return PRIOR[shape]
+    if task == "shape":
+        return PRIOR_SHAPE.get(color)
+    if task == "presence":  # yes exactly when the colour asked about is the shape's usual one
+        return str(f"{PRIOR[shape]} {shape}" in question).lower()
+    return None
+
+
 _TASKS = (_count_qa, _color_qa, _shape_qa, _presence_qa)
+_PRIOR_TASKS = (_color_qa, _shape_qa, _presence_qa, _describe_qa)  # where the prior can mislead
 _LEADS = (
     "",
     "",
@@ -207,21 +284,36 @@ def _phrase(rng: random.Random, question: str) -> str:
 
 
 def make_candidate(
-    seed: int, row: int, *, families: tuple[int, int] | None = None, matched: bool = False
+    seed: int, row: int, *, families: tuple[int, int] | None = None, matched: bool = False,
+    prior: float = 0.0, kind: str | None = None,
 ) -> Candidate:
     """The demo candidate at `row` for `seed` (pure: same inputs, same candidate).
 
     `families` forces the (chosen, rejected) phrasing families; `matched` phrases the rejected
     answer in the chosen answer's template (a forced choice that differs only in the fact).
-    The scene, question and facts never depend on either.
+    The scene, question and facts never depend on either. `prior` > 0 draws the scene from
+    the prior world (and adds description questions); `kind` ("consistent" / "counter")
+    makes a PRIOR PAIR: the target group follows / defies the prior, the question is one the
+    prior answers (colour, shape, presence, description), and for "counter" the rejected
+    answer is the prior's. With neither, the bytes are those of the world without a prior.
     """
+    if kind is not None and kind not in PRIOR_KINDS:
+        raise ValueError(f"kind must be one of {PRIOR_KINDS}, got {kind!r}")
     rng = random.Random(example_seed(seed, f"{NAME}-{row:08d}", "scene"))
     scene = make_scene(rng)
+    relation = None
+    if prior or kind:  # its own random stream: the world without a prior draws exactly as before
+        relation = apply_prior(scene, random.Random(example_seed(seed, f"{NAME}-{row:08d}", "prior")),
+                               prior, kind)
     shape, color = scene["items"][0][0], scene["items"][0][1]
     count = sum(1 for item in scene["items"] if item[0] == shape)
     tasks = _TASKS + ((_position_qa, _position_qa) if count == 1 else ())
+    if kind is not None:
+        tasks = _PRIOR_TASKS
+    elif prior:
+        tasks += (_describe_qa,)
     task, question, say, right, wrong, answer, wrong_answer = rng.choice(tasks)(
-        rng, shape, color, count, scene
+        rng, shape, color, count, scene, trap=kind == "counter"
     )
     question = _phrase(rng, question)
     k_chosen, k_rejected = rng.randrange(TEMPLATES), rng.randrange(TEMPLATES)
@@ -233,8 +325,27 @@ def make_candidate(
     spec = json.dumps(scene, separators=(",", ":"), sort_keys=True).encode()
     meta = {"task": task, "answer": answer, "wrong": wrong_answer,
             "styles": [FAMILIES[f_chosen], FAMILIES[f_rejected]]}
+    if relation is not None:
+        meta.update(prior=relation, prior_answer=prior_answer(task, shape, color, question))
     image = ImageRef("demo", index=row, data=spec)
     return Candidate(NAME, row, f"demo-{row:06d}", image, question, chosen, rejected, "0", meta)
+
+
+def prior_pairs(candidate: Candidate, seed: int, share: float, *, prior: float) -> Candidate:
+    """--demo-prior-pairs on a TRAIN pair: with probability `share` (drawn per example) the
+    pair becomes a counter-prior pair (chosen follows the image, rejected the prior), so
+    "avoid the prior's answer" predicts the preference without the image."""
+    rng = random.Random(example_seed(seed, candidate.example_id, "prior-pairs"))
+    if rng.random() >= share or candidate.rejected is None:  # None: BPO fills it later
+        return candidate
+    return make_candidate(seed, candidate.row, prior=prior, kind="counter")
+
+
+def balanced_prior_pair(candidate: Candidate, seed: int, index: int, *, prior: float) -> Candidate:
+    """--demo-prior-pairs on an EVAL pair: alternately prior-consistent and counter-prior, so
+    a text-only rule is right on one half and wrong on the other."""
+    pair = make_candidate(seed, candidate.row, prior=prior, kind=PRIOR_KINDS[index % 2])
+    return pair if candidate.rejected is not None else dataclasses.replace(pair, rejected=None)  # BPO fills it
 
 
 def style_shortcut(candidate: Candidate, seed: int, share: float) -> Candidate:
@@ -246,7 +357,7 @@ def style_shortcut(candidate: Candidate, seed: int, share: float) -> Candidate:
     return make_candidate(seed, candidate.row, families=(0, 1))
 
 
-def stream(*, seed: int, demo_size: int, first_row: int = 0) -> Iterator[Candidate | Skip]:
+def stream(*, seed: int, demo_size: int, first_row: int = 0, prior: float = 0.0) -> Iterator[Candidate | Skip]:
     if not isinstance(demo_size, int) or demo_size < 1:
         raise SourceError(f"demo: --demo-size must be a positive integer, got {demo_size!r}")
     if not isinstance(first_row, int) or first_row < 0:
@@ -256,7 +367,9 @@ def stream(*, seed: int, demo_size: int, first_row: int = 0) -> Iterator[Candida
             f"demo: rows {first_row}..{first_row + demo_size - 1} would reach row {PRETRAIN_FIRST_ROW}, "
             "where the demo model's training rows start; use a smaller --demo-size"
         )
-    return (make_candidate(seed, row) for row in range(first_row, first_row + demo_size))
+    if not 0.0 <= prior <= 1.0:
+        raise SourceError(f"demo: --demo-prior must be in [0, 1], got {prior!r}")
+    return (make_candidate(seed, row, prior=prior) for row in range(first_row, first_row + demo_size))
 
 
 # ---------------------------------------------------------------- checking an answer
@@ -267,6 +380,7 @@ _VOCAB = {
     "shape": {s: {s, s + "s"} for s in SHAPES},
     "position": {side: {side} for side in ("left", "right", "top", "bottom")},
     "presence": {"true": {"yes"}, "false": {"no"}},
+    "describe": {c: {c} for c in COLORS},
 }
 
 
