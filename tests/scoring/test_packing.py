@@ -57,27 +57,65 @@ def test_llava_packed_logps_equal_separate_forwards(llava, attention):
     _attention(model, "sdpa")
 
 
-def test_qwen2_vl_falls_back_to_separate_rows_and_equals(qwen):
-    model, processor = qwen
+# The M-RoPE families (3-D positions from the image grid) pack with restarted positions.
+MROPE = ["qwen", "qwen2_5"]
+
+
+@pytest.mark.parametrize("name", MROPE)
+def test_mrope_packed_logps_equal_separate_forwards(request, name):
+    model, processor = request.getfixturevalue(name)
     supported, why = prefix_sharing_support(model)
-    assert not supported and "M-RoPE" in why
-    groups = _groups()
+    assert supported and "M-RoPE positions restarted" in why, why
+    groups = _groups()  # images of three sizes: different grids, padded rows
     with one_thread(), torch.no_grad():
-        want, _ = _separate(model, processor, groups)
-        packed = encode_groups(processor, groups, share=False)
-        got, _ = packed_logps(model, packed)
-    assert packed.rows == sum(len(g.responses) for g in groups) and not packed.block
+        want, want_counts = _separate(model, processor, groups)
+        packed = encode_groups(processor, groups, share=True)
+        got, counts = packed_logps(model, packed)
+    assert packed.block and packed.rows == len(groups) and packed.split_groups == 0
+    assert packed.segments.max() == 2 and (packed.segments == -1).any()
+    assert torch.equal(counts.cpu(), want_counts.cpu())
     assert torch.allclose(got, want, atol=LOGP_TOL, rtol=0), (got - want).abs().max()
 
 
-@pytest.mark.parametrize("name", ["llava", "qwen"])
+@pytest.mark.parametrize("name", MROPE)
+def test_mrope_positions_are_those_of_the_separate_sequences(request, name):
+    """Token for token, the packed row's 3-D positions are what the model's own get_rope_index
+    gives each separate [prefix, r_k] sequence (prefix from the image grid, r_k right after it)."""
+    from mdpo_data.scoring.logprobs import model_inputs
+    from mdpo_data.scoring.positions import packed_mrope_positions, rope_index
+
+    model, processor = request.getfixturevalue(name)
+    groups = _groups()
+    packed = encode_groups(processor, groups, share=True)
+    inputs = model_inputs(model, packed.inputs)
+    got = packed_mrope_positions(model, inputs, packed.segments, packed.position_ids)
+    seqs = [s for g in groups for s in g.sequences()]
+    batch, _ = encode(processor, seqs)
+    want, _ = rope_index(model)(batch["input_ids"], mm_token_type_ids=batch["mm_token_type_ids"],
+                                image_grid_thw=batch.get("image_grid_thw"),
+                                attention_mask=batch["attention_mask"])
+    assert got.shape[0] == 3 and (got[1:] != got[:1]).any()  # image tokens: real 3-D positions
+    real = batch["attention_mask"].bool()
+    for n in range(packed.n_sequences):
+        row = int(packed.score_row[packed.score_seq == n][0])
+        mine = (packed.segments[row] == 0) | (packed.segments[row] == _segment_of(packed, n))
+        assert torch.equal(got[:, row, mine], want[:, n, real[n]]), n
+
+
+def _segment_of(packed, n: int) -> int:
+    """The segment id that holds output sequence n in its row."""
+    at = (packed.score_seq == n).nonzero()[0, 0]
+    return int(packed.segments[packed.score_row[at], packed.score_tgt[at]])
+
+
+@pytest.mark.parametrize("name", ["llava", *MROPE])
 def test_lora_gradients_equal_separate_forwards(request, name):
     from peft import LoraConfig, get_peft_model
 
     from mdpo_train.model import language_model_linear_names
 
     base, processor = request.getfixturevalue(name)
-    share = prefix_sharing_support(base)[0]  # Qwen2-VL: the fallback rows
+    assert prefix_sharing_support(base)[0]
     torch.manual_seed(0)
     config = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, init_lora_weights=False,
                         target_modules=language_model_linear_names(base))
@@ -90,7 +128,7 @@ def test_lora_gradients_equal_separate_forwards(request, name):
             for packed in (True, False):
                 model.zero_grad()
                 if packed:
-                    logps, _ = packed_logps(model, encode_groups(processor, groups, share=share))
+                    logps, _ = packed_logps(model, encode_groups(processor, groups, share=True))
                 else:
                     logps, _ = _separate(model, processor, groups)
                 (weights * logps).sum().backward()
