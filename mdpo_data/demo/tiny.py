@@ -10,8 +10,9 @@ only that the code computes them the same way everywhere.
   `AutoProcessor` / `AutoModelForImageTextToText` like a Hub checkpoint.
 - `build_tiny_qwen2_vl`: a tiny Qwen2-VL, whose image-token count depends on the image size
   (and whose rotary positions are 3-D), to test the size-dependent paths.
-- `build_tiny_qwen2_5_vl`, `build_tiny_idefics3`: the Qwen2.5-VL and Idefics3 (SmolVLM)
-  architectures, for the end-to-end tests of other model families.
+- `build_tiny_qwen2_5_vl`, `build_tiny_qwen3_vl`, `build_tiny_idefics3`, `build_tiny_gemma3`:
+  the Qwen2.5-VL, Qwen3-VL (deepstack), Idefics3 (SmolVLM) and Gemma 3 architectures, for the
+  end-to-end tests of other model families.
 - `tiny_model_path`: the tiny LLaVA cached on disk, built once, atomically.
 """
 
@@ -80,8 +81,10 @@ log-probs are meaningless. Never publish data scored with it as a real dataset.
 """
 
 
-def _tokenizer(special_tokens: list[str], *, bos: str, eos: str, pad: str, vocab_size: int = 1024):
-    """A byte-level BPE trained on the tiny corpus, wrapped as a transformers fast tokenizer."""
+def _tokenizer(special_tokens: list[str], *, bos: str, eos: str, pad: str, vocab_size: int = 1024,
+               named: dict[str, str] | None = None):
+    """A byte-level BPE trained on the tiny corpus, wrapped as a transformers fast tokenizer.
+    `named` gives model-specific special tokens their attribute names (Gemma 3's `boi_token`)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -95,7 +98,8 @@ def _tokenizer(special_tokens: list[str], *, bos: str, eos: str, pad: str, vocab
         show_progress=False,
     )
     core.train_from_iterator(_CORPUS, trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token=bos, eos_token=eos, pad_token=pad)
+    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token=bos, eos_token=eos, pad_token=pad,
+                                   extra_special_tokens=named or {})
 
 
 def _mark_smoke_test(path: Path, name: str, seed: int) -> None:
@@ -299,6 +303,96 @@ def build_tiny_qwen2_5_vl(path: str | Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(config).eval()
     return _save(model, processor, path, "mdpo-tiny-qwen2.5-vl-smoke-test", seed)
+
+
+def build_tiny_qwen3_vl(path: str | Path, seed: int = 0, *, chat_template: str | None = None) -> Path:
+    """Write a tiny Qwen3-VL: 16 px patches merged 2x2 (4 image tokens per 64x64 px), interleaved
+    3-D RoPE, and deepstack (vision features added to the first two decoder layers).
+    `chat_template` defaults to plain ChatML, which renders single-turn prompts as the published
+    Qwen3-VL-Instruct template does (no default system message)."""
+    import torch
+    from transformers import (
+        Qwen2VLImageProcessor,
+        Qwen3VLConfig,
+        Qwen3VLForConditionalGeneration,
+        Qwen3VLProcessor,
+        Qwen3VLVideoProcessor,
+    )
+
+    path = Path(path)
+    tokenizer, ids = _chatml_tokenizer()
+    processor = Qwen3VLProcessor(  # the published processor's rules (patch 16, merge 2, mean 0.5), small sizes
+        image_processor=Qwen2VLImageProcessor(
+            patch_size=16, merge_size=2, temporal_patch_size=2, image_mean=[0.5] * 3, image_std=[0.5] * 3,
+            size={"shortest_edge": 64 * 64, "longest_edge": 128 * 128},
+        ),
+        tokenizer=tokenizer,
+        video_processor=Qwen3VLVideoProcessor(),
+        chat_template=chat_template or _CHATML_TEMPLATE,
+    )
+    text = _qwen_text_config(tokenizer, ids)
+    text.update(head_dim=16, rope_parameters={"rope_type": "default", "rope_theta": 5000000.0,
+                                              "mrope_section": [2, 3, 3], "mrope_interleaved": True})
+    config = Qwen3VLConfig(
+        text_config=text,
+        vision_config={"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2,
+                       "out_hidden_size": 64, "patch_size": 16, "num_position_embeddings": 64,
+                       "deepstack_visual_indexes": [0, 1]},
+        **_qwen_token_ids(ids),
+    )
+    torch.manual_seed(seed)
+    model = Qwen3VLForConditionalGeneration(config).eval()
+    return _save(model, processor, path, "mdpo-tiny-qwen3-vl-smoke-test", seed)
+
+
+_GEMMA3_SPECIAL = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>", "<start_of_image>",
+                   "<end_of_image>", "<image_soft_token>"]
+
+
+_GEMMA3_TEMPLATE = (  # Gemma 3's turn layout; the system text opens the first user turn
+    "{{ bos_token }}{% for message in messages %}"
+    "{% if message['role'] != 'system' %}<start_of_turn>{{ 'model' if message['role'] == 'assistant' else 'user' }}\n"
+    "{% if loop.index0 == 1 and messages[0]['role'] == 'system' %}{{ messages[0]['content'][0]['text'] }}\n\n{% endif %}"
+    "{% for block in message['content'] %}{% if block['type'] == 'image' %}<start_of_image>"
+    "{% elif block['type'] == 'text' %}{{ block['text'] | trim }}{% endif %}{% endfor %}<end_of_turn>\n"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+
+
+def build_tiny_gemma3(path: str | Path, seed: int = 0, *, chat_template: str | None = None) -> Path:
+    """Write a tiny Gemma 3: SigLIP tower (32 px, patch 8) average-pooled to 4 image tokens between
+    <start_of_image>/<end_of_image>, bidirectional attention among them (token_type_ids), one
+    sliding and one global decoder layer. `chat_template` defaults to Gemma 3's turn layout."""
+    import torch
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3ImageProcessor, Gemma3Processor
+
+    path = Path(path)
+    tokenizer = _tokenizer(_GEMMA3_SPECIAL, bos="<bos>", eos="<eos>", pad="<pad>", named={
+        "boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"})
+    tokenizer.unk_token = "<unk>"
+    ids = {name: tokenizer.convert_tokens_to_ids(name) for name in _GEMMA3_SPECIAL}
+    processor = Gemma3Processor(
+        image_processor=Gemma3ImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3,
+                                             image_std=[0.5] * 3, do_pan_and_scan=False),
+        tokenizer=tokenizer, image_seq_length=4, chat_template=chat_template or _GEMMA3_TEMPLATE,
+    )
+    config = Gemma3Config(
+        text_config={"vocab_size": len(tokenizer), "hidden_size": 64, "intermediate_size": 128,
+                     "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+                     "head_dim": 16, "query_pre_attn_scalar": 16, "sliding_window": 16,
+                     "layer_types": ["sliding_attention", "full_attention"],
+                     "max_position_embeddings": 4096, "bos_token_id": ids["<bos>"],
+                     "eos_token_id": [ids["<eos>"], ids["<end_of_turn>"]], "pad_token_id": ids["<pad>"]},
+        vision_config={"model_type": "siglip_vision_model", "hidden_size": 32, "intermediate_size": 64,
+                       "num_hidden_layers": 2, "num_attention_heads": 2, "image_size": 32, "patch_size": 8},
+        mm_tokens_per_image=4,
+        boi_token_index=ids["<start_of_image>"],
+        eoi_token_index=ids["<end_of_image>"],
+        image_token_index=ids["<image_soft_token>"],
+    )
+    torch.manual_seed(seed)
+    model = Gemma3ForConditionalGeneration(config).eval()
+    return _save(model, processor, path, "mdpo-tiny-gemma3-smoke-test", seed)
 
 
 _IDEFICS3_TEMPLATE = (  # SmolVLM's published template (Idefics3 architecture)
