@@ -58,7 +58,7 @@ def test_llava_packed_logps_equal_separate_forwards(llava, attention):
 
 
 # The M-RoPE families (3-D positions from the image grid) pack with restarted positions.
-MROPE = ["qwen", "qwen2_5"]
+MROPE = ["qwen", "qwen2_5", "qwen3"]
 
 
 @pytest.mark.parametrize("name", MROPE)
@@ -209,3 +209,32 @@ def test_training_with_and_without_sharing_takes_the_same_steps(tmp_path, capsys
     assert "equal to separate sequences on 2 rows" in log
     assert losses[True] == pytest.approx(losses[False], rel=1e-5)
     assert losses[True][0] == pytest.approx(3 * 0.693147, abs=1e-4)  # policy == reference at step 1
+
+
+def test_qwen3_vl_deepstack_features_land_where_they_do_alone(qwen3):
+    """Qwen3-VL adds its vision tower's deepstack features to the first decoder layers at the
+    image tokens: in a packed row they reach the same positions, with the same values, as in
+    the separate sequence of the row's first response (the prefix leads both)."""
+    model, processor = qwen3
+    seen = []
+    hook = model.model.language_model.register_forward_pre_hook(
+        lambda _, args, kwargs: seen.append((kwargs["visual_pos_masks"], kwargs["deepstack_visual_embeds"])),
+        with_kwargs=True)
+    groups = _groups()
+    try:
+        with one_thread(), torch.no_grad():
+            packed = encode_groups(processor, groups, share=True)
+            packed_logps(model, packed)
+            _separate(model, processor, groups)
+    finally:
+        hook.remove()
+    (rows_mask, rows_embeds), (seq_mask, seq_embeds) = seen
+    assert len(rows_embeds) == 2 and rows_mask.any()  # two deepstack layers, image tokens present
+    first = [int(packed.score_seq[packed.score_row == r].min()) for r in range(packed.rows)]
+    width = min(rows_mask.shape[1], seq_mask.shape[1])  # no image token past either's width
+    assert not rows_mask[:, width:].any() and not seq_mask[:, width:].any()
+    for r, n in enumerate(first):
+        assert torch.equal(rows_mask[r, :width], seq_mask[n, :width]), r
+    for got, want in zip(rows_embeds, seq_embeds):
+        per_seq = want.split(seq_mask.sum(1).tolist())
+        assert torch.equal(got, torch.cat([per_seq[n] for n in first]))

@@ -37,7 +37,7 @@ def _loss_and_grads(model, processor, rows, share: bool):
     return batch.inputs, float(loss.detach()), grads
 
 
-@pytest.mark.parametrize("name", ["qwen", "qwen2_5"])
+@pytest.mark.parametrize("name", ["qwen", "qwen2_5", "qwen3"])
 def test_packed_training_step_equals_separate_sequences(request, name):
     base, processor = request.getfixturevalue(name)
     supported, why = prefix_sharing_support(base)
