@@ -50,6 +50,7 @@ import torch
 
 from mdpo_data.format import schema
 from mdpo_data.build.images import to_rgb  # one RGB rule for build, scorer and trainer
+from mdpo_data.scoring.image_attention import bidirectional_images, layer_masks
 from mdpo_data.scoring.positions import MROPE_MODELS, packed_mrope_positions, rope_index, uses_mrope
 
 TRUNCATION_RULE = "drop-if-longer-than-max-length:v1"  # see the module docstring
@@ -453,7 +454,8 @@ def prefix_reuse_support(model) -> tuple[bool, str]:
     attention = getattr(text, "_attn_implementation", None) or getattr(config, "_attn_implementation", None)
     if attention not in MASKED_ATTENTION:
         return False, f"{config.model_type}: {attention} attention takes no arbitrary 4-D mask"
-    return True, f"{config.model_type}: {positions}, {attention} attention with a 4-D block mask"
+    images = ", image tokens bidirectional per image" if bidirectional_images(config) else ""
+    return True, f"{config.model_type}: {positions}, {attention} attention with a 4-D block mask{images}"
 
 
 def prefix_response_logps(
@@ -506,6 +508,17 @@ def block_attention_mask(segments: torch.Tensor, dtype: torch.dtype) -> torch.Te
     return mask.masked_fill_(~allowed, torch.finfo(dtype).min).unsqueeze(1)
 
 
+def _packed_mask(model, inputs: dict[str, Any], segments: torch.Tensor, position_ids: torch.Tensor,
+                 dtype: torch.dtype):
+    """The packed rows' 4-D block mask; per layer type for models with bidirectional images."""
+    mask = block_attention_mask(segments, dtype)
+    config = _unwrap(model).config
+    if not bidirectional_images(config):
+        return mask
+    types = inputs.get("token_type_ids", torch.zeros_like(segments))
+    return layer_masks(config, mask, types, position_ids)
+
+
 def _packed_positions(model, inputs: dict[str, Any], segments: torch.Tensor,
                       position_ids: torch.Tensor) -> torch.Tensor:
     """The packed rows' position ids: 1-D as packed, or the M-RoPE model's 3-D ones."""
@@ -541,8 +554,9 @@ def packed_logps(model, packed) -> tuple[torch.Tensor, torch.Tensor]:
     device, dtype = inputs["input_ids"].device, _unwrap(model).dtype
     segments = packed.segments.to(device)
     if packed.block:
-        inputs["attention_mask"] = block_attention_mask(segments, dtype)
-        inputs["position_ids"] = _packed_positions(model, inputs, segments, packed.position_ids.to(device))
+        positions = packed.position_ids.to(device)
+        inputs["attention_mask"] = _packed_mask(model, inputs, segments, positions, dtype)
+        inputs["position_ids"] = _packed_positions(model, inputs, segments, positions)
     else:
         inputs["attention_mask"] = (segments >= 0).long()
     rows, src = packed.score_row.to(device), packed.score_src.to(device)

@@ -238,3 +238,45 @@ def test_qwen3_vl_deepstack_features_land_where_they_do_alone(qwen3):
     for got, want in zip(rows_embeds, seq_embeds):
         per_seq = want.split(seq_mask.sum(1).tolist())
         assert torch.equal(got, torch.cat([per_seq[n] for n in first]))
+
+
+def test_gemma3_packed_rows_keep_bidirectional_images_and_sliding_window(gemma3):
+    """Gemma 3's image tokens see each other both ways and its sliding layers see 16 positions:
+    packed rows (longer than the window) give the plain forwards' log-probs, and would not
+    with the block mask alone. One group per forward: on this branch the batched Gemma 3
+    processor call wants nested image lists (the families work changes `_process` for that)."""
+    model, processor = gemma3
+    supported, why = prefix_sharing_support(model)
+    assert supported and "bidirectional" in why, why
+    got, want, naive = [], [], []
+    with one_thread(), torch.no_grad():
+        for group in _groups()[:-1]:
+            packed = encode_groups(processor, [group], share=True)
+            assert packed.block and packed.segments.shape[1] > 16 and (packed.inputs["token_type_ids"] == 1).any()
+            got.append(packed_logps(model, packed)[0])
+            want.append(torch.cat([_separate(model, processor, [PrefixGroup(group.image, group.question, (r,))])[0]
+                                   for r in group.responses]))
+            model.config.model_type = "not-gemma3"  # the generic block mask, no image/window rules
+            try:
+                naive.append(packed_logps(model, packed)[0])
+            finally:
+                model.config.model_type = "gemma3"
+    got, want, naive = torch.cat(got), torch.cat(want), torch.cat(naive)
+    assert torch.allclose(got, want, atol=LOGP_TOL, rtol=0), (got - want).abs().max()
+    assert (naive - want).abs().max() > 100 * LOGP_TOL
+
+
+def test_gemma3_layer_masks_open_image_blocks_and_cut_the_window_by_position():
+    from types import SimpleNamespace
+
+    from mdpo_data.scoring.image_attention import layer_masks
+
+    segments = torch.tensor([[0, 0, 0, 0, 1, 1, 2, 2]])
+    types = torch.tensor([[0, 1, 1, 0, 0, 0, 0, 0]])  # one image: tokens 1 and 2
+    positions = torch.tensor([[0, 1, 2, 3, 4, 5, 4, 5]])  # y_l restarts after the prefix
+    masks = layer_masks(SimpleNamespace(sliding_window=3), block_attention_mask(segments, torch.float32),
+                        types, positions)
+    full, sliding = (masks[k][0, 0] == 0 for k in ("full_attention", "sliding_attention"))
+    assert full[1].tolist() == [True, True, True, False, False, False, False, False]  # sees its image's next token
+    assert full[7].tolist() == [True, True, True, True, False, False, True, True]  # y_l: never y_w
+    assert sliding[7].tolist() == [False, False, False, True, False, False, True, True]  # positions 3..5
