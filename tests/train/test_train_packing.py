@@ -60,3 +60,36 @@ def test_packed_training_step_equals_separate_sequences(request, name):
     finally:
         model.unload()  # the module-scoped base model without adapters again
         base.eval()
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
+def test_qwen2_5_vl_scores_and_trains_packed_and_says_so(tmp_path, capsys):
+    """Score then train on Qwen2.5-VL: both pack (the score stats and the run log say so), the
+    trainer's start-up check finds packed = separate, and step 1's loss is 3 ln 2."""
+    from mdpo_data.build.stage import BuildConfig, run_build
+    from mdpo_data.demo.tiny import build_tiny_qwen2_5_vl
+    from mdpo_data.scoring.stage import score_build
+    from mdpo_train.config import load_config
+    from mdpo_train.loop import run
+    from mdpo_train.metrics import read_jsonl
+
+    model = build_tiny_qwen2_5_vl(tmp_path / "model")
+    data = tmp_path / "data"
+    with one_thread():
+        run_build(BuildConfig(source="demo", n=8, rejected="crop:0-0.2", seed=0, eval_fraction=0.0),
+                  data, overwrite=True, progress=False)
+        stats = score_build(data, str(model), progress=False)
+    assert stats["prefix_reuse"] is True and "M-RoPE" in stats["prefix_reuse_reason"], stats
+    with one_thread():
+        recipe = run(load_config(None, {
+            "shards": str(data), "output_dir": str(tmp_path / "run"), "max_steps": 2,
+            "global_batch_size": 4, "per_device_batch_size": 2, "lora_r": 4, "lora_alpha": 8,
+            "lora_dropout": 0.0, "progress": False, "save_steps": 0, "seed": 1,
+        }))
+    assert recipe.prefix_sharing is True
+    log = capsys.readouterr().out
+    assert "prefix sharing on: qwen2_5_vl: 3-D M-RoPE positions restarted per response" in log
+    assert "equal to separate sequences on 2 rows" in log
+    losses = [r["loss"] for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if r["split"] == "train"]
+    assert losses[0] == pytest.approx(3 * 0.693147, abs=1e-4)
