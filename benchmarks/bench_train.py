@@ -2,7 +2,9 @@
 
 TRL runs the reference model (the base weights, adapter disabled) on every step; mdpo-train
 reads reference log-probs stored in the shards, computed once. The script:
-  1. builds a mid-size LLaVA from a config (no download; the model, not Python, dominates),
+  1. builds a mid-size LLaVA (or with --family qwen2_5_vl a Qwen2.5-VL: 448x448 images, 256
+     image tokens, 3-D M-RoPE, windowed vision tower) from a config (no download; the model,
+     not Python, dominates),
   2. builds demo data and scores it once with that model (reported: the one-time cost),
   3. trains, each in a fresh subprocess (clean peak memory), for --epochs epochs:
        ours-dpo            mdpo-train, loss dpo   (y_w and y_l share the image+question prefix)
@@ -18,6 +20,7 @@ size sampled from /proc/self/statm during training (also its rise over the pre-t
 
     python benchmarks/bench_train.py --json bench.json     # CPU, 576 image tokens, a few minutes
     python benchmarks/bench_train.py --image-tokens 64     # the small-image geometry
+    python benchmarks/bench_train.py --family qwen2_5_vl   # Qwen2.5-VL geometry, 448x448 image
     python benchmarks/bench_train.py --device cuda --dtype bfloat16 --hidden 2048 --layers 16 \
         --rows 512 --batch 8
 """
@@ -39,6 +42,9 @@ from pathlib import Path
 
 KINDS = ("ours-dpo", "trl-dpo", "ours-mdpo", "ours-mdpo-unshared")
 PATCH = 14  # LLaVA-1.5's CLIP ViT-L/14: 336 px -> 24 x 24 = 576 image tokens
+# Per family: LM head rows of the real model, and the image side (px) benchmarked.
+VOCAB = {"llava": 32064, "qwen2_5_vl": 151936}
+QWEN_IMAGE = 448  # Qwen2.5-VL: 448 px / patch 14 = 32 x 32 patches, merged 2 x 2 -> 256 tokens
 
 
 # ------------------------------------------------------------------ memory
@@ -100,14 +106,47 @@ def prepare(args) -> dict:
     work = Path(args.work)
     model = work / "model"
     shutil.rmtree(model, ignore_errors=True)  # the geometry may have changed since the last run
-    build_tiny_llava(model, seed=0, hidden_size=args.hidden, num_layers=args.layers,
-                     image_size=args.image_size, patch_size=PATCH)
-    widen_vocabulary(model, args.vocab)
+    if args.family == "qwen2_5_vl":
+        build_qwen2_5_vl(model, args)
+    else:
+        build_tiny_llava(model, seed=0, hidden_size=args.hidden, num_layers=args.layers,
+                         image_size=args.image_size, patch_size=PATCH)
+        widen_vocabulary(model, args.vocab)
     data = work / "data"
     started = time.perf_counter()
     run_build(BuildConfig(source="demo", n=args.rows, seed=0), data, overwrite=True, progress=False)
     stats = score_build(data, str(model), dtype=args.dtype, device=args.device, progress=False)
     return {"score_seconds": time.perf_counter() - started, "score_stats": stats}
+
+
+def build_qwen2_5_vl(path: Path, args) -> None:
+    """Qwen2.5-VL at reduced size: the tiny builder's tokenizer, template and processor, every
+    image resized to 448x448 (256 image tokens), a text model of --hidden x --layers (head dim
+    64, 2 KV heads, MLP 5.4x as in the 3B) with the real vocabulary, and a 4-block windowed
+    vision tower (window 112 px, full attention every second block)."""
+    import torch
+    from transformers import AutoConfig, AutoProcessor, Qwen2_5_VLForConditionalGeneration
+
+    from mdpo_data.demo.tiny import build_tiny_qwen2_5_vl
+
+    build_tiny_qwen2_5_vl(path, seed=0)
+    processor = AutoProcessor.from_pretrained(path)
+    pixels = QWEN_IMAGE * QWEN_IMAGE
+    processor.image_processor.min_pixels = processor.image_processor.max_pixels = pixels
+    processor.image_processor.size = {"shortest_edge": pixels, "longest_edge": pixels}
+    config = AutoConfig.from_pretrained(path)
+    text, vision = config.text_config, config.vision_config
+    heads = args.hidden // 64
+    text.update({"hidden_size": args.hidden, "num_hidden_layers": args.layers, "vocab_size": args.vocab,
+                 "num_attention_heads": heads, "num_key_value_heads": 2,
+                 "intermediate_size": int(5.375 * args.hidden), "layer_types": ["full_attention"] * args.layers})
+    text.rope_parameters["mrope_section"] = [8, 12, 12]  # head dim 64: 32 rotary pairs (3B: 16, 24, 24 of 64)
+    vision.update({"depth": 4, "hidden_size": 128, "intermediate_size": 256, "num_heads": 4,
+                   "out_hidden_size": args.hidden, "window_size": 112, "fullatt_block_indexes": [1, 3]})
+    torch.manual_seed(0)
+    model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
 
 
 def widen_vocabulary(path: Path, size: int) -> None:
@@ -222,6 +261,8 @@ def spawn(args, kind: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--family", default="llava", choices=sorted(VOCAB),
+                        help="model geometry [llava: LLaVA-1.5; qwen2_5_vl: Qwen2.5-VL, 448x448 image]")
     parser.add_argument("--rows", type=int, default=16, help="demo examples to train on [16]")
     parser.add_argument("--hidden", type=int, default=512, help="language model hidden size [512]")
     parser.add_argument("--layers", type=int, default=6, help="language model layers [6]")
@@ -237,13 +278,14 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads [1: steadiest on a shared machine]; 0: torch's default")
-    parser.add_argument("--vocab", type=int, default=32064, help="LM head rows [32064: LLaVA-1.5]")
+    parser.add_argument("--vocab", type=int, help="LM head rows [the family's: 32064 LLaVA-1.5, 151936 Qwen2.5-VL]")
     parser.add_argument("--repeats", type=int, default=1, help="run each trainer N times, keep the fastest")
     parser.add_argument("--work", default="/tmp/mdpo-bench-train", help="scratch folder")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--worker", choices=KINDS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.image_size = math.isqrt(args.image_tokens) * PATCH
+    args.vocab = args.vocab or VOCAB[args.family]
     if args.worker:
         return worker(args)
 
@@ -273,8 +315,10 @@ def ratios(results: dict) -> dict:
 
 def report(args, setup: dict, results: dict) -> None:
     unit = "GPU max allocated" if args.device.startswith("cuda") else "peak RSS"
-    print(f"\nmodel: LLaVA, text hidden {args.hidden} x {args.layers} layers, {args.image_tokens} "
-          f"image tokens ({args.image_size} px / patch {PATCH}); {args.rows} examples, batch "
+    image = (f"{args.image_tokens} image tokens ({args.image_size} px / patch {PATCH})" if args.family == "llava"
+             else f"{(QWEN_IMAGE // PATCH // 2) ** 2} image tokens ({QWEN_IMAGE} px / patch {PATCH}, merged 2x2)")
+    print(f"\nmodel: {args.family}, text hidden {args.hidden} x {args.layers} layers, vocab {args.vocab}, "
+          f"{image}; {args.rows} examples, batch "
           f"{args.batch} x {args.accumulation}, {args.epochs} epoch(s), {args.dtype} on {args.device}"
           f"{f', {args.threads} thread(s)' if args.threads else ''}; fastest of {args.repeats}")
     print(f"one-time reference scoring: {setup['score_seconds']:.1f} s "

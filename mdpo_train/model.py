@@ -93,7 +93,8 @@ def make_policy(model: torch.nn.Module, cfg: TrainConfig) -> torch.nn.Module:
 
 
 def prefix_sharing_support(model: torch.nn.Module) -> tuple[bool, str]:
-    """Whether y_w and y_l can share one row (4-D block mask + 1-D position ids), and why:
+    """Whether y_w and y_l can share one row (4-D block mask + position ids restarted per
+    response, 3-D for M-RoPE models), and why:
     the scorer's own check, so both run the same rows or both fall back."""
     from mdpo_data.scoring.logprobs import prefix_reuse_support
 

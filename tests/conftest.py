@@ -16,7 +16,7 @@ def _fresh_accelerate_state():
     PartialState._reset_state()
 
 
-# (model, processor) of the tiny LLaVA and Qwen2-VL, built once per test module that asks.
+# (model, processor) of the tiny models, built once per test module that asks.
 @pytest.fixture(scope="module")
 def llava(tmp_path_factory):
     from score_fixtures import load
@@ -33,3 +33,30 @@ def qwen(tmp_path_factory):
     from mdpo_data.demo.tiny import build_tiny_qwen2_vl
 
     return load(build_tiny_qwen2_vl(tmp_path_factory.mktemp("qwen")))
+
+
+@pytest.fixture(scope="module")
+def qwen2_5(tmp_path_factory):
+    from score_fixtures import load
+
+    from mdpo_data.demo.tiny import build_tiny_qwen2_5_vl
+
+    return load(build_tiny_qwen2_5_vl(tmp_path_factory.mktemp("qwen2_5")))
+
+
+@pytest.fixture(scope="module")
+def qwen3(tmp_path_factory):
+    from score_fixtures import load
+
+    from mdpo_data.demo.tiny import build_tiny_qwen3_vl
+
+    return load(build_tiny_qwen3_vl(tmp_path_factory.mktemp("qwen3")))
+
+
+@pytest.fixture(scope="module")
+def gemma3(tmp_path_factory):
+    from score_fixtures import load
+
+    from mdpo_data.demo.tiny import build_tiny_gemma3
+
+    return load(build_tiny_gemma3(tmp_path_factory.mktemp("gemma3")))

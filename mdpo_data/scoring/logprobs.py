@@ -55,6 +55,8 @@ import torch
 from mdpo_data.format import schema
 from mdpo_data.build.images import to_rgb  # one RGB rule for build, scorer and trainer
 from mdpo_data.scoring.flex import FLEX, block_mask
+from mdpo_data.scoring.image_attention import bidirectional_images, layer_masks
+from mdpo_data.scoring.positions import MROPE_MODELS, packed_mrope_positions, rope_index, uses_mrope
 
 TRUNCATION_RULE = "drop-if-longer-than-max-length:v1"  # see the module docstring
 # Bump when the response rule changes: the trainer refuses data scored under another rule.
@@ -452,19 +454,24 @@ def prefix_reuse_support(model) -> tuple[bool, str]:
     """Whether packed rows (`mdpo_data.scoring.packing`) can be exact for this model (static check);
     the scorer and the trainer both ask here.
 
-    A row packs a group's responses after ONE copy of their prefix, with explicit 1-D position
-    ids and a custom 4-D attention mask: models with 3-D multimodal RoPE (Qwen2-VL family)
-    derive positions from the image grid, and only MASKED_ATTENTION kernels take the mask.
+    A row packs a group's responses after ONE copy of their prefix, with explicit position ids
+    that restart for every response and a custom 4-D attention mask: only MASKED_ATTENTION
+    kernels take the mask, and of the models with 3-D multimodal RoPE only those whose
+    restarted positions are tested exact (`positions.MROPE_MODELS`) pack.
     """
     config = _unwrap(model).config
     text = getattr(config, "text_config", None) or config
-    rope = getattr(text, "rope_parameters", None) or getattr(text, "rope_scaling", None) or {}
-    if isinstance(rope, dict) and "mrope_section" in rope:
-        return False, f"{config.model_type}: 3-D multimodal rotary positions (M-RoPE)"
+    positions = "1-D positions"
+    if uses_mrope(config):
+        if config.model_type not in MROPE_MODELS or rope_index(_unwrap(model)) is None:
+            return False, (f"{config.model_type}: 3-D multimodal rotary positions (M-RoPE) not "
+                           f"known to restart exactly (packed: {', '.join(MROPE_MODELS)})")
+        positions = "3-D M-RoPE positions restarted per response"
     attention = attention_implementation(model)
     if attention not in MASKED_ATTENTION:
         return False, f"{config.model_type}: {attention} attention takes no arbitrary 4-D mask"
-    return True, f"{config.model_type}: 1-D positions, {attention} attention with a 4-D block mask"
+    images = ", image tokens bidirectional per image" if bidirectional_images(config) else ""
+    return True, f"{config.model_type}: {positions}, {attention} attention with a 4-D block mask{images}"
 
 
 def prefix_response_logps(
@@ -517,6 +524,26 @@ def block_attention_mask(segments: torch.Tensor, dtype: torch.dtype) -> torch.Te
     return mask.masked_fill_(~allowed, torch.finfo(dtype).min).unsqueeze(1)
 
 
+def _packed_mask(model, inputs: dict[str, Any], segments: torch.Tensor, position_ids: torch.Tensor,
+                 dtype: torch.dtype):
+    """The packed rows' 4-D block mask; per layer type for models with bidirectional images."""
+    mask = block_attention_mask(segments, dtype)
+    config = _unwrap(model).config
+    if not bidirectional_images(config):
+        return mask
+    types = inputs.get("token_type_ids", torch.zeros_like(segments))
+    return layer_masks(config, mask, types, position_ids)
+
+
+def _packed_positions(model, inputs: dict[str, Any], segments: torch.Tensor,
+                      position_ids: torch.Tensor) -> torch.Tensor:
+    """The packed rows' position ids: 1-D as packed, or the M-RoPE model's 3-D ones."""
+    inner = _unwrap(model)
+    if not uses_mrope(inner.config):
+        return position_ids
+    return packed_mrope_positions(inner, inputs, segments, position_ids)
+
+
 def _logits_at(model, inputs: dict[str, Any], keep: torch.Tensor) -> torch.Tensor:
     """Logits [K, V] at the True positions of keep [R, T], in row-major order.
 
@@ -543,9 +570,12 @@ def packed_logps(model, packed) -> tuple[torch.Tensor, torch.Tensor]:
     device, dtype = inputs["input_ids"].device, _unwrap(model).dtype
     segments = packed.segments.to(device)
     if packed.block:
-        flex = attention_implementation(model) == FLEX
-        inputs["attention_mask"] = block_mask(segments) if flex else block_attention_mask(segments, dtype)
-        inputs["position_ids"] = packed.position_ids.to(device)
+        positions = packed.position_ids.to(device)
+        if attention_implementation(model) == FLEX:
+            inputs["attention_mask"] = block_mask(segments)
+        else:
+            inputs["attention_mask"] = _packed_mask(model, inputs, segments, positions, dtype)
+        inputs["position_ids"] = _packed_positions(model, inputs, segments, positions)
     else:
         inputs["attention_mask"] = (segments >= 0).long()
     rows, src = packed.score_row.to(device), packed.score_src.to(device)

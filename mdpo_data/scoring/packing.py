@@ -14,9 +14,11 @@ response) are appended from the text-only tokenization. A group whose sequences 
 prefix holding every image token is split into one row per response (still exact).
 The scorer (`logprobs.prefix_response_logps`) and the trainer both run these rows.
 
+M-RoPE models (Qwen2-VL, Qwen2.5-VL, Qwen3-VL) get 3-D positions built from these 1-D ones
+by `mdpo_data.scoring.positions` at forward time (the model's own `get_rope_index`).
 With `share=False` every response gets its own row and the model gets the processor's plain
-2-D padding mask: the path for architectures that cannot take a 4-D mask or explicit 1-D
-positions (Qwen2-VL's 3-D M-RoPE) and the unshared baseline of the benchmark.
+2-D padding mask: the path for architectures that cannot take a 4-D mask or restarted
+positions and the unshared baseline of the benchmark.
 """
 
 from __future__ import annotations

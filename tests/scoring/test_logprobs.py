@@ -147,7 +147,13 @@ def test_prefix_reuse_equals_plain_path_on_llava(llava):
 def test_prefix_reuse_support(llava, qwen):
     assert logprobs.prefix_reuse_support(llava[0])[0] is True
     supported, reason = logprobs.prefix_reuse_support(qwen[0])
-    assert supported is False and "M-RoPE" in reason
+    assert supported is True and "3-D M-RoPE positions restarted per response" in reason
+    qwen[0].config.model_type = "glm4v"  # M-RoPE of a family whose packed rows are untested
+    try:
+        supported, reason = logprobs.prefix_reuse_support(qwen[0])
+    finally:
+        qwen[0].config.model_type = "qwen2_vl"
+    assert supported is False and "M-RoPE" in reason and "qwen2_vl" in reason
 
 
 def test_row_sequences_storage_and_decoded_rows_agree(llava):

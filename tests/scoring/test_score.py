@@ -178,10 +178,10 @@ def test_other_fingerprint_needs_force(scored, llava_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_qwen2_vl_falls_back_to_plain_and_stays_exact(qwen_dir, tmp_path):
+def test_qwen2_vl_scores_packed_and_exact(qwen_dir, tmp_path):
     build = make_build(tmp_path / "b", shard_rows=(3,), eval_rows=(), sizes=[(56, 56), (112, 84)])
     stats = score_build(build, str(qwen_dir), progress=False)
-    assert stats["prefix_reuse"] is False and "M-RoPE" in stats["prefix_reuse_reason"]
+    assert stats["prefix_reuse"] is True and "M-RoPE positions restarted" in stats["prefix_reuse_reason"]
     model, processor = load(qwen_dir)
     for row in _all_rows(build):
         for column, seq in logprobs.row_sequences(row).items():

@@ -1,6 +1,7 @@
 """No deprecated transformers API on the scorer's paths: transformers' FutureWarning and
 DeprecationWarning are raised as errors, and its logger may not announce a deprecation or a
-removal, while both engines (shared-prefix packing on LLaVA, plain on Qwen2-VL) score."""
+removal, while both engines (shared-prefix packing on LLaVA and on Qwen2-VL's 3-D positions,
+plain on Qwen2-VL) score."""
 
 import logging
 import warnings
@@ -15,8 +16,9 @@ from mdpo_data.demo.tiny import build_tiny_llava, build_tiny_qwen2_vl
 pytestmark = pytest.mark.slow  # builds and scores with tiny models
 
 
-@pytest.mark.parametrize("build_model, method", [(build_tiny_llava, True), (build_tiny_qwen2_vl, False)])
-def test_scoring_uses_no_deprecated_transformers_api(build_model, method, tmp_path):
+@pytest.mark.parametrize("build_model, reuse, method", [
+    (build_tiny_llava, "auto", True), (build_tiny_qwen2_vl, "auto", True), (build_tiny_qwen2_vl, "off", False)])
+def test_scoring_uses_no_deprecated_transformers_api(build_model, reuse, method, tmp_path):
     model_dir = build_model(tmp_path / "model")
     build = make_build(tmp_path / "data", shard_rows=(3,), eval_rows=(1,), sizes=[(56, 56), (84, 60)])
     messages = []
@@ -31,7 +33,8 @@ def test_scoring_uses_no_deprecated_transformers_api(build_model, method, tmp_pa
         with warnings.catch_warnings():
             warnings.filterwarnings("error", category=FutureWarning, module=r"transformers(\.|$)")
             warnings.filterwarnings("error", category=DeprecationWarning, module=r"transformers(\.|$)")
-            stats = score_build(build, str(model_dir), no_image_logps=True, progress=False)
+            stats = score_build(build, str(model_dir), no_image_logps=True, progress=False,
+                                prefix_reuse=reuse)
     finally:
         logging.getLogger("transformers").removeHandler(handler)
     assert stats["prefix_reuse"] is method
