@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from mdpo_data.format import schema
 from mdpo_data.bpo.cache import sha
 from mdpo_data.bpo.spec import INJECT_PROMPT, PLAIN_SUFFIX, ResponseStrategy, clean_rewrite
-from mdpo_data.scoring.logprobs import _add_special_tokens
+from mdpo_data.scoring.logprobs import add_special_tokens
 from mdpo_data.sources.records import BadRow, Candidate
 
 # Plain greedy decoding: an answer is a function of (model, inputs), whatever the batch.
@@ -91,9 +91,6 @@ def greedy_texts(model, processor, images: list, questions: list[str], *, max_ne
                  batch_size: int = 32, progress=None) -> list[Generated]:
     """Greedy answers to (image, question) prompts in the processor's chat template, in
     batches of `batch_size` (`progress(n)` after each); the evaluators' one decoding path."""
-    from mdpo_data.format import schema
-    from mdpo_data.scoring.logprobs import add_special_tokens
-
     out: list[Generated] = []
     for start in range(0, len(questions), batch_size):
         chunk = questions[start : start + batch_size]
@@ -154,7 +151,7 @@ class Weaken:
                    for c in kept]
         batch_inputs = self.processor(
             text=prompts, images=pictures, padding=True, padding_side="left",
-            add_special_tokens=_add_special_tokens(tokenizer, prompts[0]), return_tensors="pt",
+            add_special_tokens=add_special_tokens(tokenizer, prompts[0]), return_tensors="pt",
         )
         return list(zip(kept, greedy(self.model, tokenizer, batch_inputs, max_new_tokens)))
 
@@ -187,7 +184,7 @@ class Inject:
         prompts = [self.prompt(c) for c in batch]
         inputs = self.tokenizer(
             prompts, padding=True, padding_side="left",
-            add_special_tokens=_add_special_tokens(self.tokenizer, prompts[0]), return_tensors="pt",
+            add_special_tokens=add_special_tokens(self.tokenizer, prompts[0]), return_tensors="pt",
         )
         out = greedy(self.model, self.tokenizer, dict(inputs), max_new_tokens)
         return [(c, dataclasses.replace(g, text=clean_rewrite(g.text))) for c, g in zip(batch, out)]

@@ -220,10 +220,9 @@ def add_special_tokens(tokenizer, text: str) -> bool:
     return not (tokenizer.bos_token is not None and text.startswith(tokenizer.bos_token))
 
 
-_add_special_tokens = add_special_tokens  # the name older callers use
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
+def common_prefix(a: list[int], b: list[int]) -> int:
     n = min(len(a), len(b))
     for i in range(n):
         if a[i] != b[i]:
@@ -232,14 +231,14 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 
 
 @dataclass(frozen=True)
-class _Rendered:
+class Rendered:
     full: str  # the sequence text S: prompt + response + end-of-turn, nothing after
     add_special: bool
     text_ids: list[int]  # tokenizer ids of `full` (image placeholders not expanded)
     n_response: int  # response tokens: the tail of text_ids after the prompt
 
 
-def _render_all(processor, seqs: list[Sequence]) -> list[_Rendered]:
+def render_all(processor, seqs: list[Sequence]) -> list[Rendered]:
     tokenizer = processor.tokenizer
     out = []
     for index, seq in enumerate(seqs):
@@ -247,18 +246,18 @@ def _render_all(processor, seqs: list[Sequence]) -> list[_Rendered]:
             head, full = sequence_text(processor, seq)
         except ValueError as error:
             raise ValueError(f"sequence {index}: {error}") from None
-        add_special = _add_special_tokens(tokenizer, full)
+        add_special = add_special_tokens(tokenizer, full)
         head_ids = tokenizer(head, add_special_tokens=add_special)["input_ids"]
         full_ids = tokenizer(full, add_special_tokens=add_special)["input_ids"]
-        shared = _common_prefix(head_ids, full_ids)
+        shared = common_prefix(head_ids, full_ids)
         if shared == 0:
             raise ValueError(f"sequence {index}: the response shares no token with the prompt "
                              f"(response {seq.response!r}); is the prompt empty?")
-        out.append(_Rendered(full, add_special, full_ids, len(full_ids) - shared))
+        out.append(Rendered(full, add_special, full_ids, len(full_ids) - shared))
     return out
 
 
-def _process(processor, rendered: list[_Rendered], images: list):
+def process_rendered(processor, rendered: list[Rendered], images: list):
     """Processor outputs for the rendered rows; images[i] is row i's image or None. Images go
     nested, one list per row: Gemma 3's processor reads a flat list as one row's images."""
     add_special = {r.add_special for r in rendered}
@@ -292,8 +291,8 @@ def encode(processor, seqs: list[Sequence], *, max_length: int | None = None):
     """
     if not seqs:
         return {}, []
-    rendered = _render_all(processor, seqs)
-    batch = _process(processor, rendered, [s.image for s in seqs])
+    rendered = render_all(processor, seqs)
+    batch = process_rendered(processor, rendered, [s.image for s in seqs])
     kept = list(range(len(seqs)))
     if max_length is not None:
         lengths = batch["attention_mask"].sum(1).tolist()
@@ -302,14 +301,14 @@ def encode(processor, seqs: list[Sequence], *, max_length: int | None = None):
             return {}, []
         if len(kept) < len(seqs):  # rare: re-process the ones that fit (images batch per model)
             rendered = [rendered[i] for i in kept]
-            batch = _process(processor, rendered, [seqs[i].image for i in kept])
+            batch = process_rendered(processor, rendered, [seqs[i].image for i in kept])
     n_response = [r.n_response for r in rendered]
     batch["response_mask"] = _response_mask(batch["attention_mask"], n_response)
     _check_response_tokens(batch, rendered, kept)
     return batch, kept
 
 
-def _check_response_tokens(batch, rendered: list[_Rendered], kept: list[int]) -> None:
+def _check_response_tokens(batch, rendered: list[Rendered], kept: list[int]) -> None:
     """The processor must tokenize the response exactly as the text-only tokenizer did."""
     ids, mask = batch["input_ids"], batch["response_mask"]
     for row, item in enumerate(rendered):
@@ -460,7 +459,6 @@ def prefix_reuse_support(model) -> tuple[bool, str]:
     restarted positions are tested exact (`positions.MROPE_MODELS`) pack.
     """
     config = _unwrap(model).config
-    text = getattr(config, "text_config", None) or config
     positions = "1-D positions"
     if uses_mrope(config):
         if config.model_type not in MROPE_MODELS or rope_index(_unwrap(model)) is None:
@@ -472,36 +470,6 @@ def prefix_reuse_support(model) -> tuple[bool, str]:
         return False, f"{config.model_type}: {attention} attention takes no arbitrary 4-D mask"
     images = ", image tokens bidirectional per image" if bidirectional_images(config) else ""
     return True, f"{config.model_type}: {positions}, {attention} attention with a 4-D block mask{images}"
-
-
-def prefix_response_logps(
-    model, processor, groups: list[PrefixGroup], *, max_length: int | None = None
-) -> tuple[list[list[tuple[float, int]]], dict[str, int]]:
-    """Same values as `encode` + `response_logps`, running each shared prefix once.
-
-    Returns ((log-prob, response tokens) per response per group, {"tokens": real tokens of
-    all sequences, "slots": token positions run through the model, padding included}).
-    The scorer's view of the trainer's packed rows (`mdpo_data.scoring.packing`, `packed_logps`):
-    one forward, no KV cache, each group one row. Raises PrefixReuseError when a group cannot
-    share a row or a sequence is longer than max_length (the caller scores them plainly).
-    """
-    from mdpo_data.scoring.packing import PackingError, encode_groups
-
-    try:
-        packed = encode_groups(processor, groups, share=True)
-    except PackingError as error:
-        raise PrefixReuseError(str(error)) from None
-    if not packed.block or packed.split_groups:
-        raise PrefixReuseError(f"{packed.split_groups} group(s) cannot share one prefix")
-    if max_length is not None and max(packed.lengths) > max_length:
-        raise PrefixReuseError("a sequence is longer than max_length")
-    sums, counts = packed_logps(model, packed)
-    values = [(float(v), int(n)) for v, n in zip(sums.tolist(), counts.tolist())]
-    out, start = [], 0
-    for group in groups:
-        out.append(values[start : start + len(group.responses)])
-        start += len(group.responses)
-    return out, {"tokens": sum(packed.lengths), "slots": packed.segments.numel()}
 
 
 # --------------------------------------------------------------------------- packed rows

@@ -12,7 +12,7 @@ expanded it in the first one (image placeholders included); each response's rema
 (unscored template tokens that merge differently with each response, then the scored
 response) are appended from the text-only tokenization. A group whose sequences share no
 prefix holding every image token is split into one row per response (still exact).
-The scorer (`logprobs.prefix_response_logps`) and the trainer both run these rows.
+The scorer (`prefix_response_logps`) and the trainer both run these rows.
 
 M-RoPE models (Qwen2-VL, Qwen2.5-VL, Qwen3-VL) get 3-D positions built from these 1-D ones
 by `mdpo_data.scoring.positions` at forward time (the model's own `get_rope_index`).
@@ -28,7 +28,15 @@ from typing import Any
 
 import torch
 
-from mdpo_data.scoring.logprobs import PrefixGroup, _common_prefix, _process, _render_all, _Rendered
+from mdpo_data.scoring.logprobs import (
+    PrefixGroup,
+    PrefixReuseError,
+    Rendered,
+    common_prefix,
+    packed_logps,
+    process_rendered,
+    render_all,
+)
 
 # [R, T] processor outputs whose value on appended (text) response tokens is known to be 0.
 _TEXT_ZERO_KEYS = ("token_type_ids", "mm_token_type_ids")
@@ -63,17 +71,17 @@ class Packed:
         return int(self.segments.shape[0])
 
 
-def _shared(rendered: list[_Rendered]) -> int:
+def _shared(rendered: list[Rendered]) -> int:
     """Text tokens all of a group's sequences share: their longest common token prefix, never
     past any sequence's response. Tokens after it (e.g. a template's whitespace that merges
     differently with each response) are appended per response, unscored."""
     shared = min(len(r.text_ids) - r.n_response for r in rendered)
     for r in rendered[1:]:
-        shared = min(shared, _common_prefix(rendered[0].text_ids, r.text_ids))
+        shared = min(shared, common_prefix(rendered[0].text_ids, r.text_ids))
     return shared
 
 
-def _members(rendered: list[_Rendered], share: bool,
+def _members(rendered: list[Rendered], share: bool,
              image_token: int | None = None) -> tuple[list[list[int]], int]:
     """Indices (into `rendered` of one group) per row: one row when they share a prefix that
     holds every image token; else one row per response (`split` counts the group)."""
@@ -93,15 +101,15 @@ def encode_groups(processor, groups: list[PrefixGroup], *, share: bool = True,
     if slots is None:
         flat = iter(range(sum(len(g.responses) for g in groups)))
         slots = [[next(flat) for _ in g.responses] for g in groups]
-    rows: list[tuple[list[_Rendered], list[int], Any]] = []  # (members, their slots, image)
+    rows: list[tuple[list[Rendered], list[int], Any]] = []  # (members, their slots, image)
     split = 0
     for group, group_slots in zip(groups, slots):
-        rendered = _render_all(processor, group.sequences())
+        rendered = render_all(processor, group.sequences())
         members, was_split = _members(rendered, share, getattr(processor, "image_token_id", None))
         split += was_split
         rows += [([rendered[i] for i in m], [group_slots[i] for i in m], group.image) for m in members]
     heads = [members[0] for members, _, _ in rows]
-    processed = _process(processor, heads, [image for _, _, image in rows])
+    processed = process_rendered(processor, heads, [image for _, _, image in rows])
     try:
         packed = _layout(processed, rows, processor.tokenizer.pad_token_id or 0)
     except PackingError:
@@ -110,6 +118,34 @@ def encode_groups(processor, groups: list[PrefixGroup], *, share: bool = True,
         return encode_groups(processor, groups, share=False, slots=slots)
     packed.block, packed.split_groups = share, split
     return packed
+
+
+def prefix_response_logps(
+    model, processor, groups: list[PrefixGroup], *, max_length: int | None = None
+) -> tuple[list[list[tuple[float, int]]], dict[str, int]]:
+    """Same values as `encode` + `response_logps`, running each shared prefix once.
+
+    Returns ((log-prob, response tokens) per response per group, {"tokens": real tokens of
+    all sequences, "slots": token positions run through the model, padding included}).
+    The scorer's view of the trainer's packed rows (`encode_groups`, `logprobs.packed_logps`):
+    one forward, no KV cache, each group one row. Raises PrefixReuseError when a group cannot
+    share a row or a sequence is longer than max_length (the caller scores them plainly).
+    """
+    try:
+        packed = encode_groups(processor, groups, share=True)
+    except PackingError as error:
+        raise PrefixReuseError(str(error)) from None
+    if not packed.block or packed.split_groups:
+        raise PrefixReuseError(f"{packed.split_groups} group(s) cannot share one prefix")
+    if max_length is not None and max(packed.lengths) > max_length:
+        raise PrefixReuseError("a sequence is longer than max_length")
+    sums, counts = packed_logps(model, packed)
+    values = [(float(v), int(n)) for v, n in zip(sums.tolist(), counts.tolist())]
+    out, start = [], 0
+    for group in groups:
+        out.append(values[start : start + len(group.responses)])
+        start += len(group.responses)
+    return out, {"tokens": sum(packed.lengths), "slots": packed.segments.numel()}
 
 
 def _layout(processed, rows, pad_id: int) -> Packed:

@@ -18,10 +18,10 @@ from mdpo_data.scoring.logprobs import (
     PrefixReuseError,
     encode,
     prefix_reuse_support,
-    prefix_response_logps,
     response_logps,
     row_sequences,
 )
+from mdpo_data.scoring.packing import prefix_response_logps
 
 _INPUT_COLUMNS = ["example_id", "images", "rejected_images", "prompt", "chosen", "rejected"]
 _WINDOW_ROWS = 512  # rows bucketed together; bounds memory to one window of decoded images

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 from score_fixtures import manual_logp
 
-from mdpo_data.scoring import logprobs
+from mdpo_data.scoring import logprobs, packing
 
 from mdpo_data.format import schema
 from mdpo_data.scoring.logprobs import PrefixGroup, Sequence, encode, response_logps, sequence_logps
@@ -135,13 +135,13 @@ def test_prefix_reuse_equals_plain_path_on_llava(llava):
     flat = [seq for g in groups for seq in g.sequences()]
     plain = sequence_logps(model, processor, flat, batch_size=len(flat))
     with torch.inference_mode():
-        values, counts = logprobs.prefix_response_logps(model, processor, groups)
+        values, counts = packing.prefix_response_logps(model, processor, groups)
     _assert_close([v for group in values for v in group], plain)
     batch = encode(processor, flat)[0]
     assert counts["tokens"] == int(batch["attention_mask"].sum())
     assert counts["slots"] < batch["input_ids"].numel()  # the shared prefixes ran once
     with pytest.raises(logprobs.PrefixReuseError):
-        logprobs.prefix_response_logps(model, processor, groups, max_length=10)
+        packing.prefix_response_logps(model, processor, groups, max_length=10)
 
 
 def test_prefix_reuse_support(llava, qwen):

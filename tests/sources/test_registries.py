@@ -260,8 +260,6 @@ def test_image_identity_changes_with_the_image_and_only_then(tmp_path):
     import os
     import zipfile
 
-    from mdpo_data.build.stage import rows_fingerprint  # noqa: F401  (the fingerprint's user)
-
     (tmp_path / "a.jpg").write_bytes(b"x")
     with zipfile.ZipFile(tmp_path / "m.zip", "w") as archive:
         archive.writestr("merged_images/a.jpg", b"x")
