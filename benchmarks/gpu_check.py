@@ -150,7 +150,8 @@ def make_model(family: str, folder: Path, smoke: bool, device: str) -> dict:
 
 
 def make_data(folder: Path, rows: int) -> Path:
-    from mdpo_data.build.stage import BuildConfig, run_build
+    from mdpo_data.build.stage import run_build
+    from mdpo_data.config.build import BuildConfig
 
     run_build(BuildConfig(source="demo", n=rows, seed=0), folder, overwrite=True, progress=False)
     return folder

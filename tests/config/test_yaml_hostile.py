@@ -78,7 +78,7 @@ def test_train_config_yaml_is_refused_in_one_line(tmp_path, case):
 def test_an_alias_bomb_under_the_limit_is_shown_short():
     """9**4 values pass the expansion limit; the type error still shows only a short repr."""
     data = config_io.load_yaml_text(bomb(levels=4), "p.yaml")
-    from mdpo_data.build.stage import BuildConfig
+    from mdpo_data.config.build import BuildConfig
 
     _, problems = config_io.check_fields(BuildConfig, {"n": data["n"]})
     assert len(problems) == 1 and problems[0].startswith("--n: expected a whole number") \

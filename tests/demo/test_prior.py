@@ -8,8 +8,9 @@ import random
 
 import pytest
 
-from mdpo_data.build.stage import BuildConfig, plan
-from mdpo_data.config.pipeline import _value_problems
+from mdpo_data.build.stage import plan
+from mdpo_data.config.build import BuildConfig
+from mdpo_data.config.options import check_fields
 from mdpo_data.demo import hallucination
 from mdpo_data.demo import model as demo_model
 from mdpo_data.sources import SourceError, open_source
@@ -77,8 +78,10 @@ def test_a_prior_build_lets_a_text_rule_predict_train_and_fail_half_of_eval():
 
 
 def test_bad_prior_options_are_one_line_errors():
-    assert _value_problems(BuildConfig(demo_prior=1.5)) == ["--demo-prior: must be in [0, 1], got 1.5"]
-    assert _value_problems(BuildConfig(demo_prior_pairs=-0.1)) == ["--demo-prior-pairs: must be in [0, 1], got -0.1"]
+    """The bounds live on the fields (checked once with the types, every problem listed)."""
+    _, problems = check_fields(BuildConfig, {"demo_prior": 1.5, "demo_prior_pairs": -0.1})
+    assert problems == ["--demo-prior: must be in [0, 1], got 1.5",
+                        "--demo-prior-pairs: must be in [0, 1], got -0.1"]
     with pytest.raises(SourceError, match="--demo-prior must be in"):
         list(open_source("demo", demo_size=2, demo_prior=2.0))
 

@@ -67,7 +67,8 @@ def test_packed_training_step_equals_separate_sequences(request, name):
 def test_qwen2_5_vl_scores_and_trains_packed_and_says_so(tmp_path, capsys):
     """Score then train on Qwen2.5-VL: both pack (the score stats and the run log say so), the
     trainer's start-up check finds packed = separate, and step 1's loss is 3 ln 2."""
-    from mdpo_data.build.stage import BuildConfig, run_build
+    from mdpo_data.build.stage import run_build
+    from mdpo_data.config.build import BuildConfig
     from mdpo_data.demo.tiny import build_tiny_qwen2_5_vl
     from mdpo_data.scoring.stage import score_build
     from mdpo_train.config import load_config
