@@ -338,9 +338,13 @@ def score(directory, quiet, force, **options) -> None:
     mdpo-data score out/demo --ref-model tiny
     accelerate launch -m mdpo_data.cli score out/silkie --ref-model llava-hf/llava-1.5-7b-hf --dtype bfloat16
     """
+    from mdpo_data.config.options import check_fields
     from mdpo_data.config.runtime import Runtime
 
-    runtime = Runtime(**options)  # click checked each value (choices, ranges)
+    values, problems = check_fields(Runtime, options)  # choices and bounds, every problem at once
+    if problems:
+        raise click.UsageError("; ".join(problems))
+    runtime = Runtime(**{**options, **values})
     _check_device(runtime.device)
     _score(directory, runtime, quiet, force=force)
     _write_card(directory)

@@ -12,6 +12,7 @@ import click
 import pytest
 
 import mdpo_data.cli
+import mdpo_data.report.eval_cli
 import mdpo_train.cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,6 +112,9 @@ DATA = mdpo_data.cli.main
 TRAIN = mdpo_train.cli.main
 SUBCOMMANDS = {name: DATA.get_command(click.Context(DATA), name)
                for name in DATA.list_commands(click.Context(DATA))}
+EVAL = mdpo_data.report.eval_cli.main
+EVAL_COMMANDS = {name: EVAL.get_command(click.Context(EVAL), name)
+                 for name in EVAL.list_commands(click.Context(EVAL))}
 
 
 def code_in(page: Path) -> list[str]:
@@ -122,7 +126,7 @@ def code_in(page: Path) -> list[str]:
 
 
 def invocations(code: str) -> list[tuple[str, list[str]]]:
-    """(program, words after it) for each mdpo-data / mdpo-train call in a line of shell."""
+    """(program, words after it) for each mdpo-data / mdpo-train / mdpo-eval call in a line of shell."""
     code = code.split(" #")[0]
     try:
         words = shlex.split(code, comments=True)
@@ -132,8 +136,11 @@ def invocations(code: str) -> list[tuple[str, list[str]]]:
     for i, word in enumerate(words):
         name = word.rsplit("/", 1)[-1]
         module = words[i - 1] == "-m" if i else False
-        if name in ("mdpo-data", "mdpo-train") or (module and word in ("mdpo_data.cli", "mdpo_train.cli")):
-            current = ("mdpo-data" if "data" in name else "mdpo-train", [])
+        programs = {"mdpo-data": "mdpo-data", "mdpo-train": "mdpo-train", "mdpo-eval": "mdpo-eval",
+                    "mdpo_data.cli": "mdpo-data", "mdpo_train.cli": "mdpo-train",
+                    "mdpo_data.report.eval_cli": "mdpo-eval"}
+        if (name in programs and "-" in name) or (module and word in programs):
+            current = (programs[name if "-" in name else word], [])
             found.append(current)
         elif word in ("&&", "||", "|", ";"):
             current = None
@@ -146,14 +153,15 @@ def problems_in(page: Path) -> list[str]:
     problems = []
     for code in code_in(page):
         for program, words in invocations(code):
-            if program == "mdpo-data":
+            if program in ("mdpo-data", "mdpo-eval"):
                 if not words or words[0] in ("-h", "--help", "--version"):
                     continue
-                command = SUBCOMMANDS.get(words[0])
+                commands = SUBCOMMANDS if program == "mdpo-data" else EVAL_COMMANDS
+                command = commands.get(words[0])
                 if command is None:
-                    problems.append(f"`mdpo-data {words[0]}`: no such command (has {sorted(SUBCOMMANDS)})")
+                    problems.append(f"`{program} {words[0]}`: no such command (has {sorted(commands)})")
                     continue
-                known, flags, label = cli_options(command), words[1:], f"mdpo-data {words[0]}"
+                known, flags, label = cli_options(command), words[1:], f"{program} {words[0]}"
             else:
                 known, flags, label = cli_options(TRAIN), words, "mdpo-train"
             problems += [f"`{label} {flag}`: not in `{label} --help`"
@@ -171,6 +179,8 @@ def test_commands_and_flags_exist_in_the_cli(page):
 def test_every_command_is_in_the_readme_table():
     readme = README.read_text(encoding="utf-8")
     missing = [name for name in SUBCOMMANDS if f"| `mdpo-data {name}` |" not in readme]
+    missing += [f"mdpo-eval {name}" for name in EVAL_COMMANDS
+                if name != "demo-pope" and f"| `mdpo-eval {name}` |" not in readme]
     assert not missing and "| `mdpo-train` |" in readme, f"README's command table lacks {missing}"
 
 
@@ -211,7 +221,7 @@ FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9_-]*")
 def test_every_flag_named_in_the_docs_exists():
     """Flags named in prose (`--no-image-logps`) belong to some mdpo command or benchmark;
     a `python benchmarks/X.py --flag` line names a flag of that script."""
-    ours = cli_options(TRAIN).union(*(cli_options(c) for c in SUBCOMMANDS.values()))
+    ours = cli_options(TRAIN).union(*(cli_options(c) for c in [*SUBCOMMANDS.values(), *EVAL_COMMANDS.values()]))
     scripts = {p.name: set(FLAG.findall(p.read_text(encoding="utf-8")))
                for p in (ROOT / "benchmarks").glob("*.py")}
     known = ours | FOREIGN_FLAGS | set().union(*scripts.values())

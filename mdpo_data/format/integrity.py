@@ -54,7 +54,7 @@ def verify_entry(directory: str | Path, entry: dict[str, Any], *, also: str | No
     if digest == entry["sha256"] or (also is not None and digest == also):
         return digest
     raise IntegrityError(unfinished_score(Path(directory), entry["file"], digest) or (
-        f"{path}: sha256 {digest[:12]}... does not match manifest.json ({entry['sha256'][:12]}...): "
+        f"{path}: sha256 does not match manifest.json ({digest[:12]}..., listed {entry['sha256'][:12]}...): "
         "the shard changed after it was built or scored; rebuild or restore it"))
 
 

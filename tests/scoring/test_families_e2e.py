@@ -18,6 +18,7 @@ Adding a family is one entry in FAMILIES.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,10 +50,11 @@ class Family:
     build: Callable[..., Path]  # (path, chat_template=...) -> model folder
     template: str  # file in tests/chat_templates/
     end_of_turn: str  # the token that must close every scored span
-    folder: str  # the model folder's name (`--system-prompt auto` detects some families by it)
+    folder: str  # the model folder's name (never used to detect a family: its config.json is)
     doc_row: str  # its row in docs/models.md
     published: tuple[str, dict, dict]  # the checkpoint's image processor class, its kwargs, processor kwargs
     system: str | None = None  # the system message `--system-prompt auto` stores for it
+    names: tuple[tuple[str, str], ...] = ()  # (config key, base model) the published config.json records
 
 
 _CLIP_336 = {"size": {"shortest_edge": 336}, "crop_size": {"height": 336, "width": 336}}
@@ -61,7 +63,8 @@ _QWEN2 = ("Qwen2VLImageProcessor", {"min_pixels": 3136, "max_pixels": 12845056},
 
 FAMILIES = {
     "llava-1.5": Family(tiny.build_tiny_llava, "llava-1.5.jinja", "</s>", "llava-1.5-tiny", "LLaVA-1.5",
-                        ("CLIPImageProcessor", _CLIP_336, _LLAVA), VICUNA_V1),
+                        ("CLIPImageProcessor", _CLIP_336, _LLAVA), VICUNA_V1,
+                        (("text_config", "lmsys/vicuna-7b-v1.5"),)),
     "llava-next": Family(tiny.build_tiny_llava_next, "llava-v1.6-mistral.jinja", "</s>", "llava-v1.6-mistral-tiny",
                          "LLaVA-NeXT", ("LlavaNextImageProcessor", {**_CLIP_336, "image_grid_pinpoints": [
                              [336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]}, _LLAVA)),
@@ -83,7 +86,8 @@ FAMILIES = {
                                    "do_image_splitting": True}, {"image_seq_len": 81})),
     "internvl": Family(tiny.build_tiny_internvl, "internvl.jinja", "<|im_end|>", "internvl3-tiny", "InternVL", (
         "GotOcr2ImageProcessor", {"size": {"height": 448, "width": 448}, "crop_to_patches": True,
-                                  "min_patches": 1, "max_patches": 12}, {"image_seq_length": 256}), INTERNVL2_5),
+                                  "min_patches": 1, "max_patches": 12}, {"image_seq_length": 256}), INTERNVL2_5,
+                       (("", "OpenGVLab/InternVL3-1B-hf"),)),
     "gemma-3": Family(tiny.build_tiny_gemma3, "gemma-3.jinja", "<end_of_turn>", "gemma-3-tiny", "Gemma 3", (
         "Gemma3ImageProcessor", {"size": {"height": 896, "width": 896}, "do_pan_and_scan": False},
         {"image_seq_length": 256})),
@@ -99,7 +103,14 @@ def built(request, tmp_path_factory):
     """(family name, its tiny model folder, built once for this module's tests)."""
     family = FAMILIES[request.param]
     folder = tmp_path_factory.mktemp(request.param) / family.folder
-    return request.param, family.build(folder, chat_template=(TEMPLATES / family.template).read_text())
+    model = family.build(folder, chat_template=(TEMPLATES / family.template).read_text())
+    if family.names:  # what a downloaded checkpoint's config.json says about its base model
+        path = model / "config.json"
+        config = json.loads(path.read_text())
+        for key, name in family.names:
+            (config[key] if key else config)["_name_or_path"] = name
+        path.write_text(json.dumps(config, indent=2))
+    return request.param, model
 
 
 def plain_forward(model, processor, prompt: list[dict], image, response: str, end_of_turn: str):

@@ -166,15 +166,15 @@ def test_block_mask_hides_the_other_response():
 
 
 def test_groups_share_their_longest_common_prefix_else_split():
-    from mdpo_data.scoring.logprobs import _Rendered
+    from mdpo_data.scoring.logprobs import Rendered
     from mdpo_data.scoring.packing import _shared
 
-    same = [_Rendered("", True, [1, 2, 3], 1), _Rendered("", True, [1, 2, 4, 5], 2)]
+    same = [Rendered("", True, [1, 2, 3], 1), Rendered("", True, [1, 2, 4, 5], 2)]
     # the heads differ in their last token (a template space merged with each response):
     # they share [1] and each appends its own unscored tail
-    merged = [_Rendered("", True, [1, 2, 3], 1), _Rendered("", True, [1, 9, 4], 1)]
-    disjoint = [_Rendered("", True, [5, 2, 3], 1), _Rendered("", True, [1, 9, 4], 1)]
-    image_after = [_Rendered("", True, [1, 7, 3], 1), _Rendered("", True, [1, 8, 4], 1)]
+    merged = [Rendered("", True, [1, 2, 3], 1), Rendered("", True, [1, 9, 4], 1)]
+    disjoint = [Rendered("", True, [5, 2, 3], 1), Rendered("", True, [1, 9, 4], 1)]
+    image_after = [Rendered("", True, [1, 7, 3], 1), Rendered("", True, [1, 8, 4], 1)]
     assert _members(same, True) == ([[0, 1]], 0) and _shared(same) == 2
     assert _members(merged, True) == ([[0, 1]], 0) and _shared(merged) == 1
     assert _members(disjoint, True) == ([[0], [1]], 1)
@@ -244,7 +244,7 @@ def test_gemma3_packed_rows_keep_bidirectional_images_and_sliding_window(gemma3)
     """Gemma 3's image tokens see each other both ways and its sliding layers see 16 positions:
     packed rows (longer than the window) give the plain forwards' log-probs, and would not
     with the block mask alone. One group per forward: on this branch the batched Gemma 3
-    processor call wants nested image lists (the families work changes `_process` for that)."""
+    processor call wants nested image lists (the families work changes `process_rendered` for that)."""
     model, processor = gemma3
     supported, why = prefix_sharing_support(model)
     assert supported and "bidirectional" in why, why

@@ -194,7 +194,7 @@ def test_unscored_folder_errors_are_clear(tmp_path, llava_dir):
         score_build(tmp_path, str(llava_dir), progress=False)
     build = make_build(tmp_path / "b", shard_rows=(1,), eval_rows=())
     (build / "train-00000-of-00001.arrow").unlink()
-    with pytest.raises(ScoreError, match="does not exist"):
+    with pytest.raises(ScoreError, match="listed in manifest.json but missing"):
         score_build(build, str(llava_dir), progress=False)
 
 

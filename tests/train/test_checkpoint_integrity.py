@@ -65,6 +65,7 @@ def finished(demo, tmp_path_factory):
 def stopped_after_step_1(finished: Path, target: Path) -> Path:
     """A run folder as a kill right after step 1's checkpoint leaves it."""
     (target / "checkpoints").mkdir(parents=True)
+    shutil.copy(finished / TRAIN_MARK, target / TRAIN_MARK)  # the run marks its folder first
     shutil.copytree(finished / "checkpoints" / "checkpoint-1", target / "checkpoints" / "checkpoint-1")
     return target
 
