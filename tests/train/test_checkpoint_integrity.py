@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from mdpo_data.format.folder import TRAIN_MARK
 from mdpo_train.checkpoint import CHECKSUMS_FILE, STATE_FILE, write_checksums
 from mdpo_train.cli import main
 from mdpo_train.metrics import read_jsonl
