@@ -83,6 +83,16 @@ def noise_schedule() -> np.ndarray:
 _ABAR = noise_schedule()
 
 
+def _weights(image: Image.Image, t: int, what: str) -> tuple[float, float]:
+    """(sqrt(abar_t), sqrt(1 - abar_t)) for a checked 1-based step `t` and an RGB `image`."""
+    if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or not 1 <= t <= NOISE_STEPS:
+        raise ValueError(f"diffusion step t must be an int in 1..{NOISE_STEPS}, got {t!r}")
+    if image.mode != "RGB":
+        raise ValueError(f"{what} expects an RGB image, got mode {image.mode}")
+    abar = float(_ABAR[t - 1])
+    return math.sqrt(abar), math.sqrt(1.0 - abar)
+
+
 def diffusion_noise(image: Image.Image, t: int, seed: int) -> Image.Image:
     """x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps on pixels in [-1, 1], back to uint8.
 
@@ -90,12 +100,7 @@ def diffusion_noise(image: Image.Image, t: int, seed: int) -> Image.Image:
     "t=900" is t=900 here; the released VCD/BPO code indexes its array from 0, so its
     `noise_step=900` is our t=901 (abar differs by under 1%). eps ~ N(0, 1) from `seed`.
     """
-    if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or not 1 <= t <= NOISE_STEPS:
-        raise ValueError(f"diffusion step t must be an int in 1..{NOISE_STEPS}, got {t!r}")
-    if image.mode != "RGB":
-        raise ValueError(f"diffusion_noise expects an RGB image, got mode {image.mode}")
-    abar = float(_ABAR[t - 1])
-    signal, noise = math.sqrt(abar), math.sqrt(1.0 - abar)
+    signal, noise = _weights(image, t, "diffusion_noise")
     # In uint8 units: 127.5 * (x_t + 1) = signal * p + 127.5 * (1 - signal) + 127.5 * noise * eps
     out = rng(seed).standard_normal((image.height, image.width, 3), dtype=np.float32)
     out *= np.float32(127.5 * noise)
@@ -114,12 +119,7 @@ def normalized_diffusion_noise(image: Image.Image, t: int, seed: int, mean, std)
     channel. Noise std seen by the model at t=900: 0.931 before clipping (about 0.87-0.89 after
     clipping 5-8% of values on photos; see tests/rejected/test_contrast.py).
     """
-    if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or not 1 <= t <= NOISE_STEPS:
-        raise ValueError(f"diffusion step t must be an int in 1..{NOISE_STEPS}, got {t!r}")
-    if image.mode != "RGB":
-        raise ValueError(f"diffusion noise expects an RGB image, got mode {image.mode}")
-    abar = float(_ABAR[t - 1])
-    signal, noise = math.sqrt(abar), math.sqrt(1.0 - abar)
+    signal, noise = _weights(image, t, "diffusion noise")
     mean32 = np.asarray(mean, dtype=np.float32) * np.float32(255.0)
     std32 = np.asarray(std, dtype=np.float32) * np.float32(255.0 * noise)
     out = rng(seed).standard_normal((image.height, image.width, 3), dtype=np.float32)
