@@ -16,13 +16,14 @@ nothing damaged is ever loaded, and nothing is fed to torch.load before its hash
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from mdpo_data.format.shards import sha256_file
+from mdpo_data.format.shards import sha256_file, umask_mode
 from mdpo_train.data import DataError
 
 CHECKPOINTS = "checkpoints"
@@ -162,6 +163,9 @@ def save(accelerator, output_dir: str | Path, position: Position, config: dict[s
         try:
             state = {"position": asdict(position), "config": config}
             (tmp / STATE_FILE).write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
+            for written in tmp.iterdir():  # safetensors writes 0600: a shared run stays readable
+                if written.is_file() and not written.is_symlink():
+                    os.chmod(written, umask_mode())
             write_checksums(tmp, position.global_step)  # last: its presence means complete
         except OSError as error:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -272,10 +276,18 @@ def read_state(path: str | Path) -> tuple[Position, dict[str, Any]]:
                          "checkpoint") from None
 
 
-def load(accelerator, path: str | Path) -> Position:
+def load(accelerator, path: str | Path, steps_per_epoch: int) -> Position:
     """Restore trainable weights, optimizer, scheduler and RNG; return the data position.
-    Run only after `verify_checkpoint` passed; what still fails to load is one CheckpointError."""
+    Run only after `verify_checkpoint` passed; what still fails to load is one CheckpointError,
+    as does a data position this run's epochs cannot hold (an edited trainer state)."""
     path = Path(path)
+    position = read_state(path)[0]
+    expected = position.epoch * steps_per_epoch + position.step_in_epoch
+    if position.step_in_epoch >= steps_per_epoch or position.global_step != expected:
+        raise CheckpointError(
+            f"{path / STATE_FILE}: the data position (epoch {position.epoch}, step "
+            f"{position.step_in_epoch} of {steps_per_epoch}) does not give its global step "
+            f"{position.global_step}: the trainer state was edited; resume from another checkpoint")
     rng = RNG_FILE.format(accelerator.process_index)
     if not (path / rng).is_file():
         raise CheckpointError(f"{path}: no {rng}: the checkpoint was saved by fewer processes than "
@@ -286,4 +298,4 @@ def load(accelerator, path: str | Path) -> Position:
         raise
     except Exception as error:  # noqa: BLE001 - e.g. another LoRA shape: one line, not a traceback
         raise CheckpointError(f"{path}: cannot be loaded into this run ({one_line(error)})") from None
-    return read_state(path)[0]
+    return position

@@ -172,7 +172,7 @@ class MDPORecipe:
         checkpoint.register_hooks(acc)
         # 7. Resume: trainable weights, optimizer, scheduler, every RNG, and the data position.
         if self.resume_from:
-            self.position = checkpoint.load(acc, self.resume_from)
+            self.position = checkpoint.load(acc, self.resume_from, self.steps_per_epoch)
         # 8. Logs: metrics.jsonl (cut back to the checkpoint on resume) and trackers, in the
         #    run folder, marked ours first.
         if acc.is_main_process:

@@ -7,13 +7,11 @@ read, written or deleted through a symlink.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
-from mdpo_data.format.folder import (
-    TRAIN, TRAIN_MARK, FolderError, check_target, has_our_manifest, open_owned, refuse_links, write_owned,
-)
+from mdpo_data.format import folder
+from mdpo_data.format.folder import TRAIN, FolderError, check_target, has_our_manifest, open_owned, write_owned
 from mdpo_data.format.shards import SHARD_RE, umask_mode
 
 
@@ -24,10 +22,15 @@ def problems(output_dir: str | None, shards: str | None) -> list[str]:
     if not str(output_dir).strip():
         return ["--output-dir is empty: give a folder"]
     target = Path(output_dir)
-    if shards and target.exists() and Path(shards).exists():
-        data = Path(shards)
-        if target.resolve() in (data.resolve(), data.resolve().parent if data.is_file() else None):
+    if shards and Path(shards).exists():  # a local data folder (or a file in it)
+        data = Path(shards).resolve()
+        data = data.parent if data.is_file() else data
+        where = target.resolve()
+        if where == data:
             return [f"--output-dir {output_dir} is the data folder itself: pick another folder"]
+        if data in where.parents:  # a later build --overwrite or re-export would meet our files
+            return [f"--output-dir {output_dir} is inside the data folder {shards}: pick a folder "
+                    "outside it"]
     if target.is_dir() and (has_our_manifest(target) or any(SHARD_RE.match(p.name) for p in target.iterdir())):
         return [f"--output-dir {output_dir} holds mdpo-data shards or a manifest (a data folder): "
                 "pick another folder"]
@@ -40,12 +43,7 @@ def problems(output_dir: str | None, shards: str | None) -> list[str]:
 
 def claim(output_dir: str | Path) -> Path:
     """Create the run folder and mark it ours (the mark is written first)."""
-    directory = Path(output_dir)
-    refuse_links(directory, TRAIN)
-    directory.mkdir(parents=True, exist_ok=True)
-    if not (directory / TRAIN_MARK).is_file():
-        write_owned(directory, directory / TRAIN_MARK, json.dumps({"kind": "mdpo-train"}).encode())
-    return directory
+    return folder.claim(output_dir, TRAIN)
 
 
 def write_text(output_dir: str | Path, name: str, text: str) -> Path:

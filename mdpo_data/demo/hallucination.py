@@ -80,15 +80,15 @@ def pope_images(n: int, *, seed: int = 0, prior: float = 0.9) -> dict[str, Image
 
 def export_pope(out: str | Path, n: int, *, seed: int = 0, prior: float = 0.9) -> list[Path]:
     """Write OUT/images/*.png and OUT/demo_pope_{setting}.json (JSON lines, as POPE's files)."""
-    from mdpo_data.format.shards import write_bytes_atomic
+    from mdpo_data.format.folder import write_owned
 
     out = Path(out)
     for name, image in pope_images(n, seed=seed, prior=prior).items():
-        write_bytes_atomic(out / "images" / name, render_image(image))
+        write_owned(out, out / "images" / name, render_image(image))
     files = []
     for setting, items in pope_questions(n, seed=seed, prior=prior).items():
         path = out / f"demo_pope_{setting}.json"
-        write_bytes_atomic(path, "".join(json.dumps(q) + "\n" for q in items).encode())
+        write_owned(out, path, "".join(json.dumps(q) + "\n" for q in items).encode())
         files.append(path)
     return files
 

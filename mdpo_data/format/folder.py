@@ -1,12 +1,13 @@
 """Output folders: whose they are, whether we may write there, and who is writing now.
 
 ONE ownership rule for every command that writes (build, score, card, preview, push
---dry-run, mdpo-train). A folder is OURS when it holds our mark, and each kind of folder has
+--dry-run, mdpo-train, mdpo-eval). A folder is OURS when it holds our mark, and each kind of folder has
 one list of the names we write there (`KINDS`):
 
     data folder     our manifest.json (format_version + splits) or .state/build.json|lock
     Hub export      our manifest.json next to a data/ folder (what `push --dry-run` writes)
     train output    .mdpo-train.json (written first by mdpo-train)
+    eval output     .mdpo-eval.json (written first by mdpo-eval pope / demo-pope)
     preview         preview.png/.html that carry our generator mark
 
 A non-empty folder that is not ours, or is ours of another kind, is refused. Bookkeeping
@@ -35,6 +36,7 @@ LOCK_NAME = "lock"
 PID_NAME = "lock.pid"
 WRITTEN_NAME = "written.json"  # .state/written.json: sha256 of the user-facing files we wrote
 TRAIN_MARK = ".mdpo-train.json"
+EVAL_MARK = ".mdpo-eval.json"
 _HELD: dict[Path, int] = {}  # folders this process holds (re-entrant: build -> score)
 
 
@@ -51,6 +53,7 @@ class Kind:
     patterns: tuple[re.Pattern, ...] = ()  # more top-level file names we write
     folders: tuple[str, ...] = ()  # bookkeeping folders (never followed when symlinks)
     bookkeeping: tuple[str, ...] = ()  # files we read back or append to (never followed)
+    mark: str = ""  # the file `claim` writes first (folders that carry no manifest)
 
     def owns(self, name: str) -> bool:
         return name in self.files or name in self.folders or any(p.match(name) for p in self.patterns)
@@ -67,9 +70,12 @@ TRAIN = Kind("mdpo-train output", files=(
     "processor_config.json", "preprocessor_config.json", "video_preprocessor_config.json"),
     patterns=(re.compile(r"^model-\d{5}-of-\d{5}\.safetensors$"), re.compile(r"^.*\.safetensors\.index\.json$")),
     folders=("checkpoints", "merged", "logs"),
-    bookkeeping=(TRAIN_MARK, "train_config.yaml", "metrics.jsonl"))
+    bookkeeping=(TRAIN_MARK, "train_config.yaml", "metrics.jsonl"), mark=TRAIN_MARK)
+EVAL = Kind("mdpo-eval output", files=(EVAL_MARK, "answers.jsonl", "metrics.json"),
+            patterns=(re.compile(r"^demo_pope_[a-z]+\.json$"),), folders=("images",),
+            bookkeeping=(EVAL_MARK,), mark=EVAL_MARK)
 PREVIEW = Kind("mdpo-data preview", files=("preview.png", "preview.html"))
-KINDS = (DATA, EXPORT, TRAIN, PREVIEW)
+KINDS = (DATA, EXPORT, TRAIN, EVAL, PREVIEW)
 PREVIEW_MARK = "mdpo-data preview"  # PNG Software text / HTML generator meta of our previews
 EXPORT_SHARD_RE = re.compile(r"^[a-z]+-\d{5}-of-\d{5}\.parquet$")  # data/<split>-i-of-n.parquet
 
@@ -108,8 +114,10 @@ def is_our_preview(path: Path) -> bool:
 def kind_of(directory: str | Path) -> Kind | None:
     """Which kind of our folders `directory` is (None: not ours)."""
     directory = Path(directory)
-    if (directory / TRAIN_MARK).is_file():
-        return TRAIN
+    for kind in (TRAIN, EVAL):
+        mark = directory / kind.mark
+        if mark.is_file() or mark.is_symlink():  # a linked mark: refuse_links names it
+            return kind
     if has_our_manifest(directory):
         return EXPORT if (directory / "data").is_dir() and not (directory / STATE_DIR).exists() else DATA
     state = directory / STATE_DIR
@@ -207,6 +215,18 @@ def check_target(directory: str | Path, what: str = "--out", kind: Kind = DATA) 
         raise FolderError(f"{what} {directory}: {parent} is a file, not a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise FolderError(f"{what} {directory}: cannot create it, {parent} is not writable")
+    return directory
+
+
+def claim(directory: str | Path, kind: Kind) -> Path:
+    """Create a folder of a marked kind (train, eval) and mark it ours, the mark first; run
+    `check_target` before. Returns the folder."""
+    directory = Path(directory)
+    refuse_links(directory, kind)
+    directory.mkdir(parents=True, exist_ok=True)
+    if not _real_file(directory / kind.mark):
+        tag = kind.name.split()[0]  # "mdpo-train", "mdpo-eval"
+        write_owned(directory, directory / kind.mark, json.dumps({"kind": tag}).encode())
     return directory
 
 

@@ -15,6 +15,23 @@ from pathlib import Path
 
 import click
 
+from mdpo_data.format.folder import EVAL, FolderError, check_target, claim, write_owned
+
+
+def _check_out(out: str) -> None:
+    """--out follows the ownership rule of every writing command: new, empty, or ours."""
+    try:
+        check_target(out, "--out", EVAL)
+    except FolderError as error:
+        raise click.ClickException(str(error)) from None
+
+
+def _claim(out: str) -> Path:
+    try:
+        return claim(out, EVAL)
+    except (FolderError, OSError) as error:
+        raise click.ClickException(f"--out {out}: {error}") from None
+
 
 @click.group()
 def main() -> None:
@@ -44,6 +61,7 @@ def pope(model, adapter, questions, image_root, out, batch_size, max_new_tokens,
     from mdpo_data.report import pope as evaluator
     from mdpo_data.scoring.models import ModelLoadError
 
+    _check_out(out)
     if not Path(questions).is_file():
         raise click.ClickException(f"--questions {questions}: no such file")
     if not Path(image_root).is_dir():
@@ -65,11 +83,9 @@ def pope(model, adapter, questions, image_root, out, batch_size, max_new_tokens,
                                    max_new_tokens=max_new_tokens, progress=bar.update)
     metrics = evaluator.scores([a["prediction"] for a in answers], [a["label"] for a in answers])
     metrics.update(skipped=len(errors), errors=errors)
-    out = Path(out)
-    evaluator.write_answers(out / "answers.jsonl", answers)
-    from mdpo_data.format.shards import write_bytes_atomic
-
-    write_bytes_atomic(out / "metrics.json", (json.dumps(metrics, indent=2) + "\n").encode())
+    out = _claim(out)
+    evaluator.write_answers(out, answers)
+    write_owned(out, out / "metrics.json", (json.dumps(metrics, indent=2) + "\n").encode())
     click.echo(f"{metrics['n']} questions ({len(errors)} skipped): accuracy {metrics['accuracy']:.1%}, "
                f"precision {metrics['precision']:.1%}, recall {metrics['recall']:.1%}, "
                f"F1 {metrics['f1']:.1%}, yes-ratio {metrics['yes_ratio']:.1%} -> {out}")
@@ -86,7 +102,8 @@ def demo_pope(out, n, seed, prior) -> None:
     """Export the demo world's presence questions in POPE's format (2 per scene and setting)."""
     from mdpo_data.demo.hallucination import export_pope
 
-    files = export_pope(out, n, seed=seed, prior=prior)
+    _check_out(out)
+    files = export_pope(_claim(out), n, seed=seed, prior=prior)
     click.echo(f"{n} scenes, {2 * n} questions per setting: " + ", ".join(str(f) for f in files))
 
 

@@ -120,12 +120,13 @@ def answer(model, processor, questions: list[Question], images: dict, *, batch_s
              "answer": g.text, "prediction": parse_answer(g.text)} for q, g in zip(kept, generated)]
 
 
-def write_answers(path: str | Path, answers: list[dict]) -> None:
-    """The per-question answers as JSON lines, written atomically."""
-    from mdpo_data.format.shards import write_bytes_atomic
+def write_answers(out: str | Path, answers: list[dict]) -> Path:
+    """OUT/answers.jsonl: the per-question answers as JSON lines, written atomically and never
+    through a symlink."""
+    from mdpo_data.format.folder import write_owned
 
     text = "".join(json.dumps(a, ensure_ascii=False, sort_keys=True) + "\n" for a in answers)
-    write_bytes_atomic(path, text.encode())
+    return write_owned(out, Path(out) / "answers.jsonl", text.encode())
 
 
 def load_with_adapter(model_id_or_path: str, adapter: str | None, *, device: str = "auto"):

@@ -162,6 +162,10 @@ def _check_out(directory: Path, out: Path) -> None:
     """Refuse an `out` inside or above the build, or a non-empty folder that is not exactly an
     old export of ours (our manifest.json, README.md and data/*.parquet, nothing else)."""
     source, target = directory.resolve(), out.resolve()
+    here = Path.cwd().resolve()
+    if target == here or target in here.parents:  # replacing it would move the shell's folder
+        raise PublishError(f"--dry-run folder {out} is the current folder or holds it: give a "
+                           "new or export folder elsewhere (e.g. --dry-run ../export)")
     if target == source or target in source.parents:
         raise PublishError(f"--dry-run folder {out} would replace the build folder {directory}: pick another")
     if source in target.parents:
@@ -196,7 +200,7 @@ def export_hub_folder(directory: str | Path, out: str | Path, *, base_card: str 
     """
     if not str(out).strip():  # `--dry-run "$UNSET"`: an error, never the working folder
         raise PublishError("--dry-run is empty: give the folder to write the export into")
-    directory, out = Path(directory), Path(out)
+    directory, out = Path(directory), Path(os.path.abspath(out))  # "x" and "./x" have a parent
     read_manifest(directory)  # a clear error when this is not a build folder
     if check:
         _refuse_invalid(directory)

@@ -266,9 +266,11 @@ def test_train_refuses_a_folder_that_is_not_its_own(built, tmp_path):
     result = cli(*train_args(built, run), command=mdpo_train)
     assert result.exit_code != 0 and "--output-dir" in result.output and "not empty" in result.output
     assert (run / "train_config.yaml").read_text() == "mine: true\n" and not (run / TRAIN_MARK).exists()
-    for target in (built, ""):  # the data folder itself; an unset variable
-        result = cli(*train_args(built, target), command=mdpo_train)
-        assert result.exit_code != 0 and "--output-dir" in result.output
+    for target in (built, "", built / "run", built / ".state" / "run"):  # the data folder, an
+        result = cli(*train_args(built, target), command=mdpo_train)  # unset variable, inside it
+        assert result.exit_code != 0 and "--output-dir" in result.output, result.output
+    result = cli(*train_args(built / "manifest.json", built / "run"), command=mdpo_train)
+    assert result.exit_code != 0 and "inside the data folder" in result.output, result.output
     assert sorted(p.name for p in built.iterdir()) == [".state", "README.md", "manifest.json",
                                                        "train-00000-of-00001.arrow"]
 

@@ -138,3 +138,41 @@ def test_the_demo_export_is_pope_format_and_the_same_evaluator_scores_it(tmp_pat
                                        "--image-root", str(tmp_path / "demo" / "images"), "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert json.loads((out / "metrics.json").read_text())["n"] == 16
+
+
+def test_pope_out_follows_the_ownership_rule(tmp_path, tiny_model_dir):
+    """--out of both commands is new, empty or ours (.mdpo-eval.json, written first): a user's
+    metrics.json is never overwritten and nothing of ours is written through a symlink."""
+    questions, images = _pope_folder(tmp_path)
+
+    def run(*args):
+        return CliRunner().invoke(main, [str(a) for a in args])
+
+    def pope_into(out):
+        return run("pope", "--model", tiny_model_dir, "--questions", questions, "--image-root", images,
+                   "--out", out, "--quiet")
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "metrics.json").write_text("my numbers")
+    for result in (pope_into(mine), run("demo-pope", "--out", mine, "--n", "2")):
+        assert result.exit_code != 0 and "not empty" in result.output and "Traceback" not in result.output
+    assert sorted(p.name for p in mine.iterdir()) == ["metrics.json"]
+    assert (mine / "metrics.json").read_text() == "my numbers"
+    assert pope_into("").exit_code != 0  # an unset variable is never the working folder
+
+    built = tmp_path / "built"  # a data folder of ours is another kind: refused too
+    (built / ".state").mkdir(parents=True)
+    (built / ".state" / "build.json").write_text("{}")
+    assert "not an mdpo-eval output" in pope_into(built).output
+
+    ours = tmp_path / "ours"
+    assert pope_into(ours).exit_code == 0 and (ours / ".mdpo-eval.json").is_file()
+    assert run("demo-pope", "--out", ours, "--n", "2").exit_code == 0  # ours again: rewritten
+    assert pope_into(ours).exit_code == 0
+    outside = tmp_path / "outside.txt"
+    outside.write_text("keep")
+    (ours / "answers.jsonl").unlink()
+    (ours / "answers.jsonl").symlink_to(outside)
+    result = pope_into(ours)
+    assert result.exit_code != 0 and "symlink" in result.output and outside.read_text() == "keep"

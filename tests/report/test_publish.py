@@ -157,6 +157,24 @@ def test_export_refuses_unsafe_targets_and_invalid_data(tmp_path):
     assert not (tmp_path / "hub").exists()
 
 
+def test_the_current_folder_is_never_the_export_and_relative_names_stage_beside_it(tmp_path, monkeypatch):
+    """`--dry-run .` would move the folder the user's shell is in; `--dry-run hub` (a bare
+    relative name) stages next to it, never inside the working folder."""
+    build = write_build(tmp_path / "build", scored=False, n_eval=0)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    for target in (".", "./", str(work), str(tmp_path)):
+        with pytest.raises(PublishError, match="current folder"):
+            export_hub_folder(build, target)
+    assert list(work.iterdir()) == [] and work.is_dir()
+    out = export_hub_folder(build, "hub")
+    assert out == work / "hub" and files(out) == {
+        "README.md", "manifest.json", "data/train-00000-of-00002.parquet", "data/train-00001-of-00002.parquet"}
+    export_hub_folder(build, "hub")  # a re-export swaps in a new folder; no staging is left
+    assert sorted(p.name for p in work.iterdir()) == ["hub"]
+
+
 def test_push_checks_before_touching_the_network(tmp_path):
     smoke = write_build(tmp_path / "smoke")  # scored by the tiny random-weight model
     with pytest.raises(PublishError, match="smoke-test model"):

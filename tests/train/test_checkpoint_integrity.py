@@ -139,6 +139,35 @@ def test_an_extra_file_or_an_edited_global_step_is_refused(demo, finished, tmp_p
         assert code == 2 and "the global step disagrees" in one_error(output), output
 
 
+@pytest.mark.parametrize("edit", [{"step_in_epoch": 1}, {"epoch": 1, "step_in_epoch": 0},
+                                  {"step_in_epoch": 40}])
+def test_an_edited_data_position_is_refused_even_when_rehashed(demo, finished, tmp_path, edit):
+    """The global step, the scheduler and the checksums agree, but (epoch, step in epoch) no
+    longer gives the global step: resuming would silently replay or skip examples."""
+    run = shutil.copytree(finished, tmp_path / "run")
+    state = run / CHECKPOINT / STATE_FILE
+    saved = json.loads(state.read_text())
+    saved["position"].update(edit)
+    state.write_text(json.dumps(saved))
+    (run / CHECKPOINT / CHECKSUMS_FILE).unlink()
+    write_checksums(run / CHECKPOINT, 2)
+    code, output = invoke("--shards", demo, "--output-dir", run, "--resume", "latest")
+    assert code != 0 and "the data position" in one_error(output) and STATE_FILE in output, output
+
+
+def test_checkpoint_files_get_the_umask_mode(finished):
+    """safetensors writes through a 0600 temp file; a run shared by a team stays readable."""
+    expected = 0o666 & ~_umask()
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (finished / CHECKPOINT).iterdir()}
+    assert modes and set(modes.values()) == {expected}, modes
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
 def test_a_full_disk_while_saving_a_checkpoint_is_one_line(demo, tmp_path):
     """RLIMIT_FSIZE makes every write past 20 kB fail (EFBIG), as a full disk does: the
     optimizer state (160 kB) cannot be written."""
