@@ -64,15 +64,16 @@ def floor(files: list[Path], spec: str) -> float:
 
 def build(source: Path, n: int, spec: str, workers: int) -> float:
     from mdpo_data.build.stage import run_build
+    from mdpo_data.config.runtime import Runtime
     from mdpo_data.config.build import BuildConfig
 
     out = Path(tempfile.mkdtemp(prefix="bench-build-"))
     config = BuildConfig(source="silkie", source_path=str(source), n=n, rejected=spec, seed=0,
                          pairing="best-worst", shard_size=1000)
     started = time.perf_counter()
-    result = run_build(config, out, workers=workers, progress=False)
+    result = run_build(config, out, runtime=Runtime(workers=workers), progress=False)
     elapsed = time.perf_counter() - started
-    written = result.manifest["counts"]["written"]
+    written = result.manifest.counts.written
     shutil.rmtree(out)
     return written / elapsed
 

@@ -95,6 +95,7 @@ class PeakMemory:
 # ------------------------------------------------------------------ setup (parent process)
 def prepare(args) -> dict:
     from mdpo_data.build.stage import run_build
+    from mdpo_data.config.runtime import Runtime
     from mdpo_data.config.build import BuildConfig
     from mdpo_data.scoring.stage import score_build
     from mdpo_data.demo.tiny import build_tiny_llava
@@ -114,7 +115,7 @@ def prepare(args) -> dict:
         widen_vocabulary(model, args.vocab)
     data = work / "data"
     started = time.perf_counter()
-    run_build(BuildConfig(source="demo", n=args.rows, seed=0), data, overwrite=True, progress=False)
+    run_build(BuildConfig(source="demo", n=args.rows, seed=0), data, runtime=Runtime(overwrite=True), progress=False)
     stats = score_build(data, str(model), dtype=args.dtype, device=args.device, progress=False)
     return {"score_seconds": time.perf_counter() - started, "score_stats": stats}
 

@@ -21,12 +21,13 @@ from pathlib import Path
 
 from mdpo_data.format import schema
 from mdpo_data.format.integrity import verify_shards
+from mdpo_data.format.manifest import Counts, Manifest, ShardEntry
 from mdpo_data.format.shards import shard_name, sha256_file, write_shard
 
 
-def make_folder(directory: Path, rows: int, shard_size: int, image_kb: int) -> dict:
+def make_folder(directory: Path, rows: int, shard_size: int, image_kb: int) -> Manifest:
     """Shards of rows with random (not decodable: never decoded here) image bytes + a manifest
-    dict listing them, as a build would."""
+    listing them, as a build would."""
     rng_bytes = os.urandom(image_kb * 1024 * 4)
     splits = {"train": []}
     n_shards = -(-rows // shard_size)
@@ -46,8 +47,9 @@ def make_folder(directory: Path, rows: int, shard_size: int, image_kb: int) -> d
                 yield batch
         name = shard_name("train", index, n_shards)
         count = write_shard(directory / name, batches())
-        splits["train"].append({"file": name, "rows": count, "sha256": sha256_file(directory / name)})
-    return {"splits": splits}
+        splits["train"].append(ShardEntry(file=name, rows=count, sha256=sha256_file(directory / name)))
+    return Manifest(format_version=schema.FORMAT_VERSION, config={}, counts=Counts(), splits=splits,
+                    reference=None)
 
 
 def read_all(directory: Path) -> int:
@@ -71,7 +73,7 @@ def main() -> None:
         start = time.perf_counter()
         manifest = make_folder(directory, args.rows, args.shard_size, args.image_kb)
         size = sum(p.stat().st_size for p in directory.glob("*.arrow"))
-        print(f"folder: {args.rows} rows in {len(manifest['splits']['train'])} shards, "
+        print(f"folder: {args.rows} rows in {len(manifest.splits['train'])} shards, "
               f"{size / 1e9:.2f} GB (written in {time.perf_counter() - start:.1f}s)")
         read_s, verify_s = [], []
         for _ in range(args.repeats):

@@ -151,9 +151,10 @@ def make_model(family: str, folder: Path, smoke: bool, device: str) -> dict:
 
 def make_data(folder: Path, rows: int) -> Path:
     from mdpo_data.build.stage import run_build
+    from mdpo_data.config.runtime import Runtime
     from mdpo_data.config.build import BuildConfig
 
-    run_build(BuildConfig(source="demo", n=rows, seed=0), folder, overwrite=True, progress=False)
+    run_build(BuildConfig(source="demo", n=rows, seed=0), folder, runtime=Runtime(overwrite=True), progress=False)
     return folder
 
 

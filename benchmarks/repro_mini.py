@@ -77,11 +77,11 @@ def build_data(args) -> Path:
 
 def eval_rows(data: Path) -> tuple[list[dict], int]:
     """The eval split's rows (storage form) and the build seed."""
-    from mdpo_data.format.manifest import read_manifest
+    from mdpo_data.format.manifest import load_manifest
     from mdpo_data.format.shards import read_shard, shard_files
 
     rows = [row for f in shard_files(data, "eval") for row in read_shard(f).to_pylist()]
-    return rows, int(read_manifest(data)["config"]["seed"])
+    return rows, int(load_manifest(data).config["seed"])
 
 
 # ------------------------------------------------------------------ metrics

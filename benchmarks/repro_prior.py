@@ -232,9 +232,9 @@ def main(argv=None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     data = build_data(args)
-    from mdpo_data.format.manifest import read_manifest
+    from mdpo_data.format.manifest import load_manifest
 
-    build_seed = int(read_manifest(data)["config"]["seed"])
+    build_seed = int(load_manifest(data).config["seed"])
     rows = split_rows(data, "eval")
     rule = text_rule_accuracy(split_rows(data, "train"))
     print(f"data: {data} ({time.perf_counter() - started:.0f}s); text-only rule on train: {rule:.1%}", flush=True)

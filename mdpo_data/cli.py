@@ -180,8 +180,6 @@ def build(ctx, pipeline, quiet, **_) -> None:
             result = run_build(
                 config,
                 out,
-                workers=runtime.workers,
-                overwrite=runtime.overwrite,
                 progress=not quiet,
                 command=_command_line(ctx),
                 runtime=runtime,
@@ -201,28 +199,28 @@ def _report_build(result, out: str, elapsed: float) -> None:
     from mdpo_data.build.stage import warn_short
 
     manifest = result.manifest
-    counts = manifest["counts"]
+    counts = manifest.counts
     rows = [
-        ("source rows read", counts["read"]),
-        ("pairs formed", counts["pairs"]),
-        ("unique pairs", counts["candidates"]),
-        ("sampled", f"{counts['sampled']} (requested {counts['requested']})"),
+        ("source rows read", counts.read),
+        ("pairs formed", counts.pairs),
+        ("unique pairs", counts.candidates),
+        ("sampled", f"{counts.sampled} (requested {counts.requested})"),
     ]
-    rows += [(f"skipped: {k}", v) for k, v in counts["skipped"].items()]
-    rows += [(f"written: {k}", v) for k, v in counts["written_by_split"].items()]
+    rows += [(f"skipped: {k}", v) for k, v in counts.skipped.items()]
+    rows += [(f"written: {k}", v) for k, v in counts.written_by_split.items()]
     rows += [
         ("shards", f"{result.shards_written} written, {result.shards_reused} reused"),
-        ("rejected image", manifest["rejected_image"]["resolved"]),
-        ("time", f"{elapsed:.1f}s ({counts['sampled'] / max(elapsed, 1e-9):.1f} rows/s)"),
+        ("rejected image", manifest.rejected_image.resolved),
+        ("time", f"{elapsed:.1f}s ({counts.sampled / max(elapsed, 1e-9):.1f} rows/s)"),
         ("output", str(Path(out))),
     ]
     click.echo("\n" + _table(rows))
     short = warn_short(manifest)
     if short:
         click.secho(f"warning: {short}", fg="yellow", err=True)
-    if not counts["written_by_split"].get("train"):
-        reasons = ", ".join(f"{k}: {v}" for k, v in counts["skipped"].items()) or "none recorded"
-        _fail(f"the build wrote 0 train rows: every one of the {counts['sampled']} sampled pairs "
+    if not counts.written_by_split.get("train"):
+        reasons = ", ".join(f"{k}: {v}" for k, v in counts.skipped.items()) or "none recorded"
+        _fail(f"the build wrote 0 train rows: every one of the {counts.sampled} sampled pairs "
               f"was skipped (skips: {reasons}); see {Path(out) / 'manifest.json'}")
 
 
@@ -361,41 +359,39 @@ def score(directory, quiet, force, **options) -> None:
 def inspect(directory, n_rows) -> None:
     """Summarize a build: config, counts, shards, reference fingerprint, image reliance, rows."""
     from mdpo_data.format import schema
-    from mdpo_data.format.manifest import is_scored, read_manifest
+    from mdpo_data.format.manifest import load_manifest
     from mdpo_data.format.integrity import verified_shards
     from mdpo_data.format.shards import read_shard
 
     try:
-        manifest = read_manifest(directory)
+        manifest = load_manifest(directory)
     except _manifest_error() as error:
         _fail(str(error))
-    config, counts = manifest["config"], manifest["counts"]
-    image = manifest.get("rejected_image") or {}
-    source = str(config.get("source", "?"))
+    config, counts, image = manifest.config, manifest.counts, manifest.rejected_image
+    source = str(config.get("source", "?"))  # config: the options as recorded, a plain mapping
     rows = [
-        ("command", manifest.get("command") or "-"),
+        ("command", manifest.command or "-"),
         ("source", source + (f" ({config['source_path']})" if config.get("source_path") else "")),
         ("seed", config.get("seed", "-")),
-        ("rejected image", f"{image.get('resolved', '?')}: {image.get('description', '')}"),
-        ("rejected response", (manifest.get("rejected_response") or {}).get("strategy", "source")),
+        ("rejected image", f"{image.resolved}: {image.description or ''}" if image else "?"),
+        ("rejected response", manifest.rejected_response.strategy),
         ("rows read / pairs / unique / sampled", " / ".join(
-            str(counts.get(k, "-")) for k in ("read", "pairs", "candidates", "sampled"))),
+            "-" if n is None else str(n) for n in (counts.read, counts.pairs, counts.candidates, counts.sampled))),
     ]
-    rows += [(f"skipped: {k}", v) for k, v in (counts.get("skipped") or {}).items()]
-    for split, entries in manifest["splits"].items():
-        rows.append((f"{split}", f"{sum(e['rows'] for e in entries)} rows in {len(entries)} shard(s)"))
-    reference = manifest.get("reference")
-    if is_scored(manifest):
-        fp = reference.get("fingerprint", {})
-        rows.append(("reference", f"{fp.get('model')} ({fp.get('dtype')}, max length {fp.get('max_length')})"))
-        for k, v in (reference.get("skipped") or {}).items():
+    rows += [(f"skipped: {k}", v) for k, v in counts.skipped.items()]
+    for split, entries in manifest.splits.items():
+        rows.append((f"{split}", f"{sum(e.rows for e in entries)} rows in {len(entries)} shard(s)"))
+    if manifest.scored:
+        fp = manifest.fingerprint
+        rows.append(("reference", f"{fp.model} ({fp.dtype}, max length {fp.max_length})" if fp else "?"))
+        for k, v in manifest.reference.skipped.items():
             rows.append((f"score skipped: {k}", v))
     else:
         rows.append(("reference", "not scored (run `mdpo-data score DIR --ref-model ...`)"))
     click.echo(_table(rows))
 
     files = list(verified_shards(directory, manifest, "train"))
-    if is_scored(manifest) and files:
+    if manifest.scored and files:
         import pyarrow as pa
 
         from mdpo_data.report.reliance import reliance_stats

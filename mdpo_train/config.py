@@ -131,7 +131,7 @@ flag = config_io.flag
 
 def field_help() -> dict[str, str]:
     """Each field's help text (the flag's help), from its metadata."""
-    return {name: f.metadata["help"] for name, f in FIELDS.items()}
+    return {name: config_io.help_of(f) for name, f in FIELDS.items()}
 
 
 # ------------------------------------------------------------------ loading

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from mdpo_data.format import schema
-from mdpo_data.format.manifest import ManifestError, is_scored, read_manifest
+from mdpo_data.format.manifest import Manifest, ManifestError, load_manifest
 from mdpo_train.losses import CHOSEN, CHOSEN_REJECTED_IMAGE, REJECTED
 
 # sequence -> (stored reference column, image column, response column)
@@ -50,15 +50,13 @@ class Source:
     """What the manifest says about a scored data folder (read without touching the rows)."""
 
     path: Path
-    manifest: dict[str, Any]
-
-    @property
-    def reference(self) -> dict[str, Any]:
-        return self.manifest.get("reference") or {}
+    manifest: Manifest
 
     @property
     def fingerprint(self) -> dict[str, Any]:
-        return self.reference.get("fingerprint") or {}
+        """The scorer's fingerprint as it recorded it ({} when unscored): the identity checks
+        (`scoring.logprobs.response_rule_problems`, `mdpo_train.verify`) read its hashes."""
+        return self.manifest.fingerprint.as_dict() if self.manifest.fingerprint else {}
 
 
 def inspect_source(path: str | Path, scored: bool = True) -> tuple[Source | None, list[str]]:
@@ -69,13 +67,13 @@ def inspect_source(path: str | Path, scored: bool = True) -> tuple[Source | None
     if not path.is_dir():
         return None, [f"--shards: {path} is not a folder"]
     try:
-        manifest = read_manifest(path)
+        manifest = load_manifest(path)
     except ManifestError as error:
         return None, [
             f"--shards: {error} (the trainer needs the build's manifest.json, also in a Hub "
             "export, to know which model scored the reference log-probs)"
         ]
-    if scored and not is_scored(manifest):
+    if scored and not manifest.scored:
         return None, [
             f"--shards: {path} has no reference log-probs yet; run "
             f"`mdpo-data score {path} --ref-model MODEL` first (the trainer never runs the reference)"

@@ -86,13 +86,13 @@ def render_model_card(summary: dict[str, Any]) -> str:
         ("peak memory", _memory(summary.get("memory"))),
         ("trainable parameters", f"{summary['trainable_parameters']:,} of {summary['total_parameters']:,}"),
     ]
-    fp = (manifest.get("reference") or {}).get("fingerprint") or {}
+    fp = manifest.fingerprint
     return jinja2.Template(TEMPLATE).render(
         model=summary["model"],
         smoke_test=summary.get("smoke_test", False),
         config=config,
-        build=manifest.get("config") or {},
-        rejected_image=(manifest.get("rejected_image") or {}).get("resolved", "unknown"),
+        build=manifest.config,
+        rejected_image=manifest.rejected_image.resolved if manifest.rejected_image else "unknown",
         fp=fp,
         spot_check=summary.get("spot_check"),
         terms=LOSSES[config["loss"]] + tuple(

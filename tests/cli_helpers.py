@@ -29,3 +29,11 @@ def folder_bytes(directory: Path) -> dict[str, str]:
 
 def rows_of(out):
     return [row for f in shard_files(out, "train") for row in read_shard(f).to_pylist()]
+
+
+def manifest_json(directory) -> dict:
+    """manifest.json exactly as stored (tests read and edit the on-disk format; the code reads
+    it through `mdpo_data.format.manifest.load_manifest`)."""
+    import json
+
+    return json.loads((Path(directory) / "manifest.json").read_bytes())

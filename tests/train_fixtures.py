@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 
 from mdpo_data.build.stage import run_build
+
+from mdpo_data.config.runtime import Runtime
 from mdpo_data.config.build import BuildConfig
 from mdpo_data.scoring.stage import score_build
 
@@ -36,7 +38,7 @@ def scored_demo(out: Path, *, n: int = 24, eval_fraction: float = 0.25, seed: in
         warnings.simplefilter("ignore")  # the smoke-test model warns, by design
         config = BuildConfig(source="demo", n=n, rejected="crop:0-0.2", seed=seed,
                              eval_fraction=eval_fraction, system_prompt=system_prompt)
-        run_build(config, out, overwrite=True, progress=False)
+        run_build(config, out, runtime=Runtime(overwrite=True), progress=False)
         score_build(out, ref_model, progress=False)
     return Path(out)
 

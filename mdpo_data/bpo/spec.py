@@ -8,7 +8,6 @@ import re
 from dataclasses import dataclass
 from typing import ClassVar
 
-VALID_FORMS = "weaken (= weaken:900), weaken:T (diffusion step T in 1..1000), inject"
 DEFAULT_STEP = 900  # BPO's image-weakening noise step
 INJECT_PROMPT = """\
 Here is a question about an image and its correct answer.
@@ -73,6 +72,8 @@ class ResponseKind:
     """One rejected-response strategy; subclasses set `name` and override what differs."""
 
     name: ClassVar[str]
+    form: ClassVar[str]  # for --help ("weaken[:T]")
+    usage: ClassVar[str]  # the forms explained, for errors
     prompt: ClassVar[str | None] = None
     uses_seed: ClassVar[bool] = False
     needs: ClassVar[str] = "a model (model=...)"  # what generates its answers, for errors
@@ -96,7 +97,17 @@ class ResponseKind:
         return model
 
 
-RESPONSE_KINDS: dict[str, ResponseKind] = {}
+RESPONSE_KINDS: dict[str, ResponseKind] = {}  # in registration order, as help and errors list them
+
+
+def forms() -> str:
+    """The registered strategies' forms, as --rejected-response's help lists them."""
+    return " | ".join(kind.form for kind in RESPONSE_KINDS.values())
+
+
+def valid_forms() -> str:
+    """The registered strategies' forms explained, as a bad spec's error lists them."""
+    return ", ".join(kind.usage for kind in RESPONSE_KINDS.values())
 
 
 def register(cls: type[ResponseKind]) -> type[ResponseKind]:
@@ -107,6 +118,8 @@ def register(cls: type[ResponseKind]) -> type[ResponseKind]:
 @register
 class WeakenResponse(ResponseKind):
     name = "weaken"
+    form = "weaken[:T]"
+    usage = "weaken (= weaken:900), weaken:T (diffusion step T in 1..1000)"
     uses_seed = True
     needs = "a vision-language model (model=...)"
 
@@ -143,6 +156,7 @@ class WeakenResponse(ResponseKind):
 @register
 class InjectResponse(ResponseKind):
     name = "inject"
+    form = usage = "inject"
     prompt = INJECT_PROMPT
     needs = "a text LLM (inject_model=...)"
 
@@ -166,7 +180,7 @@ def parse_response_strategy(spec: str) -> ResponseStrategy:
     """"weaken", "weaken:T" or "inject" -> ResponseStrategy; ValueError listing the valid forms."""
     if not isinstance(spec, str):
         raise ValueError(
-            f"bad rejected-response strategy {spec!r}: expected a string. Valid forms: {VALID_FORMS}"
+            f"bad rejected-response strategy {spec!r}: expected a string. Valid forms: {valid_forms()}"
         )
     name, sep, arg = spec.strip().lower().partition(":")
     name, arg = name.strip(), arg.strip()
@@ -176,7 +190,7 @@ def parse_response_strategy(spec: str) -> ResponseStrategy:
         return RESPONSE_KINDS[name].parse(arg if sep else None)
     except ValueError as error:
         raise ValueError(
-            f"bad rejected-response strategy {spec!r}: {error}. Valid forms: {VALID_FORMS}"
+            f"bad rejected-response strategy {spec!r}: {error}. Valid forms: {valid_forms()}"
         ) from None
 
 

@@ -42,7 +42,7 @@ from mdpo_data.bpo.cache import CACHE_VERSION, AnswerCache, sha
 from mdpo_data.bpo.generate import GENERATORS, GREEDY
 from mdpo_data.bpo.spec import ResponseStrategy, rejected_problem
 from mdpo_data.sources.records import BadRow, Candidate
-from mdpo_data.format.markers import bpo_cache_path, read_bpo_marker, write_bpo_marker
+from mdpo_data.format.markers import BpoMarker, bpo_cache_path, read_bpo_marker, write_bpo_marker
 
 
 # --------------------------------------------------------------------------- the stage
@@ -109,7 +109,7 @@ def bootstrap_rejected(
     marker = _mark(state_dir, part, key, settings_key, filled, skipped,
                    {c.example_id: [failed[c.example_id], _image_digest(c)]
                     for c in candidates if c.example_id in failed})
-    return filled, Counter(marker["skipped"]), record
+    return filled, Counter(marker.skipped), record
 
 
 def _image_digest(c: Candidate) -> str:
@@ -120,12 +120,10 @@ def _image_digest(c: Candidate) -> str:
         return f"unreadable: {error.reason}"
 
 
-def _known_failures(marker: dict[str, Any] | None, todo: list[Candidate]) -> dict[str, str]:
+def _known_failures(marker: BpoMarker | None, todo: list[Candidate]) -> dict[str, str]:
     """example id -> reason, for candidates whose image a finished run of this part failed to
     load and that still hold the same bytes: counted again without loading the model."""
-    recorded = (marker or {}).get("unanswered")
-    if not isinstance(recorded, dict):
-        return {}
+    recorded = marker.unanswered if marker else {}
     known = {}
     for c in todo:
         entry = recorded.get(c.example_id)
@@ -135,21 +133,13 @@ def _known_failures(marker: dict[str, Any] | None, todo: list[Candidate]) -> dic
 
 
 def _mark(state_dir: Path, part: str, key: str, settings_key: str, filled: list[Candidate],
-          skipped: Counter, unanswered: dict[str, list[str]]) -> dict[str, Any]:
+          skipped: Counter, unanswered: dict[str, list[str]]) -> BpoMarker:
     """Write the stage's completion marker for `part`: its key covers the settings and every
     candidate's input; its sha256 the answers given; `unanswered` the images that failed."""
     answers = json.dumps([[c.example_id, c.rejected] for c in filled], ensure_ascii=False)
-    marker = {
-        "stage": "bpo",
-        "part": part,
-        "key": key,
-        "settings_key": settings_key,
-        "rows": len(filled),
-        "sha256": sha(answers),
-        "skipped": dict(sorted(skipped.items())),
-        "unanswered": unanswered,
-    }
-    write_bpo_marker(state_dir, part, marker)
+    marker = BpoMarker(part=part, key=key, settings_key=settings_key, rows=len(filled), sha256=sha(answers),
+                       skipped=dict(sorted(skipped.items())), unanswered=unanswered)
+    write_bpo_marker(state_dir, marker)
     return marker
 
 

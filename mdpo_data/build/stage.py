@@ -11,6 +11,7 @@ must be new, empty or ours (`mdpo_data.format.folder`), and is locked while the 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import multiprocessing
@@ -28,14 +29,19 @@ from mdpo_data.format import schema
 from mdpo_data.format import markers as stage_state
 from mdpo_data.config.build import BuildConfig, BuildError, portable_spec, portable_text
 from mdpo_data.format.folder import STATE_DIR, check_target, clear_data_folder, hold, owned_files
-from mdpo_data.format.manifest import MANIFEST_NAME, manifest_path, write_manifest
+from mdpo_data.config.typecheck import from_json
+from mdpo_data.format.manifest import (
+    MANIFEST_NAME, Counts, Manifest, ManifestError, RejectedImage, RejectedResponse, ShardEntry, load_manifest,
+    write_manifest,
+)
 from mdpo_data.format.versions import library_versions
 from mdpo_data.sources.records import Candidate, Skip
+from mdpo_data.config.pipeline import problems as settings_problems
 from mdpo_data.config.runtime import Runtime
 from mdpo_data.build.sampling import draw, split_eval
 from mdpo_data.build.seeds import example_seed
 from mdpo_data.format.shards import SHARD_RE, sha256_file, shard_name, write_bytes_atomic, write_shard
-from mdpo_data.format.markers import drop_markers, read_json, read_marker
+from mdpo_data.format.markers import BuildMarker, drop_markers, read_json, read_marker
 from mdpo_data.build.resume import images_unchanged
 from mdpo_data.build.worker import Task, make_example, worker_init
 
@@ -45,7 +51,7 @@ WRITE_BATCH = 64  # rows per Arrow record batch: bounds memory while a shard is 
 @dataclass
 class BuildResult:
     directory: Path
-    manifest: dict[str, Any]
+    manifest: Manifest | None
     shards_reused: int = 0
     shards_written: int = 0
 
@@ -139,12 +145,12 @@ def rows_fingerprint(tasks: list[Task]) -> str:
     return digest.hexdigest()
 
 
-def _finished(directory: Path, name: str, key: str, rows_key: str) -> dict | None:
+def _finished(directory: Path, name: str, key: str, rows_key: str) -> BuildMarker | None:
     """The marker of a shard a previous run completed from these rows with this config, if
     the file still holds the bytes its latest writer (build, or score after it) recorded. A
     torn or foreign marker counts as no marker (the shard is re-made)."""
     marker = read_marker(directory, "build", name)
-    if not stage_state.is_complete(marker, "build", key) or marker.get("rows_key") != rows_key:
+    if not stage_state.is_complete(marker, key) or marker.rows_key != rows_key:
         return None
     return marker if stage_state.vouched_sha256(directory, name) else None
 
@@ -158,7 +164,7 @@ def _prepare_out(directory: Path, key: str, overwrite: bool) -> None:
     state = directory / STATE_DIR
     build_file = state / "build.json"
     if overwrite:
-        left = clear_data_folder(directory, read_json(manifest_path(directory)))
+        left = clear_data_folder(directory, _previous_manifest(directory))
         if left:
             warnings.warn(f"--overwrite left {len(left)} file(s) it did not write in {directory}: "
                           f"{', '.join(left[:5])}{' ...' if len(left) > 5 else ''}", stacklevel=2)
@@ -184,7 +190,7 @@ def _prepare_out(directory: Path, key: str, overwrite: bool) -> None:
 def _drop_stale(directory: Path, keep: set[str]) -> None:
     """Remove our shards (and their markers) that this build no longer lists, e.g. after the
     source changed the shard count."""
-    for path in owned_files(directory, read_json(manifest_path(directory))):
+    for path in owned_files(directory, _previous_manifest(directory)):
         if path.name not in keep:
             path.unlink(missing_ok=True)
             drop_markers(directory, path.name)
@@ -219,40 +225,35 @@ def run_build(
     config: BuildConfig,
     out: str | Path,
     *,
-    workers: int = 1,
-    overwrite: bool = False,
+    runtime: Runtime | None = None,
     progress: bool = True,
     command: str | None = None,
     after_shard: Callable[[str], None] | None = None,
-    runtime: Runtime | None = None,
 ) -> BuildResult:
-    """Build (or resume building) `out` from `config`. Returns the manifest written.
+    """Build (or resume building) `out` from `config`; `runtime` says how (workers,
+    --overwrite, the scoring model's settings). Returns the manifest written.
 
     Every check (target folder, options, source) runs before anything is created; then the
-    folder is created and locked for the rest of the build.
+    folder is created and locked for the rest of the build. Settings made in code get the
+    checks the flags get (`config.pipeline.problems`).
     """
+    runtime = runtime or Runtime()
     directory = check_target(out)
-    if workers < 1:
-        raise BuildError(f"--workers must be at least 1, got {workers}")
-    if config.rejected_response:
-        from mdpo_data.bpo.spec import parse_response_strategy
-
-        try:
-            parse_response_strategy(config.rejected_response)
-        except ValueError as error:
-            raise BuildError(f"--rejected-response: {error}") from None
+    problems = settings_problems(config, runtime)
+    if problems:
+        raise BuildError("; ".join(problems))
     key = config.key()
     planned = plan(config)
     with hold(directory):
-        _prepare_out(directory, key, overwrite)
-        return _build_locked(config, directory, key, planned, workers=workers, progress=progress,
-                             command=command, after_shard=after_shard, runtime=runtime or Runtime())
+        _prepare_out(directory, key, runtime.overwrite)
+        return _build_locked(config, directory, key, planned, workers=runtime.workers, progress=progress,
+                             command=command, after_shard=after_shard, runtime=runtime)
 
 
 def _build_locked(config: BuildConfig, directory: Path, key: str, planned, *, workers: int,
                   progress: bool, command: str | None, after_shard, runtime: Runtime) -> BuildResult:
     splits, pool, strategy, partners = planned
-    result = BuildResult(directory=directory, manifest={})
+    result = BuildResult(directory=directory, manifest=None)
     splits, system_record = _system_prompts(config, splits)
     response_record: dict[str, Any] = {"strategy": "source"}
     bpo_skipped: Counter = Counter()
@@ -265,32 +266,32 @@ def _build_locked(config: BuildConfig, directory: Path, key: str, planned, *, wo
         config, directory, key, splits, partners, response_record["strategy"], result,
         workers=workers, progress=progress, after_shard=after_shard,
     )
-    _drop_stale(directory, {e["file"] for es in entries.values() for e in es})
+    _drop_stale(directory, {e.file for es in entries.values() for e in es})
     manifest = _manifest(config, key, command, strategy, response_record, pool, sampled,
                          bpo_skipped, markers, entries, system_record)
-    _write_if_changed(directory, key, manifest)
-    result.manifest = manifest
+    result.manifest = _write_if_changed(directory, key, manifest)
     return result
 
 
-def _write_if_changed(directory: Path, key: str, manifest: dict[str, Any]) -> None:
+def _write_if_changed(directory: Path, key: str, manifest: Manifest) -> Manifest:
     """Write the manifest unless the folder already has this one; the shards of a previous
     run that scored exactly these shards keep their `reference` (the scores are in them)."""
     previous = _previous_manifest(directory)
-    if previous and previous.get("config_key") == key and previous.get("splits") == manifest["splits"]:
-        manifest["reference"] = previous.get("reference")  # same shards, already scored
+    if previous and previous.config_key == key and previous.splits == manifest.splits:
+        manifest = dataclasses.replace(manifest, reference=previous.reference)  # already scored
     if previous != manifest:
         write_manifest(directory, manifest)
+    return manifest
 
 
 def _write_shards(config: BuildConfig, directory: Path, key: str, splits, partners,
                   response_strategy: str, result: BuildResult, *, workers: int, progress: bool,
-                  after_shard) -> tuple[dict[str, list[dict[str, Any]]], list[dict[str, Any]]]:
+                  after_shard) -> tuple[dict[str, list[ShardEntry]], list[BuildMarker]]:
     """Write (or reuse) every shard -> (the manifest's split entries, every shard's build marker)."""
     from tqdm.auto import tqdm
 
-    entries: dict[str, list[dict[str, Any]]] = {}
-    markers: list[dict[str, Any]] = []
+    entries: dict[str, list[ShardEntry]] = {}
+    markers: list[BuildMarker] = []
     total = sum(len(rows) for rows in splits.values())
     bar = tqdm(total=total, unit="row", desc="build", disable=not progress, dynamic_ncols=True)
     context = multiprocessing.get_context("spawn")
@@ -313,8 +314,8 @@ def _write_shards(config: BuildConfig, directory: Path, key: str, splits, partne
                     bar.update(len(chunk))
                     result.shards_reused += 1
                 markers.append(done)
-                entries[split].append({"file": name, "rows": done["rows"],
-                                       "sha256": stage_state.shard_sha256(directory, name)})
+                entries[split].append(ShardEntry(file=name, rows=done.rows,
+                                                 sha256=stage_state.shard_sha256(directory, name)))
     finally:
         bar.close()
         if worker_pool is not None:
@@ -347,56 +348,44 @@ def _tasks(config: BuildConfig, chunk: list[Candidate], partners, response_strat
 
 
 def _make_shard(directory: Path, name: str, key: str, rows_key: str, tasks: list[Task], workers: int,
-                worker_pool, bar) -> dict[str, Any]:
+                worker_pool, bar) -> BuildMarker:
     """Write one shard atomically, then its build marker (which drops any score marker)."""
     skipped: Counter = Counter()
     stats: Counter = Counter()
     n_rows = _write_one_shard(
         directory / name, tasks, workers, worker_pool, skipped, lambda: bar.update(), stats
     )
-    done = {
-        "stage": "build",
-        "config_key": key,
-        "rows_key": rows_key,
-        "rows": n_rows,
-        "sha256": sha256_file(directory / name),
-        "skipped": dict(sorted(skipped.items())),
-    }
-    if stats:
-        done["image_stats"] = dict(sorted(stats.items()))
-    stage_state.record(directory, "build", name, done)
+    done = BuildMarker(key=key, rows_key=rows_key, rows=n_rows, sha256=sha256_file(directory / name),
+                       skipped=dict(sorted(skipped.items())), image_stats=dict(sorted(stats.items())))
+    stage_state.record(directory, done, name)
     return done
 
 
 def _manifest(config: BuildConfig, key: str, command: str | None, strategy, response_record,
-              pool, sampled: int, bpo_skipped: Counter, markers: list[dict[str, Any]],
-              entries, system_record) -> dict[str, Any]:
-    """The manifest dict (see `mdpo_data.format.manifest`); no absolute paths."""
+              pool, sampled: int, bpo_skipped: Counter, markers: list[BuildMarker],
+              entries: dict[str, list[ShardEntry]], system_record) -> Manifest:
+    """The build's manifest (see `mdpo_data.format.manifest`); no absolute paths."""
     image_stats: Counter = Counter()
     for marker in markers:
-        image_stats.update(marker.get("image_stats", {}))
-    return {
-        "format_version": schema.FORMAT_VERSION,
-        "command": command,
-        "config": config.public(),
-        "config_key": key,
-        "rejected_image": {
-            "spec": portable_spec(config.rejected),
-            "resolved": strategy.resolved,
-            "description": strategy.describe(),
-            **strategy.record(image_stats),
-        },
-        "rejected_response": response_record,
-        "system_prompt": system_record,
-        "counts": _counts(config, pool, sampled, bpo_skipped, stage_state.merge_skips(markers), entries),
-        "splits": entries,
-        "versions": library_versions(),
-        "reference": None,
-    }
+        image_stats.update(marker.image_stats)
+    return Manifest(
+        format_version=schema.FORMAT_VERSION,
+        command=command,
+        config=config.public(),
+        config_key=key,
+        rejected_image=RejectedImage(spec=portable_spec(config.rejected), resolved=strategy.resolved,
+                                     description=strategy.describe(), extra=strategy.record(image_stats)),
+        rejected_response=from_json(RejectedResponse, response_record),
+        system_prompt=system_record,
+        counts=_counts(config, pool, sampled, bpo_skipped, stage_state.merge_skips(markers), entries),
+        splits=entries,
+        versions=library_versions(),
+        reference=None,
+    )
 
 
 def _counts(config: BuildConfig, pool, sampled: int, bpo_skipped: Counter,
-            image_skipped: dict[str, int], entries) -> dict[str, Any]:
+            image_skipped: dict[str, int], entries: dict[str, list[ShardEntry]]) -> Counts:
     """The manifest's counts: planning's (recomputed every run) and the merged stage markers'."""
     by_stage = {  # source: before sampling; responses (BPO) and images: sampled, then dropped
         "source": dict(sorted(pool.skipped.items())),
@@ -406,19 +395,19 @@ def _counts(config: BuildConfig, pool, sampled: int, bpo_skipped: Counter,
     roots = [str(Path(config.source_path).parent) if config.source_path else "",
              config.source_path or "", config.image_root or ""]
     examples = {k: portable_text(v, roots) for k, v in sorted(pool.skip_examples.items())}
-    written = {split: sum(e["rows"] for e in es) for split, es in entries.items()}
-    return {
-        "read": pool.rows,
-        "pairs": pool.pairs,
-        "candidates": pool.available,
-        "skipped": dict(sorted(sum(map(Counter, by_stage.values()), Counter()).items())),
-        "skipped_by_stage": by_stage,
-        "skip_examples": examples,
-        "requested": config.n,
-        "sampled": sampled,
-        "written": sum(written.values()),
-        "written_by_split": written,
-    }
+    written = {split: sum(e.rows for e in es) for split, es in entries.items()}
+    return Counts(
+        read=pool.rows,
+        pairs=pool.pairs,
+        candidates=pool.available,
+        skipped=dict(sorted(sum(map(Counter, by_stage.values()), Counter()).items())),
+        skipped_by_stage=by_stage,
+        skip_examples=examples,
+        requested=config.n,
+        sampled=sampled,
+        written=sum(written.values()),
+        written_by_split=written,
+    )
 
 
 def _system_prompts(config: BuildConfig, splits: dict[str, list[Candidate]]):
@@ -433,10 +422,12 @@ def _system_prompts(config: BuildConfig, splits: dict[str, list[Candidate]]):
     return out, record
 
 
-def _previous_manifest(directory: Path) -> dict | None:
-    """The manifest a previous run left, if readable (unlike read_manifest: never raises)."""
-    previous = read_json(manifest_path(directory))
-    return previous if isinstance(previous, dict) else None
+def _previous_manifest(directory: Path) -> Manifest | None:
+    """The manifest a previous run left, if it is one (never raises: a broken one is replaced)."""
+    try:
+        return load_manifest(directory)
+    except ManifestError:
+        return None
 
 
 def _bootstrap(config: BuildConfig, splits, pool, directory: Path, runtime: Runtime, progress: bool):
@@ -480,11 +471,11 @@ def _bootstrap(config: BuildConfig, splits, pool, directory: Path, runtime: Runt
     return out, record, bpo_skipped
 
 
-def warn_short(manifest: dict[str, Any]) -> str | None:
-    counts = manifest["counts"]
-    if counts["written"] < counts["requested"]:
+def warn_short(manifest: Manifest) -> str | None:
+    counts = manifest.counts
+    if counts.written < counts.requested:
         return (
-            f"wrote {counts['written']} of {counts['requested']} requested pairs "
+            f"wrote {counts.written} of {counts.requested} requested pairs "
             f"(skips by reason are in manifest.json)"
         )
     return None

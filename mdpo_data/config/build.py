@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mdpo_data.config.options import names_from, setting
+from mdpo_data.config.options import described, names_from, setting
 from mdpo_data.format import schema
 from mdpo_data.format.versions import library_versions
 
@@ -49,8 +49,8 @@ class BuildConfig:
 
     source: str = setting("demo", "Where pairs come from.", choices=names_from("mdpo_data.sources", "SOURCES"))
     n: int = setting(1000, "Pairs to sample.", min=1)
-    rejected: str = setting("crop:0-0.2", "Rejected image m_l: crop:LO-HI | swap | moco | noise:T | "
-                            "albumentations:PIPELINE.yaml.", check=_parse_rejected)
+    rejected: str = setting("crop:0-0.2", described("Rejected image m_l: {}.", "mdpo_data.rejected.registry"),
+                            check=_parse_rejected)
     seed: int = setting(0, "Build seed: same seed + config = byte-identical output.")
     source_path: str | None = setting(None, "Local file/folder of the source (default: its Hub id).")
     image_root: str | None = setting(None, "Folder that relative image paths resolve under (never escaped).")
@@ -71,8 +71,9 @@ class BuildConfig:
     eval_fraction: float = setting(0.0, "Share of sampled pairs put in an eval split.", min=0, below=1)
     shard_size: int = setting(1000, "Rows per shard.", min=1)
     max_pixels: int = setting(40_000_000, "Refuse larger images (decompression bombs).", min=1)
-    rejected_response: str | None = setting(None, "Bootstrap missing rejected answers (BPO): weaken[:T] | inject.",
-                                            check=_parse_rejected_response)
+    rejected_response: str | None = setting(
+        None, described("Bootstrap missing rejected answers (BPO): {}.", "mdpo_data.bpo.spec"),
+        check=_parse_rejected_response)
     rejected_response_model: str | None = setting(None, "Model that generates weakened answers.",
                                                   shown="--ref-model")
     inject_model: str | None = setting(None, "Text LLM for --rejected-response inject.")

@@ -20,7 +20,6 @@ import difflib
 import importlib
 import math
 import reprlib
-import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -28,6 +27,8 @@ from typing import Any
 
 import click
 import yaml
+
+from mdpo_data.config.typecheck import TypeProblem, check, describe, optional_base
 
 FREE_TEXT_KEYS = ("description",)  # free text for people, allowed in every YAML file
 
@@ -39,7 +40,7 @@ class ConfigFileError(ValueError):
 # ------------------------------------------------------------------ fields
 
 
-def setting(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = dataclasses.MISSING,
+def setting(default: Any = dataclasses.MISSING, help: str | Callable[[], str] = "", *, factory: Any = dataclasses.MISSING,
             flag: str | None = None, choices: Iterable[str] | Callable[[], Iterable[str]] | None = None,
             min: float | None = None, above: float | None = None, below: float | None = None,
             max: float | None = None, check: Callable[[Any], Any] | None = None,
@@ -54,6 +55,16 @@ def setting(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any 
     metadata = {"help": help, "flag": flag, "choices": choices, "min": min, "above": above,
                 "below": below, "max": max, "check": check, "shown": shown, "cli": cli, "click": dict(click_args or {})}
     return dataclasses.field(default=default, default_factory=factory, metadata=metadata)
+
+
+def described(text: str, module: str) -> Callable[[], str]:
+    """A help text naming a registry's forms (`module.forms()`), read when the options are made."""
+    return lambda: text.format(importlib.import_module(module).forms())
+
+
+def help_of(field: dataclasses.Field) -> str:
+    text = field.metadata.get("help") or ""
+    return text() if callable(text) else text
 
 
 def names_from(module: str, attribute: str) -> Callable[[], tuple[str, ...]]:
@@ -88,15 +99,6 @@ def default_of(field: dataclasses.Field) -> Any:
     if field.default_factory is not dataclasses.MISSING:
         return field.default_factory()
     return None
-
-
-def _base_type(cls, name: str) -> tuple[Any, bool]:
-    """(the field's type without None, whether None is allowed)."""
-    hint = typing.get_type_hints(cls)[name]
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        return args[0], len(args) < len(typing.get_args(hint))
-    return hint, False
 
 
 # ------------------------------------------------------------------ YAML
@@ -224,42 +226,16 @@ def shown(value: Any) -> str:
 
 
 def check_value(cls, name: str, value: Any, *, scalars_as_text: bool = False) -> tuple[Any, str | None]:
-    """(coerced value, problem or None) for one field from its annotated type; the problem is
-    the text after the field's label, e.g. "expected a number, got 'high'"."""
-    base, optional = _base_type(cls, name)
+    """(coerced value, problem or None) for one field from its annotated type (the one checker,
+    `config.typecheck`, leniently: people type these); the problem is the text after the
+    field's label, e.g. "expected a number, got 'high'"."""
+    hint = typing.get_type_hints(cls)[name]
     if value is None:
-        return value, None if optional else "may not be null"
-    origin = typing.get_origin(base)
-    if base is bool:
-        return value, None if isinstance(value, bool) else f"expected true/false, got {shown(value)}"
-    if base is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-        return value, None if ok else f"expected a whole number, got {shown(value)}"
-    if base is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        return (float(value) if ok else value), None if ok else f"expected a number, got {shown(value)}"
-    if base is str:
-        scalar = scalars_as_text and isinstance(value, (int, float)) and not isinstance(value, bool)
-        ok = isinstance(value, (str, Path)) or scalar
-        return (str(value) if ok else value), None if ok else f"expected string, got {shown(value)}"
-    if origin is list:
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
-        return value, None if ok else f"expected a list of strings, got {shown(value)}"
-    if origin is dict:
-        return _check_mapping(typing.get_args(base)[1], value)
-    raise AssertionError(f"unhandled config type {base} for {name}")
-
-
-def _check_mapping(kind: type, value: Any) -> tuple[Any, str | None]:
-    if kind is float:
-        ok = isinstance(value, dict) and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value.values())
-        coerced = {str(k): float(v) for k, v in value.items()} if ok else value
-        return coerced, None if ok else f"expected a mapping of name: number, got {shown(value)}"
-    ok = isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
-    return value, None if ok else f"expected a mapping of name: text, got {shown(value)}"
+        return value, None if optional_base(hint)[1] else "may not be null"
+    try:
+        return check(value, hint, lenient=True, scalars_as_text=scalars_as_text), None
+    except TypeProblem:
+        return value, f"expected {describe(optional_base(hint)[0])}, got {shown(value)}"
 
 
 def _bounds(meta: Mapping[str, Any]) -> tuple[float | None, bool, float | None, bool]:
@@ -332,10 +308,10 @@ def click_option(cls, field: dataclasses.Field, *, negatable: bool = False,
     """The click option of one field: its flag, help and shown default; its choices and bounds
     in the help (checked once, with the YAML's, by `check_fields`: every problem at once); the
     real default, so `given` tells typed flags from defaults."""
-    base, _ = _base_type(cls, field.name)
+    base, _ = optional_base(typing.get_type_hints(cls)[field.name])
     meta, default = field.metadata, default_of(field)
     hidden = default is None or default is False or default in ("", [], {})
-    help_text = meta.get("help") or ""
+    help_text = help_of(field)
     if meta.get("shown"):
         help_text += f"  [default: {meta['shown']}]"
     kwargs: dict[str, Any] = {"help": help_text, "default": default,

@@ -111,6 +111,14 @@ def needs_model_input(config: BuildConfig, runtime: Runtime) -> bool:
     return kind is not None and kind.needs_model_input
 
 
+def problems(config: BuildConfig, runtime: Runtime) -> list[str]:
+    """Every problem of settings made in code (the Python API's `run_build`): the same declared
+    checks (types, ranges, choices, spec parsers) the flags and YAML files get."""
+    found = config_io.check_fields(BuildConfig, _given(dataclasses.asdict(config)))[1]
+    found += config_io.check_fields(Runtime, _given(dataclasses.asdict(runtime)))[1]
+    return found + (_value_problems(config) if not found else [])
+
+
 def _given(options: dict[str, Any]) -> dict[str, Any]:
     """A null value (`key: ~`, a flag not given) means the default."""
     return {k: v for k, v in options.items() if v is not None}

@@ -110,15 +110,16 @@ def bootstrapped_report(build_dir) -> dict[str, Any]:
     import json
 
     from mdpo_data.format import schema
-    from mdpo_data.format.manifest import read_manifest
-    from mdpo_data.format.shards import read_shard, shard_files
+    from mdpo_data.format.manifest import load_manifest
+    from mdpo_data.format.integrity import verified_shards
+    from mdpo_data.format.shards import read_shard
     from mdpo_data.sources.demo import check_answer
 
-    manifest = read_manifest(build_dir)
-    counts = manifest["counts"]
+    manifest = load_manifest(build_dir)
+    counts = manifest.counts
     verdicts: dict[str, list] = defaultdict(list)
-    for split in manifest["splits"]:
-        for f in shard_files(build_dir, split):
+    for split in manifest.splits:
+        for f in verified_shards(build_dir, manifest, split):
             for row in read_shard(f).select(["metadata", "rejected"]).to_pylist():
                 meta = json.loads(row["metadata"])
                 verdict = check_answer(meta, schema.text_of(row["rejected"]))
@@ -129,9 +130,9 @@ def bootstrapped_report(build_dir) -> dict[str, Any]:
         return sum(v is target for v in values) / len(values) if values else 0.0
 
     return {
-        "sampled": counts["sampled"], "written": counts["written"],
-        "kept": counts["written"] / max(counts["sampled"], 1),
-        "skipped": dict(counts["skipped"]),
+        "sampled": counts.sampled, "written": counts.written,
+        "kept": counts.written / max(counts.sampled, 1),
+        "skipped": dict(counts.skipped),
         "rejected_answer": {task: {"n": len(v), "wrong": share(v, False), "right": share(v, True),
                                    "unclear": share(v, None)} for task, v in verdicts.items()},
     }

@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from mdpo_data.format.manifest import MANIFEST_NAME
+from mdpo_data.format.manifest import MANIFEST_NAME, Manifest
 from mdpo_data.format.shards import SHARD_RE, write_bytes_atomic
 
 STATE_DIR = ".state"
@@ -288,14 +288,10 @@ def write_user_file(directory: str | Path, name: str, data: bytes) -> Path:
 # ------------------------------------------------------------------ --overwrite
 
 
-def owned_files(directory: Path, manifest: dict | None) -> list[Path]:
-    """Shards our manifest or our state markers list (regular files only)."""
-    names = set()
-    for entries in ((manifest or {}).get("splits") or {}).values():
-        for entry in entries if isinstance(entries, list) else []:
-            name = entry.get("file") if isinstance(entry, dict) else None
-            if isinstance(name, str) and SHARD_RE.match(name) and Path(name).name == name:
-                names.add(name)
+def owned_files(directory: Path, manifest: Manifest | None) -> list[Path]:
+    """Shards our manifest (checked: shard names inside the folder) or our state markers list
+    (regular files only)."""
+    names = {entry.file for _, entry in manifest.entries()} if manifest else set()
     state = directory / STATE_DIR
     if _real_dir(state):
         names |= {p.name[: -len(".json")] for p in state.glob("*.arrow.json")
@@ -307,7 +303,7 @@ _STATE_ENTRY = re.compile(r"^(build\.json|written\.json|(score-)?[a-z]+-\d{5}-of
                           r"bpo-[A-Za-z0-9_.-]+\.jsonl?|\..+\.tmp)$")
 
 
-def clear_data_folder(directory: Path, manifest: dict | None) -> list[str]:
+def clear_data_folder(directory: Path, manifest: Manifest | None) -> list[str]:
     """`build --overwrite`: unlink, one file at a time, the shards our manifest and markers
     list, our manifest, our README.md if unedited, and the .state/ entries we write. Returns
     the names left in place (a user's files, an edited README); never removes a tree."""

@@ -19,6 +19,7 @@ from typing import Any
 import pyarrow as pa
 
 from mdpo_data.format import schema
+from mdpo_data.format.manifest import ExportFile, Manifest, ShardEntry
 from mdpo_data.format.markers import unfinished_score
 from mdpo_data.format.shards import SHARD_RE, sha256_file
 
@@ -27,10 +28,9 @@ class IntegrityError(ValueError):
     """A shard does not match the manifest; the message names it."""
 
 
-def data_fingerprint(manifest: dict[str, Any]) -> str:
+def data_fingerprint(manifest: Manifest) -> str:
     """sha256 over the listed shards' (split, file, rows, sha256): the data's identity."""
-    listed = [[split, e["file"], e["rows"], e["sha256"]]
-              for split in schema.SPLITS for e in (manifest.get("splits") or {}).get(split, [])]
+    listed = [[split, e.file, e.rows, e.sha256] for split, e in manifest.entries()]
     return hashlib.sha256(json.dumps(listed).encode()).hexdigest()
 
 
@@ -40,74 +40,73 @@ def stream_rows(path: Path) -> int:
         return sum(batch.num_rows for batch in pa.ipc.open_stream(source))
 
 
-def verify_entry(directory: str | Path, entry: dict[str, Any], *, also: str | None = None) -> str:
+def verify_entry(directory: str | Path, entry: ShardEntry, *, also: str | None = None) -> str:
     """THE shard check: the sha256 of the file a manifest entry names, after it matched the
     entry's (or `also`, bytes a score marker vouches for). IntegrityError naming the file and
     the fix otherwise. Every reader calls this before it parses a shard."""
-    path = Path(directory) / entry["file"]
+    path = Path(directory) / entry.file
     if not path.is_file():
         raise IntegrityError(f"{path}: listed in manifest.json but missing (deleted or moved)")
     try:
         digest = sha256_file(path)
     except OSError as error:
         raise IntegrityError(f"{path}: cannot be read ({error.strerror or error})") from None
-    if digest == entry["sha256"] or (also is not None and digest == also):
+    if digest == entry.sha256 or (also is not None and digest == also):
         return digest
-    raise IntegrityError(unfinished_score(Path(directory), entry["file"], digest) or (
-        f"{path}: sha256 does not match manifest.json ({digest[:12]}..., listed {entry['sha256'][:12]}...): "
+    raise IntegrityError(unfinished_score(Path(directory), entry.file, digest) or (
+        f"{path}: sha256 does not match manifest.json ({digest[:12]}..., listed {entry.sha256[:12]}...): "
         "the shard changed after it was built or scored; rebuild or restore it"))
 
 
-def verified_shards(directory: str | Path, manifest: dict[str, Any], split: str):
+def verified_shards(directory: str | Path, manifest: Manifest, split: str):
     """Yield the listed shards of `split` one by one, each after its sha256 matched the
     manifest (IntegrityError naming it otherwise): readers parse only bytes we wrote."""
     directory = Path(directory)
-    for entry in (manifest.get("splits") or {}).get(split, []):
+    for _, entry in manifest.entries(split):
         verify_entry(directory, entry)
-        yield directory / entry["file"]
+        yield directory / entry.file
 
 
-def verify_shards(directory: str | Path, manifest: dict[str, Any]) -> dict[str, Any]:
+def verify_shards(directory: str | Path, manifest: Manifest) -> dict[str, Any]:
     """Check every listed shard's sha256 (first) and row count; raise IntegrityError naming
     the first shard that differs. Returns {"shards", "rows", "bytes", "seconds"}."""
     directory = Path(directory)
     start = time.perf_counter()
-    entries = [(split, e) for split in schema.SPLITS
-               for e in (manifest.get("splits") or {}).get(split, [])]
+    entries = manifest.entries()
     on_disk = sorted(p.name for p in directory.iterdir() if SHARD_RE.match(p.name))
     if not on_disk and (directory / "data").is_dir():
         return _verify_export(directory, manifest, start)
-    unlisted = sorted(set(on_disk) - {e["file"] for _, e in entries})
+    unlisted = sorted(set(on_disk) - {e.file for _, e in entries})
     if unlisted:
         raise IntegrityError(f"{directory / unlisted[0]} is not listed in manifest.json: the folder "
                              "holds shards of another build; rebuild it or remove the file")
     rows = nbytes = 0
     for _split, entry in entries:
-        path = directory / entry["file"]
+        path = directory / entry.file
         verify_entry(directory, entry)
         try:
             n = stream_rows(path)
         except (pa.ArrowException, OSError) as error:
             raise IntegrityError(f"{path}: not a readable Arrow shard ({error})") from None
-        if n != entry["rows"]:
-            raise IntegrityError(f"{path}: {n} rows, manifest.json says {entry['rows']}")
+        if n != entry.rows:
+            raise IntegrityError(f"{path}: {n} rows, manifest.json says {entry.rows}")
         rows += n
         nbytes += path.stat().st_size
     return {"shards": len(entries), "rows": rows, "bytes": nbytes,
             "seconds": round(time.perf_counter() - start, 3)}
 
 
-def _verify_export(directory: Path, manifest: dict[str, Any], start: float) -> dict[str, Any]:
+def _verify_export(directory: Path, manifest: Manifest, start: float) -> dict[str, Any]:
     problems = export_problems(directory, manifest)
     if problems:
         raise IntegrityError(problems[0])
-    listed = manifest["export"]
-    return {"shards": len(listed), "rows": sum(e["rows"] for e in listed),
-            "bytes": sum((directory / e["file"]).stat().st_size for e in listed),
+    listed = manifest.export or []
+    return {"shards": len(listed), "rows": sum(e.rows for e in listed),
+            "bytes": sum((directory / e.file).stat().st_size for e in listed),
             "seconds": round(time.perf_counter() - start, 3), "export": True}
 
 
-def export_files(folder: str | Path) -> list[dict[str, Any]]:
+def export_files(folder: str | Path) -> list[ExportFile]:
     """The `export` list of an export's manifest: each data/*.parquet file's split, rows and
     sha256 (rows from the parquet footer of the file just written)."""
     import pyarrow.parquet as pq
@@ -116,36 +115,36 @@ def export_files(folder: str | Path) -> list[dict[str, Any]]:
     entries = []
     for split in schema.SPLITS:
         for file in sorted((folder / "data").glob(f"{split}-*.parquet")):
-            entries.append({"file": f"data/{file.name}", "split": split,
-                            "rows": pq.ParquetFile(file).metadata.num_rows, "sha256": sha256_file(file)})
+            entries.append(ExportFile(file=f"data/{file.name}", split=split,
+                                      rows=pq.ParquetFile(file).metadata.num_rows, sha256=sha256_file(file)))
     return entries
 
 
-def export_problems(directory: str | Path, manifest: dict[str, Any]) -> list[str]:
+def export_problems(directory: str | Path, manifest: Manifest) -> list[str]:
     """Every way a Hub export differs from its manifest (one line each): files listed but
     missing, changed (sha256, checked before the file is parsed) or unlisted, and row counts
     that differ from the file's footer or from the build's split totals."""
     import pyarrow.parquet as pq
 
     directory = Path(directory)
-    listed = manifest.get("export")
+    listed = manifest.export
     if not listed:
         return [f"{directory}/manifest.json lists no export files (an export made by an older "
                 "mdpo-data, or not an export): its parquet bytes cannot be checked; re-export "
                 "the build with `mdpo-data push --dry-run`"]
     problems = []
-    names = {e["file"] for e in listed}
+    names = {e.file for e in listed}
     for file in sorted((directory / "data").iterdir()):
         if f"data/{file.name}" not in names:
             problems.append(f"{file}: not listed in manifest.json's export files (added after the "
                             "export); remove it or re-export")
     rows_by_split: dict[str, int] = {}
     for entry in listed:
-        path = directory / entry["file"]
+        path = directory / entry.file
         if not path.is_file():
             problems.append(f"{path}: listed in manifest.json but missing (deleted or moved)")
             continue
-        if sha256_file(path) != entry["sha256"]:
+        if sha256_file(path) != entry.sha256:
             problems.append(f"{path}: sha256 does not match manifest.json (changed after the "
                             "export); re-export the build or restore the file")
             continue
@@ -154,11 +153,10 @@ def export_problems(directory: str | Path, manifest: dict[str, Any]) -> list[str
         except (pa.ArrowException, OSError) as error:
             problems.append(f"{path}: not a readable parquet file ({' '.join(str(error).split())[:200]})")
             continue
-        if n != entry["rows"]:
-            problems.append(f"{path}: {n} rows, manifest.json says {entry['rows']}")
-        rows_by_split[entry["split"]] = rows_by_split.get(entry["split"], 0) + n
-    expected = {split: sum(e["rows"] for e in entries)
-                for split, entries in (manifest.get("splits") or {}).items() if entries}
+        if n != entry.rows:
+            problems.append(f"{path}: {n} rows, manifest.json says {entry.rows}")
+        rows_by_split[entry.split] = rows_by_split.get(entry.split, 0) + n
+    expected = {split: sum(e.rows for e in entries) for split, entries in manifest.splits.items() if entries}
     if not problems and rows_by_split != expected:
         problems.append(f"{directory}/data: rows per split {rows_by_split} differ from the "
                         f"build's {expected} in manifest.json")

@@ -1,6 +1,7 @@
 """manifest.json: what a build folder holds, how it was made, and what scored it.
 
-Layout (typed below; `load_manifest` is the ONE loader every reader goes through):
+Layout (typed below; `load_manifest` is the ONE loader every reader goes through, and the
+build writes a `Manifest` that `score` updates with `dataclasses.replace`):
     format_version   "MAJOR.MINOR" (schema.FORMAT_VERSION; the legacy integer 1 reads as "1.0")
     command          the command line that built it (no output path, no absolute paths)
     config           the resolved build config (types of BuildConfig)
@@ -31,13 +32,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mdpo_data.config.build import BuildConfig
+from mdpo_data.config.typecheck import MissingField, TypeProblem, check, from_json
 from mdpo_data.format import schema
 from mdpo_data.format.shards import SHARD_RE, write_bytes_atomic
 
@@ -51,19 +52,27 @@ class ManifestError(ValueError):
 
 
 # ---------------------------------------------------------------------------------------------
-# The typed manifest
+# The typed manifest. Every record keeps the keys it does not declare in `extra` (a newer
+# minor's fields, a strategy's or scorer's own record) and remembers which of its defaulted
+# fields the file lacked (`absent`), so reading and writing back is exact.
 # ---------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class ShardEntry:
+class Record:
+    extra: dict[str, Any] = field(default_factory=dict, kw_only=True)
+    absent: frozenset[str] = field(default=frozenset(), kw_only=True, repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class ShardEntry(Record):
     file: str
     rows: int
     sha256: str
 
 
 @dataclass(frozen=True)
-class ExportFile:
+class ExportFile(Record):
     """A parquet file of a Hub export (`data/...`), as `mdpo-data push --dry-run` wrote it."""
 
     file: str
@@ -73,18 +82,24 @@ class ExportFile:
 
 
 @dataclass(frozen=True)
-class RejectedImage:
+class RejectedImage(Record):
+    """The spec as given (portable), as resolved, in words; `extra` is the strategy's own
+    `record()` (noise: model_input, clipped_share; albumentations: pipeline, pipeline_sha256)."""
+
     spec: str
     resolved: str | None = None
     description: str | None = None
-    model_input: str | None = None  # `noise`: the model input space it was added in (JSON)
-    clipped_share: float | None = None  # `noise`: share of values clipped to 0-255
-    pipeline: str | None = None  # `albumentations:FILE`: the pipeline file's text
-    pipeline_sha256: str | None = None
 
 
 @dataclass(frozen=True)
-class Counts:
+class RejectedResponse(Record):
+    """"source" (the source's own rejected answers) or a BPO strategy; `extra`: its record."""
+
+    strategy: str = "source"
+
+
+@dataclass(frozen=True)
+class Counts(Record):
     read: int | None = None  # source file rows
     pairs: int | None = None  # pairs the source formed (silkie: several per row)
     candidates: int | None = None  # unique pairs
@@ -98,8 +113,9 @@ class Counts:
 
 
 @dataclass(frozen=True)
-class Fingerprint:
-    """The scorer's identity (other keys it records are kept as they are)."""
+class Fingerprint(Record):
+    """The scorer's identity (`scoring.models.fingerprint`); `extra` holds the rest it records
+    (architecture, weights, processor and template hashes, versions, ...)."""
 
     model: str
     key: str | None = None
@@ -107,9 +123,12 @@ class Fingerprint:
     dtype: str | None = None
     max_length: int | None = None
 
+    def as_dict(self) -> dict[str, Any]:
+        return to_json(self)
+
 
 @dataclass(frozen=True)
-class Reference:
+class Reference(Record):
     scored: bool = False
     fingerprint: Fingerprint | None = None
     no_image_logps: bool = False
@@ -117,10 +136,11 @@ class Reference:
     rows_scored: int | None = None
     skipped: dict[str, int] = field(default_factory=dict)
     skip_rule: str | None = None
+    batch_size: Any = None  # the scorer's batch size (all of them when shards differed)
 
 
 @dataclass(frozen=True)
-class Manifest:
+class Manifest(Record):
     format_version: str
     config: dict[str, Any]
     counts: Counts
@@ -129,18 +149,47 @@ class Manifest:
     command: str | None = None
     config_key: str | None = None
     rejected_image: RejectedImage | None = None
-    rejected_response: dict[str, Any] = field(default_factory=dict)
+    rejected_response: RejectedResponse = field(default_factory=RejectedResponse)
     system_prompt: dict[str, Any] = field(default_factory=dict)  # see mdpo_data.build.system_prompts
     versions: dict[str, str] = field(default_factory=dict)
-    export: list[ExportFile] | None = None  # only in a Hub export: its parquet files' hashes
+    export: list[ExportFile] | None = field(default=None, metadata={"omit_none": True})  # Hub exports only
 
-    def entries(self) -> list[tuple[str, ShardEntry]]:
-        """(split, entry) of every listed shard, in split order."""
-        return [(split, e) for split in schema.SPLITS for e in self.splits.get(split, [])]
+    def entries(self, split: str | None = None) -> list[tuple[str, ShardEntry]]:
+        """(split, entry) of every listed shard (of `split`), in split order."""
+        return [(name, e) for name in schema.SPLITS if split in (None, name)
+                for e in self.splits.get(name, [])]
 
     @property
     def scored(self) -> bool:
         return bool(self.reference and self.reference.scored)
+
+    @property
+    def fingerprint(self) -> Fingerprint | None:
+        return self.reference.fingerprint if self.reference else None
+
+
+def to_json(value: Any) -> Any:
+    """A typed record (or anything holding them) as the JSON the manifest stores: a field the
+    file lacked and that still holds its default stays out, as does an unset `export`."""
+    if dataclasses.is_dataclass(value):
+        out = {}
+        for f in dataclasses.fields(value):
+            item = getattr(value, f.name)
+            if f.name in ("extra", "absent") or (item is None and f.metadata.get("omit_none")):
+                continue
+            if f.name in value.absent and item == _default(f):
+                continue
+            out[f.name] = to_json(item)
+        return {**out, **value.extra}
+    if isinstance(value, dict):
+        return {k: to_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [to_json(v) for v in value]
+    return value
+
+
+def _default(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
 
 
 def parse_version(value: Any) -> tuple[int, int]:
@@ -166,78 +215,12 @@ def _check_version(value: Any) -> str:
     return f"{major}.{minor}"
 
 
-def _describe(hint: Any) -> str:
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join("null" if a is type(None) else _describe(a) for a in args)
-    if origin is dict:
-        return "an object" if args[1] is Any else f"an object of {_describe(args[1])}"
-    if origin is list:
-        return f"a list of {_describe(args[0])}"
-    if dataclasses.is_dataclass(hint):
-        return "an object"
-    return {int: "an integer", float: "a number", str: "a string", bool: "true/false"}.get(hint, "anything")
-
-
-def _coerce(value: Any, hint: Any, where: str) -> Any:
-    """`value` checked against the type hint `hint` (dataclasses built); else ManifestError."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    bad = ManifestError(f"field {where} must be {_describe(hint)}, got {json.dumps(value)[:60]}")
-    if hint is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        for arg in args:
-            if arg is not type(None):
-                try:
-                    return _coerce(value, arg, where)
-                except ManifestError:
-                    continue
-        raise bad
-    if dataclasses.is_dataclass(hint):
-        if not isinstance(value, dict):
-            raise bad
-        return _build(hint, value, where + ".")
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise bad
-        return {k: _coerce(v, args[1], f"{where}.{k}") for k, v in value.items()}
-    if origin is list:
-        if not isinstance(value, list):
-            raise bad
-        return [_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
-    if hint is bool:
-        ok = isinstance(value, bool)
-    elif hint is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif hint is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    else:
-        ok = isinstance(value, hint)
-    if not ok:
-        raise bad
-    return value
-
-
-def _build(cls, data: dict[str, Any], prefix: str = ""):
-    hints = typing.get_type_hints(cls)
-    values = {}
-    for f in dataclasses.fields(cls):
-        if f.name not in data:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise ManifestError(f"field {prefix}{f.name} is missing")
-            continue
-        values[f.name] = _coerce(data[f.name], hints[f.name], prefix + f.name)
-    return cls(**values)
-
-
 def _check_config(config: dict[str, Any]) -> None:
     """Known build options must have BuildConfig's types (unknown keys: a newer minor)."""
     hints = typing.get_type_hints(BuildConfig)
     for name, value in config.items():
         if name in hints:
-            _coerce(value, hints[name], f"config.{name}")
+            check(value, hints[name], path=f"config.{name}")
 
 
 def _check_entries(manifest: Manifest) -> None:
@@ -271,14 +254,20 @@ def parse_manifest(data: Any) -> Manifest:
     if "format_version" not in data:
         raise ManifestError("field format_version is missing")
     version = _check_version(data["format_version"])
-    manifest = _build(Manifest, {**data, "format_version": version})
-    _check_config(manifest.config)
+    try:
+        manifest = from_json(Manifest, {**data, "format_version": version})
+        _check_config(manifest.config)
+    except MissingField as problem:
+        raise ManifestError(f"field {problem.path} is missing") from None
+    except TypeProblem as problem:
+        raise ManifestError(f"field {problem.path} must be {problem.expected}, got {problem.got()}") from None
     _check_entries(manifest)
     return manifest
 
 
-def load_manifest_data(directory: str | Path) -> tuple[Manifest, dict[str, Any]]:
-    """(typed manifest, the validated dict as stored) of a build folder."""
+def load_manifest(directory: str | Path) -> Manifest:
+    """THE loader: the typed manifest of a build folder or Hub export; ManifestError (one line,
+    naming the file and the field) when it is missing, unreadable or malformed."""
     path = manifest_path(directory)
     if not path.is_file():
         raise ManifestError(f"{directory} has no {MANIFEST_NAME}: is it an mdpo-data build folder?")
@@ -291,22 +280,13 @@ def load_manifest_data(directory: str | Path) -> tuple[Manifest, dict[str, Any]]
     except (OSError, RecursionError) as error:
         raise ManifestError(f"{path} cannot be read: {error}") from None
     try:
-        return parse_manifest(data), data
+        return parse_manifest(data)
     except ManifestError as error:
         raise ManifestError(f"{path}: {error}") from None
 
 
-def load_manifest(directory: str | Path) -> Manifest:
-    return load_manifest_data(directory)[0]
-
-
-def read_manifest(directory: str | Path) -> dict[str, Any]:
-    """The manifest as a plain dict, validated by `load_manifest` (the one loader)."""
-    return load_manifest_data(directory)[1]
-
-
 # ---------------------------------------------------------------------------------------------
-# Writing and small helpers
+# Writing
 # ---------------------------------------------------------------------------------------------
 
 
@@ -314,17 +294,12 @@ def manifest_path(directory: str | Path) -> Path:
     return Path(directory) / MANIFEST_NAME
 
 
-def dumps(manifest: dict[str, Any]) -> bytes:
-    return (json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
+def dumps(manifest: Manifest | dict[str, Any]) -> bytes:
+    """The manifest's bytes: sorted keys, so the same build gives the same file. (A plain dict
+    is written as given: tests write broken manifests with it.)"""
+    data = to_json(manifest)
+    return (json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
 
 
-def write_manifest(directory: str | Path, manifest: dict[str, Any]) -> None:
+def write_manifest(directory: str | Path, manifest: Manifest | dict[str, Any]) -> None:
     write_bytes_atomic(manifest_path(directory), dumps(manifest))
-
-
-def shard_entries(manifest: dict[str, Any], split: str) -> list[dict[str, Any]]:
-    return list(manifest.get("splits", {}).get(split, []))
-
-
-def is_scored(manifest: dict[str, Any]) -> bool:
-    return bool((manifest.get("reference") or {}).get("scored"))

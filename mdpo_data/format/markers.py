@@ -3,14 +3,15 @@ and how the manifest's counts and hashes are derived from them (datatrove's patt
 JSON file per stage and unit of work, written atomically after the work; a torn or missing
 one means "not done").
 
-Every marker records the same core: "stage", the stage's key (what made the work: build
-"config_key", score and bpo "key"), "rows", "sha256" (of the shard, or for BPO of its
-answers) and "skipped" (reason -> count), plus what the stage itself needs to resume (markers
-of older versions, without "stage", are read the same way):
+Every marker is a typed record with the same core: the stage's `key` (what made the work: the
+build config, the scorer's fingerprint, BPO's inputs), `rows`, `sha256` (of the shard, or for
+BPO of its answers) and `skipped` (reason -> count), plus what the stage itself needs to
+resume. Markers of older versions are read the same way (the build's key was "config_key");
+one that does not parse is "not done":
 
-    build  DIR/.state/<shard>.json          + rows_key (the candidate rows), image_stats
-    score  DIR/.state/score-<shard>.json    + no_image_logps, method, shard, split
-    bpo    DIR/.state/bpo-<split>.json      + settings_key, unanswered (id -> [reason, image sha256])
+    build  DIR/.state/<shard>.json          BuildMarker: + rows_key (the candidate rows), image_stats
+    score  DIR/.state/score-<shard>.json    ScoreMarker: + no_image_logps, method, shard, split, batch_size
+    bpo    DIR/.state/bpo-<split>.json      BpoMarker: + settings_key, unanswered (id -> [reason, image sha256])
            DIR/.state/bpo-<kind>-<key>.jsonl  BPO's answer cache (append-only; not a marker)
 
 Manifest numbers are merges of markers (`merge_skips`), so a resumed stage reports exactly
@@ -21,18 +22,86 @@ whenever an earlier stage rewrites the shard. Stages read each other's state onl
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import Counter
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
+
+from mdpo_data.config.typecheck import TypeProblem, from_json
 
 from mdpo_data.format.folder import STATE_DIR
 from mdpo_data.format.shards import sha256_file, write_bytes_atomic
 
 SHARD_STAGES = ("build", "score")  # the stages that write a shard, in the order they run
 _PREFIX = {"build": "", "score": "score-"}
-KEY_FIELD = {"build": "config_key", "score": "key", "bpo": "key"}
+
+
+@dataclass(frozen=True)
+class Marker:
+    """What every stage records when a unit of its work is done."""
+
+    key: str
+    rows: int
+    sha256: str
+    skipped: dict[str, int]
+
+    stage: ClassVar[str] = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"stage": self.stage, **dataclasses.asdict(self)}
+
+
+@dataclass(frozen=True)
+class BuildMarker(Marker):
+    rows_key: str  # sha256 of the candidate rows the shard was made from
+    image_stats: dict[str, int] = field(default_factory=dict)  # the strategy's counts (noise clipping)
+
+    stage: ClassVar[str] = "build"
+
+
+@dataclass(frozen=True)
+class ScoreMarker(Marker):
+    shard: str
+    split: str
+    no_image_logps: bool
+    method: str
+    batch_size: int | None = None  # bf16 sums depend on the batch composition
+
+    stage: ClassVar[str] = "score"
+
+
+@dataclass(frozen=True)
+class BpoMarker(Marker):
+    part: str
+    settings_key: str
+    unanswered: dict[str, list[str]] = field(default_factory=dict)  # id -> [reason, image sha256]
+
+    stage: ClassVar[str] = "bpo"
+
+
+MARKERS: dict[str, type[Marker]] = {cls.stage: cls for cls in (BuildMarker, ScoreMarker, BpoMarker)}
+_OLD_NAMES = {"config_key": "key"}  # build markers before the typed markers
+
+
+def parse_marker(stage: str, data: Any) -> Marker | None:
+    """The typed marker of `stage` from its JSON, or None when it is torn, foreign or of an
+    unknown shape (never raises: a marker that does not parse means "not done")."""
+    if not isinstance(data, dict) or data.get("stage", stage) != stage:
+        return None
+    data = {_OLD_NAMES.get(k, k) if _OLD_NAMES.get(k) not in data else k: v
+            for k, v in data.items() if k != "stage"}
+    try:
+        return from_json(MARKERS[stage], data)
+    except TypeProblem:
+        return None
+
+
+def marker_bytes(marker: Marker) -> bytes:
+    """One layout for every stage's marker: sorted keys, two-space indent."""
+    return (json.dumps(marker.to_json(), indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
 
 
 def marker_path(directory: Path, stage: str, shard_name: str) -> Path:
@@ -48,27 +117,16 @@ def read_json(path: Path) -> Any:
         return None
 
 
-def _read_object(path: Path) -> dict[str, Any] | None:
-    data = read_json(path)
-    return data if isinstance(data, dict) else None
+def read_marker(directory: Path, stage: str, shard_name: str) -> Marker | None:
+    """The shard's marker of `stage`, or None when missing, torn or not a marker."""
+    return parse_marker(stage, read_json(marker_path(directory, stage, shard_name)))
 
 
-def read_marker(directory: Path, stage: str, shard_name: str) -> dict[str, Any] | None:
-    """The marker as a dict, or None when missing, torn or not an object."""
-    return _read_object(marker_path(directory, stage, shard_name))
-
-
-def write_marker(directory: Path, stage: str, shard_name: str, marker: dict[str, Any]) -> None:
-    """Write a marker atomically (each stage keeps the byte layout it always had)."""
-    text = json.dumps(marker, indent=2) + "\n" if stage == "score" else json.dumps(marker)
-    write_bytes_atomic(marker_path(directory, stage, shard_name), text.encode())
-
-
-def record(directory: Path, stage: str, shard_name: str, marker: dict[str, Any]) -> None:
-    """`stage` (re)wrote the shard: write its marker, and drop the markers of the stages after
-    it, which described bytes that are gone."""
-    write_marker(directory, stage, shard_name, marker)
-    for later in SHARD_STAGES[SHARD_STAGES.index(stage) + 1 :]:
+def record(directory: Path, marker: Marker, shard_name: str) -> None:
+    """`marker.stage` (re)wrote the shard: write its marker, and drop the markers of the stages
+    after it, which described bytes that are gone."""
+    write_bytes_atomic(marker_path(directory, marker.stage, shard_name), marker_bytes(marker))
+    for later in SHARD_STAGES[SHARD_STAGES.index(marker.stage) + 1 :]:
         marker_path(directory, later, shard_name).unlink(missing_ok=True)
 
 
@@ -78,18 +136,12 @@ def drop_markers(directory: Path, shard_name: str) -> None:
         marker_path(directory, stage, shard_name).unlink(missing_ok=True)
 
 
-def is_complete(marker: Any, stage: str, key: str) -> bool:
-    """A well-formed marker of `stage` made under `key` (a foreign or partial one is not)."""
-    return (
-        isinstance(marker, dict)
-        and marker.get(KEY_FIELD[stage]) == key
-        and isinstance(marker.get("rows"), int)
-        and isinstance(marker.get("skipped"), dict)
-        and all(isinstance(n, int) for n in marker["skipped"].values())
-    )
+def is_complete(marker: Marker | None, key: str) -> bool:
+    """A marker made under `key` (a foreign, partial or other-key one is not)."""
+    return marker is not None and marker.key == key
 
 
-def latest(directory: Path, shard_name: str) -> dict[str, Any] | None:
+def latest(directory: Path, shard_name: str) -> Marker | None:
     """The marker of the last stage that wrote the shard (score after build), if any."""
     for stage in reversed(SHARD_STAGES):
         marker = read_marker(directory, stage, shard_name)
@@ -101,7 +153,7 @@ def latest(directory: Path, shard_name: str) -> dict[str, Any] | None:
 def shard_sha256(directory: Path, shard_name: str) -> str | None:
     """THE manifest hash of a shard: the sha256 its latest writer recorded (None: no marker)."""
     marker = latest(directory, shard_name)
-    return marker.get("sha256") if marker is not None else None
+    return marker.sha256 if marker is not None else None
 
 
 def vouched_sha256(directory: Path, shard_name: str) -> str | None:
@@ -120,18 +172,18 @@ def unfinished_score(directory: Path, shard_name: str, digest: str) -> str | Non
     and has not updated the manifest yet (it is running, or was killed): the fix, in a
     sentence. None when no score marker vouches for these bytes (the shard was changed)."""
     marker = read_marker(directory, "score", shard_name)
-    if not marker or marker.get("sha256") != digest:
+    if marker is None or marker.sha256 != digest:
         return None
     return (f"{shard_name} was rewritten by a `mdpo-data score` that is still running or was "
             f"interrupted (manifest.json is updated when it finishes): wait for it, or re-run the "
             f"same `mdpo-data score {directory} --ref-model MODEL` to finish it")
 
 
-def merge_skips(markers: Iterable[dict[str, Any]]) -> dict[str, int]:
+def merge_skips(markers: Iterable[Marker]) -> dict[str, int]:
     """The stage's skips by reason over its markers (what the manifest reports)."""
     total: Counter = Counter()
     for marker in markers:
-        total.update(marker.get("skipped") or {})
+        total.update(marker.skipped)
     return dict(sorted(total.items()))
 
 
@@ -148,11 +200,11 @@ def bpo_marker_path(state_dir: Path, part: str) -> Path:
     return Path(state_dir) / f"bpo-{part}.json"
 
 
-def read_bpo_marker(state_dir: Path, part: str, key: str) -> dict[str, Any] | None:
+def read_bpo_marker(state_dir: Path, part: str, key: str) -> BpoMarker | None:
     """The BPO marker of `part` if it was written under `key`, else None."""
-    marker = _read_object(bpo_marker_path(state_dir, part))
-    return marker if is_complete(marker, "bpo", key) else None
+    marker = parse_marker("bpo", read_json(bpo_marker_path(state_dir, part)))
+    return marker if is_complete(marker, key) else None
 
 
-def write_bpo_marker(state_dir: Path, part: str, marker: dict[str, Any]) -> None:
-    write_bytes_atomic(bpo_marker_path(state_dir, part), json.dumps(marker, sort_keys=True).encode())
+def write_bpo_marker(state_dir: Path, marker: BpoMarker) -> None:
+    write_bytes_atomic(bpo_marker_path(state_dir, marker.part), marker_bytes(marker))

@@ -3,4 +3,6 @@
 Importing the package registers every built-in strategy in `registry.STRATEGIES`.
 """
 
-from mdpo_data.rejected import crop, moco, noise, pipeline, registry, swap  # noqa: F401  (registration)
+# Registration order is the order --help and errors list them.
+from mdpo_data.rejected import registry  # noqa: F401, I001
+from mdpo_data.rejected import crop, swap, moco, noise, pipeline  # noqa: F401, I001  (registration)

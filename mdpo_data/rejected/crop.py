@@ -26,6 +26,8 @@ class Crop(Strategy):
     lo: float = CROP_MIN_AREA
     hi: float = 0.2
     name: ClassVar[str] = "crop"
+    form: ClassVar[str] = "crop:LO-HI"
+    usage: ClassVar[str] = "crop:LO-HI (area fractions, e.g. crop:0-0.2)"
 
     @classmethod
     def from_spec(cls, spec, arg, model_input):

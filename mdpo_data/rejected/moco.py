@@ -16,6 +16,8 @@ from mdpo_data.rejected.registry import Strategy, register, rng
 @dataclass(frozen=True)
 class Moco(Strategy):
     name: ClassVar[str] = "moco"
+    form: ClassVar[str] = "moco"
+    usage: ClassVar[str] = "moco"
 
     def describe(self) -> str:
         return (

@@ -25,6 +25,8 @@ class Noise(Strategy):
     t: int = 900
     model_input: ModelInput | None = None  # None: LLAVA_15_INPUT
     name: ClassVar[str] = "noise"
+    form: ClassVar[str] = "noise:T"
+    usage: ClassVar[str] = "noise:T (1-1000, e.g. noise:900)"
     lossless: ClassVar[bool] = True  # JPEG would smooth the noise away
     needs_model_input: ClassVar[bool] = True
     bootstrapped: ClassVar[bool] = True

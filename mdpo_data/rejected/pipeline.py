@@ -23,6 +23,8 @@ class Albumentations(Strategy):
     text: str = ""
     data_format: str = "yaml"
     name: ClassVar[str] = "albumentations"
+    form: ClassVar[str] = "albumentations:PIPELINE.yaml"
+    usage: ClassVar[str] = "albumentations:PIPELINE.yaml|.json (saved by A.save)"
 
     @property
     def sha256(self) -> str:

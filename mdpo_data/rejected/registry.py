@@ -29,10 +29,6 @@ from PIL import Image
 
 from mdpo_data.rejected.model_input import ModelInput
 
-VALID_FORMS = (
-    "crop:LO-HI (area fractions, e.g. crop:0-0.2), swap, moco, noise:T (1-1000, e.g. noise:900), "
-    "albumentations:PIPELINE.yaml|.json (saved by A.save)"
-)
 BUILT_IN_LIBRARIES = ("pillow", "numpy")
 
 
@@ -41,7 +37,7 @@ class SpecError(ValueError):
 
     def __init__(self, spec: str, problem: str = "invalid"):
         super().__init__(
-            f"bad rejected-image strategy {spec!r}: {problem}. Valid forms: {VALID_FORMS}"
+            f"bad rejected-image strategy {spec!r}: {problem}. Valid forms: {valid_forms()}"
         )
 
 
@@ -57,6 +53,8 @@ class Strategy:
     spec: str
     resolved: str
     name: ClassVar[str]  # its key in STRATEGIES: the spec's part before ':'
+    form: ClassVar[str]  # the spec's form, for --help ("crop:LO-HI")
+    usage: ClassVar[str]  # the form explained, for errors ("crop:LO-HI (area fractions, ...)")
     needs_partner: ClassVar[bool] = False
     lossless: ClassVar[bool] = False  # store m_l as PNG whatever the source format
     needs_model_input: ClassVar[bool] = False  # drawn in the reference model's input space
@@ -99,7 +97,17 @@ class Strategy:
         return {}
 
 
-STRATEGIES: dict[str, type[Strategy]] = {}
+STRATEGIES: dict[str, type[Strategy]] = {}  # in registration order, as help and errors list them
+
+
+def forms() -> str:
+    """The registered strategies' forms, as --rejected's help lists them."""
+    return " | ".join(cls.form for cls in STRATEGIES.values())
+
+
+def valid_forms() -> str:
+    """The registered strategies' forms explained, as a bad spec's error lists them."""
+    return ", ".join(cls.usage for cls in STRATEGIES.values())
 
 
 def register(cls: type[Strategy]) -> type[Strategy]:

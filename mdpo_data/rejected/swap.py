@@ -17,6 +17,8 @@ class Swap(Strategy):
     """The build picks the partner with `pick_partner` and passes ITS image to `apply`."""
 
     name: ClassVar[str] = "swap"
+    form: ClassVar[str] = "swap"
+    usage: ClassVar[str] = "swap"
     needs_partner: ClassVar[bool] = True
 
     def describe(self) -> str:

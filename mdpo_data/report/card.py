@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 import yaml
 
 from mdpo_data.format import schema
-from mdpo_data.format.manifest import is_scored, read_manifest
+from mdpo_data.format.manifest import Manifest, Reference, load_manifest, to_json
 from mdpo_data.report.reliance import reliance_stats
 from mdpo_data.format.folder import DATA, refuse_links, user_edited, write_user_file
 from mdpo_data.format.shards import read_shard
@@ -148,7 +148,7 @@ def flatten(stats: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _split_tables(directory: Path, manifest: dict[str, Any]) -> dict[str, pa.Table]:
+def _split_tables(directory: Path, manifest: Manifest) -> dict[str, pa.Table]:
     """Each split's listed shards (bytes verified first) as one memory-mapped table."""
     from mdpo_data.format.integrity import verified_shards
 
@@ -209,10 +209,10 @@ def hub_data_files(splits: list[str]) -> list[dict[str, Any]]:
 def card_context(directory: str | Path) -> dict[str, Any]:
     """Everything the template shows, read from the manifest and the shards."""
     directory = Path(directory)
-    manifest = read_manifest(directory)
+    manifest = load_manifest(directory)
     tables = _split_tables(directory, manifest)
     rows = {split: table.num_rows for split, table in tables.items()}
-    config = manifest.get("config") or {}
+    config = manifest.config
     names = _distinct(tables, "source") | ({config["source"]} if config.get("source") else set())
     source_licenses = {name: normalize_license(LICENSES.get(name)) for name in sorted(names)}
     image_strategies = _distinct(tables, "rejected_image_strategy")
@@ -223,10 +223,9 @@ def card_context(directory: str | Path) -> dict[str, Any]:
         cites.append(BPO_CITATION)
     cites += [CITATIONS[name] for name in sorted(names) if CITATIONS.get(name)]
 
-    reference = manifest.get("reference") or {}
-    scored = is_scored(manifest)
-    fingerprint = _portable(reference.get("fingerprint") or {})
-    rejected_image = manifest.get("rejected_image") or {}
+    reference, scored = manifest.reference or Reference(), manifest.scored
+    fingerprint = _portable(manifest.fingerprint.as_dict() if manifest.fingerprint else {})
+    rejected_image = to_json(manifest.rejected_image) or {}  # the stored records, as the template shows them
     pretty = " ".join(f"MDPO preference pairs: {', '.join(sorted(names))}, rejected image "
                       f"{rejected_image.get('spec', '?')}".split())  # one line
     front = {
@@ -245,25 +244,25 @@ def card_context(directory: str | Path) -> dict[str, Any]:
         "pretty_name": html.escape(pretty, quote=False),
         "license": front["license"],
         "source_licenses": source_licenses,
-        "command": manifest.get("command"),
+        "command": manifest.command,
         "config_yaml": yaml.safe_dump(config, sort_keys=True, allow_unicode=True).strip(),
         "rows": rows,
         "total_rows": sum(rows.values()),
-        "counts": manifest.get("counts") or {},
+        "counts": to_json(manifest.counts),
         "rejected_image": rejected_image,
         "image_strategies": sorted(image_strategies),
         "response_strategies": sorted(response_strategies),
         "scored": scored,
         "fingerprint_yaml": yaml.safe_dump(fingerprint, sort_keys=True, allow_unicode=True).strip(),
         "smoke_test": scored and is_smoke_test(fingerprint),
-        "reference_skipped": reference.get("skipped") or {},
-        "scorer_dropped": sum((reference.get("skipped") or {}).values()) if scored else 0,
-        "reference_columns": reference.get("columns") or [],
-        "reference_batch_size": reference.get("batch_size"),
+        "reference_skipped": reference.skipped,
+        "scorer_dropped": sum(reference.skipped.values()) if scored else 0,
+        "reference_columns": reference.columns,
+        "reference_batch_size": reference.batch_size,
         "reliance": _reliance(tables) if scored else None,
         "examples": _examples(tables.get("train", next(iter(tables.values())))),
         "citations": cites,
-        "versions": manifest.get("versions") or {},
+        "versions": manifest.versions,
     }
 
 

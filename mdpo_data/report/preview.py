@@ -20,7 +20,7 @@ from PIL.PngImagePlugin import PngInfo
 
 from mdpo_data.format import schema
 from mdpo_data.build.images import DEFAULT_MAX_PIXELS, load_image
-from mdpo_data.format.manifest import is_scored, read_manifest
+from mdpo_data.format.manifest import Manifest, load_manifest
 from mdpo_data.sources.records import BadRow
 from mdpo_data.format.folder import PREVIEW, PREVIEW_MARK, FolderError, check_target, is_our_preview, write_owned
 from mdpo_data.format.shards import read_shard
@@ -44,7 +44,7 @@ HTML_CHARS = 2000  # longest text shown in the HTML page
 # ---------------------------------------------------------------------------------------------
 
 
-def first_rows(directory: Path, n: int, manifest: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+def first_rows(directory: Path, n: int, manifest: Manifest) -> list[tuple[str, dict[str, Any]]]:
     """(split, row) for the first `n` rows, train first; only the shards needed are touched
     (each verified against the manifest's sha256 before Arrow reads it)."""
     from mdpo_data.format.integrity import verified_shards
@@ -222,11 +222,10 @@ def write_preview(directory: str | Path, n: int = 16, out: str | Path | None = N
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
     directory = Path(directory)
-    manifest = read_manifest(directory)
-    max_pixels = (manifest.get("config") or {}).get("max_pixels") or DEFAULT_MAX_PIXELS
-    scored = is_scored(manifest)
-    examples = [example(split, row, max_pixels, scored) for split, row in first_rows(directory, n, manifest)]
-    spec = (manifest.get("rejected_image") or {}).get("spec", "?")
+    manifest = load_manifest(directory)
+    max_pixels = manifest.config.get("max_pixels") or DEFAULT_MAX_PIXELS
+    examples = [example(split, row, max_pixels, manifest.scored) for split, row in first_rows(directory, n, manifest)]
+    spec = manifest.rejected_image.spec if manifest.rejected_image else "?"
     title = f"{directory.name}: first {len(examples)} examples, rejected image {spec}"
     out_dir = _target(directory, out)
     png, page = out_dir / "preview.png", out_dir / "preview.html"

@@ -10,6 +10,7 @@ YAML keys of the card already on the Hub that this card does not set).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -23,7 +24,7 @@ import yaml
 from mdpo_data.format import schema
 from mdpo_data.report.card import hub_data_files, is_smoke_test, render_card
 from mdpo_data.format.integrity import export_files
-from mdpo_data.format.manifest import MANIFEST_NAME, read_manifest
+from mdpo_data.format.manifest import MANIFEST_NAME, load_manifest
 from mdpo_data.format.manifest import dumps as manifest_bytes
 from mdpo_data.format.folder import EXPORT, EXPORT_SHARD_RE, FolderError, check_target, user_edited
 from mdpo_data.format.shards import shard_files, umask_mode
@@ -201,7 +202,7 @@ def export_hub_folder(directory: str | Path, out: str | Path, *, base_card: str 
     if not str(out).strip():  # `--dry-run "$UNSET"`: an error, never the working folder
         raise PublishError("--dry-run is empty: give the folder to write the export into")
     directory, out = Path(directory), Path(os.path.abspath(out))  # "x" and "./x" have a parent
-    read_manifest(directory)  # a clear error when this is not a build folder
+    manifest = load_manifest(directory)  # a clear error when this is not a build folder
     if check:
         _refuse_invalid(directory)
     _check_out(directory, out)
@@ -220,7 +221,7 @@ def export_hub_folder(directory: str | Path, out: str | Path, *, base_card: str 
         front = merge_card_data(ours, bases, list(info.splits), info)
         (staging / CARD_NAME).write_text(card_text(front, body), encoding="utf-8")
         # The build's manifest plus the export's own files and hashes (checked on every read)
-        exported = {**read_manifest(directory), "export": export_files(staging)}
+        exported = dataclasses.replace(manifest, export=export_files(staging))
         (staging / MANIFEST_NAME).write_bytes(manifest_bytes(exported))
         if out.exists():
             _replace(out, staging)
@@ -295,9 +296,8 @@ def push(directory: str | Path, repo: str, *, private: bool = False, token: str 
     from huggingface_hub import HfApi
 
     directory = Path(directory)
-    manifest = read_manifest(directory)
-    fingerprint = (manifest.get("reference") or {}).get("fingerprint") or {}
-    if fingerprint and is_smoke_test(fingerprint) and not allow_smoke_test:
+    manifest = load_manifest(directory)
+    if manifest.fingerprint and is_smoke_test(manifest.fingerprint.as_dict()) and not allow_smoke_test:
         raise PublishError(f"{directory} was scored with a smoke-test model (random weights): its "
                            "reference log-probs are meaningless; re-score it with a real model")
     _refuse_invalid(directory)
@@ -309,7 +309,7 @@ def push(directory: str | Path, repo: str, *, private: bool = False, token: str 
         except Exception as error:  # offline, no token, no permission: one line, not a traceback
             raise PublishError(f"cannot reach the Hub repo {repo}: {_one_line(error)}") from None
         folder = export_hub_folder(directory, Path(tmp) / "export", base_card=base_card, check=False)
-        rows = sum((manifest.get("counts") or {}).get("written_by_split", {}).values())
+        rows = sum(manifest.counts.written_by_split.values())
         try:
             api.upload_folder(
                 repo_id=repo, repo_type="dataset", folder_path=folder,

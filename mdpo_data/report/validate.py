@@ -23,7 +23,7 @@ import pyarrow as pa
 from mdpo_data.format import schema
 from mdpo_data.build.images import DEFAULT_MAX_PIXELS, load_image
 from mdpo_data.format.integrity import IntegrityError, export_problems, verify_entry
-from mdpo_data.format.manifest import ManifestError, is_scored, read_manifest
+from mdpo_data.format.manifest import Manifest, ManifestError, ShardEntry, load_manifest
 from mdpo_data.sources.records import BadRow
 from mdpo_data.format.shards import SHARD_RE
 
@@ -57,7 +57,7 @@ def validate(directory: str | Path, *, max_per_kind: int = MAX_PER_KIND) -> list
     if not directory.is_dir():
         return [f"{directory} is not a directory"]
     try:
-        manifest = read_manifest(directory)
+        manifest = load_manifest(directory)
     except ManifestError as error:
         problems.add("manifest", f"manifest.json: {error}")
         manifest = None
@@ -86,8 +86,8 @@ def validate(directory: str | Path, *, max_per_kind: int = MAX_PER_KIND) -> list
             complete = False
             continue
         rows_by_split[SHARD_RE.match(name)["split"]] += rows
-        if entry.get("rows") != rows:
-            problems.add("rows", f"{name}: {rows} rows, manifest.json says {entry.get('rows')}")
+        if entry.rows != rows:
+            problems.add("rows", f"{name}: {rows} rows, manifest.json says {entry.rows}")
     if manifest:
         _check_state(directory, manifest, problems)
         if complete:
@@ -100,7 +100,7 @@ def _is_export(directory: Path) -> bool:
     return (directory / "data").is_dir() and not any(SHARD_RE.match(p.name) for p in directory.iterdir())
 
 
-def _check_export(directory: Path, manifest: dict, problems: Problems) -> None:
+def _check_export(directory: Path, manifest: Manifest, problems: Problems) -> None:
     """An export's parquet files against the hashes its manifest lists (before any is parsed),
     then every row, as for a build's shards."""
     import pyarrow.parquet as pq
@@ -112,40 +112,39 @@ def _check_export(directory: Path, manifest: dict, problems: Problems) -> None:
         return
     seen, rows_by_split = _Seen(), defaultdict(int)
     expected = schema.arrow_schema()
-    for entry in manifest["export"]:
-        path, rows = directory / entry["file"], 0
+    for entry in manifest.export or []:
+        path, rows = directory / entry.file, 0
         try:
             parquet = pq.ParquetFile(path)
             if not _same_fields(parquet.schema_arrow, expected):
-                _schema_problem(entry["file"], parquet.schema_arrow, expected, problems)
+                _schema_problem(entry.file, parquet.schema_arrow, expected, problems)
                 continue
             for batch in parquet.iter_batches():
-                _check_rows(entry["file"], batch, rows, manifest, seen, problems)
+                _check_rows(entry.file, batch, rows, manifest, seen, problems)
                 rows += batch.num_rows
         except (pa.ArrowException, OSError, ValueError, TypeError, KeyError, IndexError) as error:
-            problems.add("shard", f"{entry['file']}: not a readable parquet file "
+            problems.add("shard", f"{entry.file}: not a readable parquet file "
                                   f"({' '.join(str(error).split())[:200]})")
             continue
-        rows_by_split[entry["split"]] += rows
+        rows_by_split[entry.split] += rows
     _check_totals(manifest, rows_by_split, seen, problems)
     if not rows_by_split.get("train"):
         problems.add("rows", "split train has 0 rows: nothing to train on")
 
 
-def _check_state(directory: Path, manifest: dict, problems: Problems) -> None:
+def _check_state(directory: Path, manifest: Manifest, problems: Problems) -> None:
     """Stale shards: a build marker made under another config than the manifest's, and a
     train split with no rows (a build that wrote nothing usable)."""
     from mdpo_data.format.markers import read_marker
 
-    key = manifest.get("config_key")
-    for entries in (manifest.get("splits") or {}).values():
-        for entry in entries:
-            marker = read_marker(directory, "build", entry["file"])
-            if key and marker is not None and marker.get("config_key") not in (None, key):
-                problems.add("stale", f"{entry['file']}: made by another build config "
-                                      f"({marker.get('config_key')}, manifest {key}): stale shard")
-    train = (manifest.get("splits") or {}).get("train") or []
-    if train and not sum(e["rows"] for e in train):
+    key = manifest.config_key
+    for _, entry in manifest.entries():
+        marker = read_marker(directory, "build", entry.file)
+        if key and marker is not None and marker.key not in (None, key):
+            problems.add("stale", f"{entry.file}: made by another build config "
+                                  f"({marker.key}, manifest {key}): stale shard")
+    train = manifest.splits.get("train") or []
+    if train and not sum(e.rows for e in train):
         problems.add("rows", "split train has 0 rows: nothing to train on")
 
 
@@ -158,23 +157,23 @@ class _Seen:
     unscored_by_split: Counter = field(default_factory=Counter)
 
 
-def _check_totals(manifest: dict, rows_by_split: dict[str, int], seen: _Seen, problems: Problems) -> None:
-    written = (manifest.get("counts") or {}).get("written_by_split") or {}
+def _check_totals(manifest: Manifest, rows_by_split: dict[str, int], seen: _Seen, problems: Problems) -> None:
+    written = manifest.counts.written_by_split
     for split, n in written.items():
         if n != rows_by_split.get(split, 0):
             problems.add("rows", f"split {split}: {rows_by_split.get(split, 0)} rows in shards, "
                                  f"manifest counts.written_by_split says {n}")
-    if is_scored(manifest):
+    if manifest.scored:
         unknown = [c for c in _reference_columns(manifest) if c not in schema.REFERENCE_COLUMNS]
         if unknown:
             problems.add("manifest", f"manifest.json: reference columns {unknown} are not in the schema")
-        skipped = sum((manifest["reference"].get("skipped") or {}).values())
+        skipped = sum(manifest.reference.skipped.values())
         if seen.unscored_rows != skipped:
             problems.add("reference", f"{seen.unscored_rows} row(s) have no reference log-probs, "
                                       f"manifest reference.skipped counts {skipped}")
         train = rows_by_split.get("train", 0)
         if train and seen.unscored_by_split["train"] == train:
-            max_length = (manifest["reference"].get("fingerprint") or {}).get("max_length")
+            max_length = manifest.fingerprint.max_length if manifest.fingerprint else None
             problems.add("reference", f"split train: the scorer dropped all {train} rows (longer than "
                                       f"max_length {max_length}): nothing to train on; rescore with a "
                                       "larger --max-length (mdpo-data score DIR --ref-model MODEL "
@@ -207,19 +206,13 @@ def _shards_on_disk(directory: Path, problems: Problems) -> dict[str, Path]:
     return {f.name: f for split in schema.SPLITS for f in by_split.get(split, [])}
 
 
-def _check_listing(manifest: dict[str, Any], on_disk: dict[str, Path], problems: Problems) -> dict[str, dict]:
-    """Compare manifest['splits'] with the files present; returns {name: entry}."""
+def _check_listing(manifest: Manifest, on_disk: dict[str, Path], problems: Problems) -> dict[str, ShardEntry]:
+    """Compare the manifest's splits with the files present; returns {name: entry}."""
     listed = {}
-    for split, entries in (manifest.get("splits") or {}).items():
-        for entry in entries:
-            name = entry.get("file") if isinstance(entry, dict) else None
-            if not name:
-                problems.add("manifest", f"manifest.json: split {split} has an entry without "
-                                         f"a file name: {entry!r}")
-                continue
-            listed[name] = entry
-            if name not in on_disk:
-                problems.add("files", f"{name}: listed in manifest.json but missing")
+    for _, entry in manifest.entries():
+        listed[entry.file] = entry
+        if entry.file not in on_disk:
+            problems.add("files", f"{entry.file}: listed in manifest.json but missing")
     for name in on_disk:
         if name not in listed:
             problems.add("files", f"{name}: present but not listed in manifest.json")
@@ -231,7 +224,7 @@ def _check_listing(manifest: dict[str, Any], on_disk: dict[str, Path], problems:
 # ---------------------------------------------------------------------------------------------
 
 
-def _check_shard(path: Path, manifest: dict | None, seen: _Seen, problems: Problems) -> int | None:
+def _check_shard(path: Path, manifest: Manifest | None, seen: _Seen, problems: Problems) -> int | None:
     """Check schema and every row of one shard; returns its row count (None if unreadable)."""
     expected = schema.arrow_schema()
     rows = 0
@@ -252,7 +245,7 @@ def _check_shard(path: Path, manifest: dict | None, seen: _Seen, problems: Probl
         detail = " ".join(str(error).split())[:200]
         problems.add("shard", f"{path.name}: not a readable Arrow stream shard ({detail})")
         return None
-    if manifest and not is_scored(manifest):
+    if manifest and not manifest.scored:
         for column, n in filled.items():
             if n:
                 problems.add("reference", f"{path.name}: {n} row(s) carry {column} but "
@@ -282,9 +275,9 @@ def _schema_problem(name: str, found: pa.Schema, expected: pa.Schema, problems: 
                            f"{schema.FORMAT_VERSION}): {detail}")
 
 
-def _check_rows(name: str, batch: pa.RecordBatch, offset: int, manifest: dict | None,
+def _check_rows(name: str, batch: pa.RecordBatch, offset: int, manifest: Manifest | None,
                 seen: _Seen, problems: Problems) -> None:
-    max_pixels = ((manifest or {}).get("config") or {}).get("max_pixels") or DEFAULT_MAX_PIXELS
+    max_pixels = (manifest.config.get("max_pixels") if manifest else None) or DEFAULT_MAX_PIXELS
     example_ids = batch.column("example_id").to_pylist()
 
     def where(i: int) -> str:
@@ -329,11 +322,11 @@ def _check_image_cell(cell: list | None, column: str, where: str, max_pixels: in
         problems.add("image", f"{where}: {column}[0] does not decode ({error})")
 
 
-def _check_reference(name: str, batch: pa.RecordBatch, manifest: dict | None, where, seen: _Seen,
+def _check_reference(name: str, batch: pa.RecordBatch, manifest: Manifest | None, where, seen: _Seen,
                      problems: Problems) -> None:
     """In a scored build each row's reference columns are all filled and finite, or all null
     (a row the scorer skipped, counted in the manifest)."""
-    if manifest is None or not is_scored(manifest):
+    if manifest is None or not manifest.scored:
         return
     values = {c: batch.column(c).to_pylist() for c in _reference_columns(manifest)
               if c in schema.REFERENCE_COLUMNS}
@@ -353,9 +346,9 @@ def _split_of(shard_name: str) -> str:
     return match["split"] if match else ""
 
 
-def _reference_columns(manifest: dict) -> list[str]:
+def _reference_columns(manifest: Manifest) -> list[str]:
     """The columns the scorer says it filled (older manifests: the required ones)."""
-    return manifest["reference"].get("columns") or list(schema.REF_LOGP_COLUMNS + schema.TOKEN_COLUMNS)
+    return manifest.reference.columns or list(schema.REF_LOGP_COLUMNS + schema.TOKEN_COLUMNS)
 
 
 def _bad_reference_value(column: str, value: Any) -> str:

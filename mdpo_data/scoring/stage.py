@@ -27,6 +27,7 @@ barrier.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import time
 from dataclasses import dataclass, field
@@ -41,7 +42,9 @@ from mdpo_data.format import markers as stage_state
 from mdpo_data.format.folder import DATA, check_target, hold
 from mdpo_data.format.integrity import IntegrityError, verify_entry
 from mdpo_data.scoring.logprobs import RESPONSE_RULE, TRUNCATION_RULE
-from mdpo_data.format.manifest import dumps, read_manifest, write_manifest
+from mdpo_data.config.typecheck import from_json
+from mdpo_data.format.manifest import Fingerprint, Manifest, Reference, dumps, load_manifest, write_manifest
+from mdpo_data.format.markers import ScoreMarker
 from mdpo_data.scoring.memory import peak_memory, reset_peak
 from mdpo_data.scoring.models import fingerprint, load_model
 from mdpo_data.scoring.scorer import Scorer, ScoreError, auto_batch_size, score_table
@@ -80,68 +83,67 @@ def marker_path(directory: Path, shard: Path) -> Path:
     return stage_state.marker_path(directory, "score", shard.name)
 
 
-def _read_marker(directory: Path, shard: Path) -> dict[str, Any] | None:
+def _read_marker(directory: Path, shard: Path) -> ScoreMarker | None:
     return stage_state.read_marker(directory, "score", shard.name)
 
 
-def _marker_done(marker: dict | None, shard: Path, key: str, no_image: bool,
+def _marker_done(marker: ScoreMarker | None, shard: Path, key: str, no_image: bool,
                  digest: str | None = None) -> bool:
     """The shard's score marker is for this key and these bytes (`digest`: the shard's sha256
     when the caller already has it)."""
     return (
-        stage_state.is_complete(marker, "score", key)
-        and marker.get("no_image_logps") == no_image
+        stage_state.is_complete(marker, key)
+        and marker.no_image_logps == no_image
         and shard.is_file()
-        and marker.get("sha256") == (digest or sha256_file(shard))
+        and marker.sha256 == (digest or sha256_file(shard))
     )
 
 
-def _jobs(directory: Path, manifest: dict[str, Any]) -> list[_Job]:
+def _jobs(directory: Path, manifest: Manifest) -> list[_Job]:
     """One job per listed shard, each checked against the manifest's sha256 first: a shard
     changed after the build is refused, never re-scored and blessed with a new hash. (A
     shard this scorer already rewrote is vouched for by its score marker.)"""
     jobs = []
-    for split in schema.SPLITS:
-        for entry in manifest.get("splits", {}).get(split, []):
-            path = directory / entry["file"]
-            marker = _read_marker(directory, path) or {}
-            try:  # a shard this scorer already rewrote is vouched for by its marker
-                current = verify_entry(directory, entry, also=marker.get("sha256"))
-            except IntegrityError as error:
-                raise ScoreError(str(error)) from None
-            jobs.append(_Job(len(jobs), split, path, current))
+    for split, entry in manifest.entries():
+        path = directory / entry.file
+        marker = _read_marker(directory, path)
+        try:  # a shard this scorer already rewrote is vouched for by its marker
+            current = verify_entry(directory, entry, also=marker.sha256 if marker else None)
+        except IntegrityError as error:
+            raise ScoreError(str(error)) from None
+        jobs.append(_Job(len(jobs), split, path, current))
     if not jobs:
         raise ScoreError(f"{directory}: the manifest lists no shards to score")
     return jobs
 
 
-def _check_previous(directory: Path, manifest: dict, jobs: list[_Job], fp: dict, force: bool) -> None:
+def _check_previous(directory: Path, manifest: Manifest, jobs: list[_Job], fp: dict, force: bool) -> None:
     """Refuse to overwrite reference values from another fingerprint unless forced."""
     if force:
         return
-    previous = (manifest.get("reference") or {}).get("fingerprint") or {}
-    keys = {previous.get("key")} if previous else set()
-    keys |= {(m or {}).get("key") for m in (_read_marker(directory, j.path) for j in jobs)}
+    previous = manifest.fingerprint or Fingerprint(model="unknown model")
+    keys = {previous.key}
+    keys |= {m.key for m in (_read_marker(directory, j.path) for j in jobs) if m is not None}
     other = keys - {None, fp["key"]}
     if other:
         raise ScoreError(
             f"{directory} is (partly) scored with another reference fingerprint "
-            f"({previous.get('model', 'unknown model')}, dtype {previous.get('dtype')}, max_length "
-            f"{previous.get('max_length')}); this run is {fp['model']} dtype {fp['dtype']} "
+            f"({previous.model}, dtype {previous.dtype}, max_length "
+            f"{previous.max_length}); this run is {fp['model']} dtype {fp['dtype']} "
             f"max_length {fp['max_length']}. Pass force=True (--force) to rescore everything."
         )
 
 
-def _check_system_prompt(directory: Path, manifest: dict, ref_model: str) -> None:
+def _check_system_prompt(directory: Path, manifest: Manifest, ref_model: str) -> None:
     """`--system-prompt auto` decided at build time without a model: rows stored with no
     system prompt would be scored (and trained) without the one `ref_model` was trained with.
     Refuse before loading anything, naming the build command that stores it."""
     from mdpo_data.build.system_prompts import FAMILIES, unapplied_family
 
-    family = unapplied_family(manifest.get("system_prompt"), ref_model)
+    family = unapplied_family(manifest.system_prompt, ref_model)
     if family is None:
         return
-    command = (manifest.get("command") or "mdpo-data build ... --out OUT").replace(
+    command = (manifest.command or "mdpo-data build ... --out OUT").replace(
         " OUT", f" {directory}")
     raise ScoreError(
         f"{directory} was built with --system-prompt auto but no --ref-model, so its rows carry no "
@@ -161,23 +163,14 @@ def _distributed():
     return state.process_index, state.num_processes, state.wait_for_everyone
 
 
-def _score_shard(directory: Path, job: _Job, scorer: Scorer, key: str, no_image: bool) -> dict:
+def _score_shard(directory: Path, job: _Job, scorer: Scorer, key: str, no_image: bool) -> ScoreMarker:
     before = scorer.batches.copy()
     table, too_long = score_table(read_shard(job.path), scorer, no_image=no_image)
     write_shard(job.path, [table])
-    marker = {
-        "stage": "score",
-        "shard": job.path.name,
-        "split": job.split,
-        "key": key,
-        "no_image_logps": no_image,
-        "sha256": sha256_file(job.path),
-        "rows": table.num_rows,
-        "skipped": {"too_long": too_long},
-        "method": scorer.method_since(before),
-        "batch_size": scorer.batch_size,  # bf16 sums depend on the batch composition
-    }
-    stage_state.record(directory, "score", job.path.name, marker)
+    marker = ScoreMarker(shard=job.path.name, split=job.split, key=key, no_image_logps=no_image,
+                         sha256=sha256_file(job.path), rows=table.num_rows, skipped={"too_long": too_long},
+                         method=scorer.method_since(before), batch_size=scorer.batch_size)
+    stage_state.record(directory, marker, job.path.name)
     return marker
 
 
@@ -210,7 +203,7 @@ def score_build(
     if max_length is not None and max_length < 1:
         raise ScoreError(f"max_length must be positive, got {max_length}")
     check_target(directory, "score", DATA)  # ours, of the right kind, no linked bookkeeping
-    manifest = read_manifest(directory)
+    manifest = load_manifest(directory)
     _check_system_prompt(directory, manifest, ref_model)
     rank, world, barrier = _distributed()
     with hold(directory) if rank == 0 else contextlib.nullcontext():
@@ -221,7 +214,7 @@ def score_build(
                              attention=attention, distributed=(rank, world, barrier))
 
 
-def _score_locked(directory: Path, manifest: dict, ref_model: str, *, dtype, batch_size, device,
+def _score_locked(directory: Path, manifest: Manifest, ref_model: str, *, dtype, batch_size, device,
                   max_length, no_image_logps, trust_remote_code, revision, progress, force,
                   prefix_reuse, attention, distributed) -> dict[str, Any]:
     import torch
@@ -235,7 +228,7 @@ def _score_locked(directory: Path, manifest: dict, ref_model: str, *, dtype, bat
     resolved_dtype = str(model.dtype).removeprefix("torch.")
     fp = fingerprint(ref_model, model, processor, dtype=resolved_dtype, max_length=max_length,
                      truncation_rule=TRUNCATION_RULE, revision=revision,
-                     response_rule=RESPONSE_RULE, system_prompt=manifest.get("system_prompt"))
+                     response_rule=RESPONSE_RULE, system_prompt=manifest.system_prompt)
     _check_previous(directory, manifest, jobs, fp, force)
     batch_size = batch_size or auto_batch_size(model, max_length)
     scorer = Scorer(model, processor, batch_size=batch_size, max_length=max_length,
@@ -253,9 +246,9 @@ def _score_locked(directory: Path, manifest: dict, ref_model: str, *, dtype, bat
             marker = _score_shard(directory, job, scorer, fp["key"], no_image_logps)
             totals.seconds += time.perf_counter() - start
             totals.shards_scored += 1
-            totals.rows += marker["rows"]
-            totals.too_long += marker["skipped"]["too_long"]
-            totals.methods.add(marker["method"])
+            totals.rows += marker.rows
+            totals.too_long += marker.skipped["too_long"]
+            totals.methods.add(marker.method)
     totals.sequences, totals.tokens = scorer.sequences, scorer.tokens
     barrier()
     if rank == 0:
@@ -274,28 +267,28 @@ def _progress(jobs, enabled: bool):
 
 def _write_reference(directory: Path, jobs: list[_Job], fp: dict, no_image: bool) -> None:
     """Rank 0, after the barrier: every shard's marker -> manifest checksums and reference."""
-    manifest = read_manifest(directory)
+    manifest = load_manifest(directory)
     markers = {}
     for job in jobs:
         marker = _read_marker(directory, job.path)
         if not _marker_done(marker, job.path, fp["key"], no_image):
             raise ScoreError(f"shard {job.path.name} was not scored (no valid marker after the barrier)")
         markers[job.path.name] = marker
-    for split, entries in manifest.get("splits", {}).items():
-        for entry in entries:
-            entry["sha256"] = stage_state.shard_sha256(directory, entry["file"]) or entry["sha256"]
+    splits = {split: [dataclasses.replace(e, sha256=stage_state.shard_sha256(directory, e.file) or e.sha256)
+                      for e in entries] for split, entries in manifest.splits.items()}
     columns = list(schema.REF_LOGP_COLUMNS) + (list(schema.NO_IMAGE_COLUMNS) if no_image else [])
     skipped = stage_state.merge_skips(markers.values())
-    manifest["reference"] = {
-        "scored": True,
-        "fingerprint": fp,
-        "no_image_logps": no_image,
-        "columns": columns + list(schema.TOKEN_COLUMNS),
-        "rows_scored": sum(m["rows"] for m in markers.values()) - skipped["too_long"],
-        "batch_size": _one_or_all(m.get("batch_size") for m in markers.values()),
-        "skipped": skipped,
-        "skip_rule": SKIP_RULE,
-    }
+    reference = Reference(
+        scored=True,
+        fingerprint=from_json(Fingerprint, fp),
+        no_image_logps=no_image,
+        columns=columns + list(schema.TOKEN_COLUMNS),
+        rows_scored=sum(m.rows for m in markers.values()) - skipped["too_long"],
+        batch_size=_one_or_all(m.batch_size for m in markers.values()),
+        skipped=skipped,
+        skip_rule=SKIP_RULE,
+    )
+    manifest = dataclasses.replace(manifest, splits=splits, reference=reference)
     try:
         unchanged = (directory / "manifest.json").read_bytes() == dumps(manifest)
     except OSError:

@@ -22,7 +22,7 @@ from PIL import Image
 from mdpo_data.bpo.generate import weakened_image
 from mdpo_data.bpo.spec import (
     INJECT_PROMPT,
-    VALID_FORMS,
+    valid_forms,
     ResponseStrategy,
     clean_rewrite,
     normalize,
@@ -34,6 +34,7 @@ from mdpo_data.build.images import load_image
 from mdpo_data.sources.records import BadRow, Candidate, ImageRef
 from mdpo_data.build.sampling import collect
 from mdpo_data.build.seeds import example_seed
+from mdpo_data.format.manifest import to_json
 from mdpo_data.sources import open_source
 
 from fixtures import make_llava_instruct
@@ -158,7 +159,7 @@ def test_parse_response_strategy_forms_and_errors():
     for bad in ("weaken:0", "weaken:1001", "weaken:0.5", "weaken:", "inject:2", "noise:900", "", None):
         with pytest.raises(ValueError) as error:
             parse_response_strategy(bad)
-        assert VALID_FORMS in str(error.value) and repr(bad) in str(error.value)
+        assert valid_forms() in str(error.value) and repr(bad) in str(error.value)
 
 
 def test_rejected_problem_filters():
@@ -256,8 +257,8 @@ def test_build_pairs_gold_with_bootstrapped_answers(tmp_path, stopping_vlm):
                          n=6, rejected_response="weaken:900", rejected_response_model=str(stopping_vlm))
     out = tmp_path / "out"
     manifest = run_build(config, out, progress=False, runtime=Runtime(batch_size=6)).manifest
-    assert manifest["rejected_response"]["strategy"] == "weaken:900"
-    counts = manifest["counts"]
+    assert manifest.rejected_response.strategy == "weaken:900"
+    counts = to_json(manifest.counts)
     assert counts["written"] >= 2 and counts["written"] + sum(counts["skipped"].values()) == 6
     rows = read_shard(shard_files(out, "train")[0]).to_pylist()
     answers = {line["id"]: line["text"] for line in cache_lines(out / STATE_DIR)}
@@ -292,9 +293,10 @@ def test_bpo_resume_reports_the_clean_runs_counts(tmp_path, stopping_vlm):
     out = tmp_path / "out"
     clean = run_build(config, out, progress=False, runtime=Runtime(batch_size=3)).manifest
     clean_bytes = (out / "manifest.json").read_bytes()
-    markers = [stage_state.read_json(p) for p in sorted((out / STATE_DIR).glob("bpo-*.json"))]
-    assert [m["part"] for m in markers] == ["eval", "train"]
-    assert clean["counts"]["skipped_by_stage"]["responses"] == stage_state.merge_skips(markers) != {}
+    markers = [stage_state.parse_marker("bpo", stage_state.read_json(p))
+               for p in sorted((out / STATE_DIR).glob("bpo-*.json"))]
+    assert [m.part for m in markers] == ["eval", "train"]
+    assert clean.counts.skipped_by_stage["responses"] == stage_state.merge_skips(markers) != {}
 
     (cache,) = (out / STATE_DIR).glob("bpo-*.jsonl")
     cache.write_bytes(b"".join(cache.read_bytes().splitlines(keepends=True)[:3]))

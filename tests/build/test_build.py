@@ -13,7 +13,7 @@ import datasets
 import pytest
 
 from mdpo_data.format import schema
-from mdpo_data.format.manifest import read_manifest
+from cli_helpers import manifest_json
 from mdpo_data.format.shards import read_shard, sha256_file, shard_files
 
 from cli_helpers import CLI, folder_bytes, run_cli
@@ -30,7 +30,7 @@ def test_demo_build_writes_contract_shards_and_manifest(tmp_path):
     proc = demo_build(out, "--eval-fraction", "0.2")
     assert "written: train" in proc.stdout
 
-    manifest = read_manifest(out)
+    manifest = manifest_json(out)
     assert manifest["counts"]["written_by_split"] == {"train": 48, "eval": 12}
     assert manifest["rejected_image"]["resolved"] == "crop:0.01-0.2"
     assert manifest["reference"] is None
@@ -82,7 +82,7 @@ def test_rerun_is_a_noop_and_other_config_needs_overwrite(tmp_path):
     assert proc.returncode == 1 and "different config" in proc.stderr and "--overwrite" in proc.stderr
     run_cli("build", "--source", "demo", "--n", 60, "--shard-size", 25, "--seed", 3,
             "--rejected", "moco", "--out", out, "--quiet", "--overwrite")
-    assert read_manifest(out)["rejected_image"]["resolved"] == "moco"
+    assert manifest_json(out)["rejected_image"]["resolved"] == "moco"
 
 
 @pytest.mark.slow
@@ -115,7 +115,7 @@ def test_pipeline_file_flags_override_and_unknown_keys_fail(tmp_path):
     pipeline.write_text("source: demo\nn: 30\nrejected: moco\nseed: 1\nshard-size: 10\n")
     out = tmp_path / "out"
     run_cli("build", "--pipeline", pipeline, "--rejected", "crop:0.2-0.5", "--out", out, "--quiet")
-    manifest = read_manifest(out)
+    manifest = manifest_json(out)
     assert manifest["config"]["n"] == 30 and manifest["config"]["rejected"] == "crop:0.2-0.5"
 
     pipeline.write_text("source: demo\nnn: 30\ncolour: red\n")
@@ -149,7 +149,7 @@ def test_fewer_pairs_than_requested_warns_and_records(tmp_path):
     out = tmp_path / "small"
     proc = run_cli("build", "--source", "demo", "--demo-size", 20, "--n", 50, "--out", out, "--quiet")
     assert "fewer than --n 50" in proc.stderr
-    counts = read_manifest(out)["counts"]
+    counts = manifest_json(out)["counts"]
     assert counts["requested"] == 50 and counts["sampled"] <= 20 and counts["written"] == counts["sampled"]
 
 
@@ -166,7 +166,7 @@ def test_swap_never_uses_the_same_image(tmp_path):
 def test_every_strategy_builds(tmp_path, spec):
     out = tmp_path / "s"
     run_cli("build", "--source", "demo", "--n", 8, "--rejected", spec, "--out", out, "--quiet")
-    assert read_manifest(out)["counts"]["written"] == 8
+    assert manifest_json(out)["counts"]["written"] == 8
 
 
 @pytest.mark.slow
@@ -178,4 +178,4 @@ def test_rebuilding_a_scored_folder_keeps_its_scores(tmp_path):
     proc = run_cli(*args)
     assert "0 written, 1 reused" in proc.stdout
     assert folder_bytes(out) == before
-    assert read_manifest(out)["reference"]["scored"]
+    assert manifest_json(out)["reference"]["scored"]

@@ -5,7 +5,7 @@ from cli_helpers import rows_of, run_cli
 
 from mdpo_data.build.stage import run_build
 from mdpo_data.config.build import BuildConfig
-from mdpo_data.format.manifest import read_manifest
+from cli_helpers import manifest_json
 
 pytestmark = pytest.mark.slow  # a whole noise build through the CLI
 
@@ -17,7 +17,7 @@ def test_noise_build_records_model_input_and_clipped_share(tmp_path):
 
     run_cli("build", "--source", "demo", "--n", 4, "--demo-size", 20, "--rejected", "noise:900",
             "--out", tmp_path / "n", "--quiet")
-    record = read_manifest(tmp_path / "n")["rejected_image"]
+    record = manifest_json(tmp_path / "n")["rejected_image"]
     assert json.loads(record["model_input"])["size"] == {"shortest_edge": 336}
     assert 0.0 < record["clipped_share"] < 0.2
     for row in rows_of(tmp_path / "n"):

@@ -22,7 +22,7 @@ from PIL import Image
 from cli_helpers import rows_of, run_cli
 
 from mdpo_data.format import schema
-from mdpo_data.format.manifest import read_manifest
+from cli_helpers import manifest_json
 
 
 pytestmark = pytest.mark.slow  # every test here runs a build through the CLI
@@ -42,7 +42,7 @@ def test_silkie_jsonl_with_every_bad_input(tmp_path, layout):
     proc = run_cli("build", "--source", "silkie", "--source-path", built.root, "--n", 1000,
                    "--max-pixels", 5_000_000, "--out", out, "--quiet")
     assert "Traceback" not in proc.stderr
-    manifest = read_manifest(out)
+    manifest = manifest_json(out)
     skipped = manifest["counts"]["skipped"]
     # Row-level problems, found while reading the source ...
     assert skipped["malformed_json"] == 1
@@ -88,7 +88,7 @@ def test_zip_member_escaping_its_target_is_never_read(tmp_path):
     proc = run_cli("build", "--source", "silkie", "--source-path", built.root, "--n", 100,
                    "--out", out, "--quiet")
     assert "Traceback" not in proc.stderr
-    skipped = read_manifest(out)["counts"]["skipped"]
+    skipped = manifest_json(out)["counts"]["skipped"]
     assert skipped.get("zip_member_escapes_target", 0) + skipped.get("image_path_escapes_root", 0) >= 1
     assert not (tmp_path / "evil.jpg").exists() and not (tmp_path / "src" / "evil.jpg").exists()
 
@@ -99,14 +99,14 @@ def test_mdpo_json_with_bad_paths(tmp_path):
     proc = run_cli("build", "--source", "pairs", "--source-path", built.data, "--image-root",
                    built.images, "--n", 100, "--rejected", "swap", "--out", out, "--quiet")
     assert "Traceback" not in proc.stderr
-    manifest = read_manifest(out)
+    manifest = manifest_json(out)
     assert manifest["counts"]["skipped"].get("image_path_escapes_root", 0) >= 1
     rows = rows_of(out)
     assert rows and not any("ASSISTANT:" in schema.question_of(r["prompt"]) for r in rows)
     # --system-prompt auto keeps the json's own system prompt as a system message
     assert all(r["prompt"][0]["role"] == "system" and schema.system_of(r["prompt"]).startswith("A chat")
                for r in rows)
-    assert set(read_manifest(out)["system_prompt"]["rows_by_origin"]) == {"source"}
+    assert set(manifest_json(out)["system_prompt"]["rows_by_origin"]) == {"source"}
     for r in rows:
         assert r["images"][0]["bytes"] != r["rejected_images"][0]["bytes"]
 
@@ -117,7 +117,7 @@ def test_pairs_formats_build(tmp_path, maker):
     out = tmp_path / "out"
     run_cli("build", "--source", "pairs", "--source-path", built.root, "--n", 12,
             "--out", out, "--quiet")
-    counts = read_manifest(out)["counts"]
+    counts = manifest_json(out)["counts"]
     assert len(rows_of(out)) == counts["written"] >= 10
     assert counts["written"] + counts["skipped"].get("missing_rejected_response", 0) == 12
 

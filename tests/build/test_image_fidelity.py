@@ -20,7 +20,7 @@ from PIL import Image
 from cli_helpers import rows_of, run_cli
 from fixtures import make_mdpo_json
 
-from mdpo_data.format.manifest import read_manifest
+from cli_helpers import manifest_json
 from mdpo_data.format.schema import image_bytes
 
 
@@ -110,7 +110,7 @@ def test_a_pipeline_drawing_over_max_pixels_is_a_counted_skip(tmp_path):
                    "--rejected", f"albumentations:{pipeline}", "--max-pixels", 100_000,
                    "--out", out, check=False)
     assert "Traceback" not in proc.stderr
-    manifest = read_manifest(out)
+    manifest = manifest_json(out)
     assert manifest["counts"]["skipped_by_stage"]["images"] == {"rejected_image_too_many_pixels": 4}
     assert manifest["counts"]["written"] == 0
     # under the limit the same pipeline builds, and the build passes its own validate

@@ -7,7 +7,7 @@ from __future__ import annotations
 from cli_helpers import rows_of, run_cli
 from fixtures import jpeg_bytes, make_vlfeedback_jsonl
 
-from mdpo_data.format.manifest import read_manifest
+from cli_helpers import manifest_json
 
 
 def test_a_symlink_out_of_the_image_folder_is_refused_at_load(tmp_path):
@@ -19,7 +19,7 @@ def test_a_symlink_out_of_the_image_folder_is_refused_at_load(tmp_path):
     victim.symlink_to(secret)
     out = tmp_path / "out"
     run_cli("build", "--source", "silkie", "--source-path", built.root, "--n", 1000, "--out", out, "--quiet")
-    skipped = read_manifest(out)["counts"]["skipped"]
+    skipped = manifest_json(out)["counts"]["skipped"]
     assert skipped.get("image_path_escapes_root", 0) >= 1, skipped  # each pair of that row
     stored = {row["images"][0]["bytes"] for row in rows_of(out)}
     assert secret.read_bytes() not in stored and rows_of(out)

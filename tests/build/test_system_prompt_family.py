@@ -15,7 +15,7 @@ from fixtures import MDPO_SYSTEM
 from mdpo_data.build import system_prompts
 from mdpo_data.demo.tiny import build_tiny_llava, build_tiny_qwen2_vl
 from mdpo_data.format import schema
-from mdpo_data.format.manifest import read_manifest
+from cli_helpers import manifest_json
 
 CONV_VICUNA_V1 = ("A chat between a curious user and an artificial intelligence assistant. The "
                   "assistant gives helpful, detailed, and polite answers to the user's questions.")
@@ -62,7 +62,7 @@ def test_build_with_a_local_ref_model_stores_its_familys_prompt(tiny_llava, tmp_
     run_cli("build", "--source", "demo", "--n", 3, "--demo-size", 20, "--quiet", "--ref-model", ref,
             "--out", out)
     assert all(schema.system_of(r["prompt"]) == CONV_VICUNA_V1 for r in rows_of(out))
-    assert read_manifest(out)["system_prompt"]["model_family"] == "vicuna_v1"
+    assert manifest_json(out)["system_prompt"]["model_family"] == "vicuna_v1"
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ from mdpo_data.build import system_prompts
 from mdpo_data.build.stage import run_build
 from mdpo_data.config.build import BuildConfig
 from mdpo_data.scoring.logprobs import row_sequences
-from mdpo_data.format.manifest import read_manifest
+from cli_helpers import manifest_json
 
 VICUNA = system_prompts.VICUNA_V1
 
@@ -51,7 +51,7 @@ def test_demo_default_auto_without_a_model_adds_nothing(tmp_path):
     run_build(BuildConfig(source="demo", n=6, demo_size=20), tmp_path / "a", progress=False)
     rows = rows_of(tmp_path / "a")
     assert rows and all([m["role"] for m in r["prompt"]] == ["user"] for r in rows)
-    record = read_manifest(tmp_path / "a")["system_prompt"]
+    record = manifest_json(tmp_path / "a")["system_prompt"]
     assert record["spec"] == "auto" and record["rows_by_origin"] == {"none": 6}
 
 
@@ -61,7 +61,7 @@ def test_auto_with_a_known_family_stores_its_training_prompt_and_the_scorer_sees
     rows = rows_of(tmp_path / "b")
     assert all(schema.system_of(r["prompt"]) == VICUNA for r in rows)
     assert all(seq.system == VICUNA for r in rows for seq in row_sequences(r).values())
-    assert read_manifest(tmp_path / "b")["system_prompt"]["model_family"] == "vicuna_v1"
+    assert manifest_json(tmp_path / "b")["system_prompt"]["model_family"] == "vicuna_v1"
 
 
 @pytest.mark.slow

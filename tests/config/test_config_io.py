@@ -47,12 +47,37 @@ def test_every_field_is_a_flag_with_help_and_nothing_else(command, classes, hand
     fields = {f.name: f for cls in classes for f in dataclasses.fields(cls) if f.metadata.get("cli", True)}
     assert set(params) == set(fields)
     for name, field in fields.items():
-        assert field.metadata["help"].strip(), f"{name} has no help text"
-        assert params[name].help.startswith(field.metadata["help"])
+        assert config_io.help_of(field).strip(), f"{name} has no help text"
+        assert params[name].help.startswith(config_io.help_of(field))
         assert config_io.flag(field) in params[name].opts
     help_text = CliRunner().invoke(command, ["--help"]).output
     for field in fields.values():
         assert config_io.flag(field) in help_text
+
+
+def test_strategy_forms_in_help_and_errors_come_from_the_registries(monkeypatch):
+    """A strategy registered in `rejected.registry.STRATEGIES` (or `bpo.spec.RESPONSE_KINDS`)
+    is listed by --help and by a bad spec's error, with no other file to edit."""
+    from mdpo_data.bpo import spec as bpo_spec
+    from mdpo_data.rejected import registry
+
+    class Mirror(registry.Strategy):
+        name, form, usage = "mirror", "mirror", "mirror (left-right flip)"
+
+    class Echo(bpo_spec.ResponseKind):
+        name, form, usage = "echo", "echo", "echo (the question repeated)"
+
+    monkeypatch.setitem(registry.STRATEGIES, "mirror", Mirror)
+    monkeypatch.setitem(bpo_spec.RESPONSE_KINDS, "echo", Echo())
+    fields = config_io.fields(BuildConfig)
+    params = {name: config_io.click_option(BuildConfig, fields[name]) for name in ("rejected", "rejected_response")}
+    assert params["rejected"].help.startswith("Rejected image m_l: crop:LO-HI | swap | moco | noise:T | "
+                                              "albumentations:PIPELINE.yaml | mirror.")
+    assert "weaken[:T] | inject | echo." in params["rejected_response"].help
+    with pytest.raises(registry.SpecError, match=r"mirror \(left-right flip\)$"):
+        registry.parse_spec("blur")
+    with pytest.raises(ValueError, match=r"echo \(the question repeated\)$"):
+        bpo_spec.parse_response_strategy("shout")
 
 
 def test_choices_and_ranges_come_from_the_fields():

@@ -21,7 +21,7 @@ from mdpo_data.format import schema
 from mdpo_data.build.stage import run_build
 from mdpo_data.config.build import BuildConfig
 from mdpo_data.cli import main
-from mdpo_data.format.manifest import read_manifest
+from cli_helpers import manifest_json
 from mdpo_data.format.shards import read_shard, sha256_file, write_shard
 
 CLI = [sys.executable, "-m", "mdpo_data.cli"]
@@ -117,7 +117,7 @@ def test_2_build_refuses_a_foreign_folder_and_overwrite_removes_only_ours(built,
     assert code == 0, output
     assert (ours / "labels.csv").read_text() == "user file\n"
     assert (ours / "train-00007-of-00009.arrow").read_bytes() == b"not listed by our manifest"
-    assert read_manifest(ours)["rejected_image"]["spec"] == "moco"
+    assert manifest_json(ours)["rejected_image"]["spec"] == "moco"
     assert not (ours / "train-00001-of-00002.arrow").exists()  # the old build's second shard
 
 
@@ -183,7 +183,7 @@ def test_4_killed_build_then_changed_source_never_duplicates_an_example(tmp_path
     built.data.write_text(json.dumps(first) + "\n" + "\n".join(lines) + "\n")  # prepend a row
     result = run_build(config, out, progress=False)
     ids = [eid for f in sorted(out.glob("train-*.arrow")) for eid in read_shard(f).column("example_id").to_pylist()]
-    assert len(ids) == len(set(ids)) == result.manifest["counts"]["written"]
+    assert len(ids) == len(set(ids)) == result.manifest.counts.written
     code, output = cli("validate", out)
     assert code == 0, output
 
@@ -192,11 +192,11 @@ def test_4_validate_reports_duplicated_and_stale_examples(built, tmp_path):
     directory = copy_build(built, tmp_path / "b")
     second = directory / "train-00001-of-00002.arrow"
     write_shard(second, [read_shard(directory / "train-00000-of-00002.arrow")])  # same rows twice
-    manifest = read_manifest(directory)
+    manifest = manifest_json(directory)
     manifest["splits"]["train"][1]["sha256"] = sha256_file(second)
     (directory / "manifest.json").write_text(json.dumps(manifest))
     marker = directory / ".state" / "train-00000-of-00002.arrow.json"
-    marker.write_text(json.dumps({**json.loads(marker.read_text()), "config_key": "0" * 16}))
+    marker.write_text(json.dumps({**json.loads(marker.read_text()), "key": "0" * 16}))
     code, output = cli("validate", directory)
     assert code == 1
     assert "example_id also used by train-00000-of-00002.arrow row 0" in output
@@ -211,10 +211,10 @@ def test_5_score_refuses_a_shard_changed_after_the_build(built, tmp_path):
     shard = directory / "train-00001-of-00002.arrow"
     table = read_shard(shard)
     write_shard(shard, [table.slice(0, 2)])
-    before = read_manifest(directory)
+    before = manifest_json(directory)
     code, output = cli("score", directory, "--ref-model", "tiny", "--quiet")
     assert code == 1 and "train-00001-of-00002.arrow: sha256" in one_error(output) and "does not match manifest.json" in one_error(output)
-    assert read_manifest(directory) == before
+    assert manifest_json(directory) == before
     assert cli("validate", directory)[0] == 1
 
 
@@ -301,7 +301,7 @@ def test_8_a_second_writer_is_refused_naming_the_pid(built, tmp_path):
     (["--out", "{tmp}/n", "--workers", "-2"], "--workers: must be at least 1, got -2"),
     (["--out", "{tmp}/n", "--batch-size", "0"], "--batch-size: must be at least 1, got 0"),
     (["--out", "{tmp}/n", "--pipeline", "{tmp}/workers.yaml"], "--workers: expected a whole number"),
-    (["--pipeline", "{tmp}/out.yaml"], "--out: expected str"),
+    (["--pipeline", "{tmp}/out.yaml"], "--out: expected a string"),
     (["--out", "{tmp}/n", "--pipeline", "{tmp}/dtype.yaml"], "'float64' is not one of"),
     (["--out", "{tmp}/n", "--pipeline", "{tmp}/latin1.yaml"], "is not UTF-8 text"),
 ])
@@ -352,14 +352,14 @@ def test_11_silkie_counts_file_rows_and_pairs_separately(tmp_path):
         code, output = cli("build", "--source", "silkie", "--source-path", built.root,
                            "--pairing", pairing, "--n", 5, "--out", out, "--quiet")
         assert code == 0, output
-        counts = read_manifest(out)["counts"]
+        counts = manifest_json(out)["counts"]
         assert counts["read"] == 19
         assert counts["pairs"] >= counts["candidates"]
         shown = {line.rsplit(None, 1)[0].strip(): line.split()[-1] for line in output.splitlines()
                  if line.startswith("  ")}
         assert shown["source rows read"] == "19" and shown["pairs formed"] == str(counts["pairs"])
         assert f"Source file rows read: 19; pairs formed: {counts['pairs']};" in (out / "README.md").read_text()
-    assert read_manifest(tmp_path / "all")["counts"]["pairs"] > 19
+    assert manifest_json(tmp_path / "all")["counts"]["pairs"] > 19
 
 
 # ------------------------------------------------------------------ 12: modes, paths, empty builds

@@ -3,6 +3,7 @@ the manifest numbers merged from them (a resumed stage reports what a clean run 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -10,16 +11,22 @@ import pytest
 
 from mdpo_data.format import markers as stage_state
 from mdpo_data.format.folder import STATE_DIR
-from mdpo_data.format.manifest import read_manifest
+from cli_helpers import manifest_json
 from mdpo_data.scoring.stage import marker_path
+
+
+BUILT = stage_state.BuildMarker(key="k", rows_key="r", rows=3, sha256="x", skipped={"image_corrupt": 1})
+SCORED = stage_state.ScoreMarker(key="f", rows=3, sha256="y", skipped={"too_long": 0}, shard="s",
+                                 split="train", no_image_logps=False, method="packed", batch_size=8)
 
 
 def test_markers_round_trip_and_torn_ones_read_as_missing(tmp_path):
     shard = "train-00000-of-00001.arrow"
-    stage_state.write_marker(tmp_path, "build", shard, {"rows": 3, "sha256": "x"})
-    stage_state.write_marker(tmp_path, "score", shard, {"rows": 3, "key": "k"})
-    assert stage_state.read_marker(tmp_path, "build", shard) == {"rows": 3, "sha256": "x"}
-    assert stage_state.read_marker(tmp_path, "score", shard) == {"rows": 3, "key": "k"}
+    stage_state.record(tmp_path, BUILT, shard)
+    assert stage_state.read_marker(tmp_path, "build", shard) == BUILT
+    stage_state.record(tmp_path, SCORED, shard)
+    assert stage_state.read_marker(tmp_path, "score", shard) == SCORED
+    assert stage_state.read_marker(tmp_path, "build", shard) == BUILT  # a later stage keeps it
     # the score stage's public path is the same file
     assert marker_path(tmp_path, tmp_path / shard) == tmp_path / STATE_DIR / f"score-{shard}.json"
     path = stage_state.marker_path(tmp_path, "build", shard)
@@ -38,46 +45,58 @@ def _shard(directory, name, data: bytes, stage: str, **fields):
     (directory / name).write_bytes(data)
     from mdpo_data.format.shards import sha256_file
 
-    marker = {"rows": 1, "skipped": {}, "sha256": sha256_file(directory / name), **fields}
-    stage_state.record(directory, stage, name, marker)
+    base = BUILT if stage == "build" else SCORED
+    marker = dataclasses.replace(base, rows=1, skipped={}, sha256=sha256_file(directory / name), **fields)
+    stage_state.record(directory, marker, name)
     return marker
 
 
 def test_the_latest_writer_gives_the_hash_and_an_earlier_rewrite_drops_later_markers(tmp_path):
     shard = "train-00000-of-00001.arrow"
-    built = _shard(tmp_path, shard, b"built", "build", config_key="k")
-    assert stage_state.shard_sha256(tmp_path, shard) == built["sha256"]
-    assert stage_state.vouched_sha256(tmp_path, shard) == built["sha256"]
+    built = _shard(tmp_path, shard, b"built", "build", key="k")
+    assert stage_state.shard_sha256(tmp_path, shard) == built.sha256
+    assert stage_state.vouched_sha256(tmp_path, shard) == built.sha256
     scored = _shard(tmp_path, shard, b"scored", "score", key="f")
-    assert stage_state.shard_sha256(tmp_path, shard) == scored["sha256"] != built["sha256"]
-    assert stage_state.vouched_sha256(tmp_path, shard) == scored["sha256"]
+    assert stage_state.shard_sha256(tmp_path, shard) == scored.sha256 != built.sha256
+    assert stage_state.vouched_sha256(tmp_path, shard) == scored.sha256
     (tmp_path / shard).write_bytes(b"edited")  # changed after its last stage: vouched by nobody
     assert stage_state.vouched_sha256(tmp_path, shard) is None
-    rebuilt = _shard(tmp_path, shard, b"rebuilt", "build", config_key="k")  # re-made: score's is stale
+    rebuilt = _shard(tmp_path, shard, b"rebuilt", "build", key="k")  # re-made: score's is stale
     assert stage_state.read_marker(tmp_path, "score", shard) is None
-    assert stage_state.shard_sha256(tmp_path, shard) == rebuilt["sha256"]
+    assert stage_state.shard_sha256(tmp_path, shard) == rebuilt.sha256
 
 
 def test_completion_needs_the_stage_key_and_well_formed_counts():
-    good = {"config_key": "k", "rows": 2, "skipped": {"image_corrupt": 1}}
-    assert stage_state.is_complete(good, "build", "k")
-    assert not stage_state.is_complete(good, "build", "other")  # a marker from another key
-    assert not stage_state.is_complete({**good, "config_key": None, "key": "k"}, "build", "k")
-    assert not stage_state.is_complete({**good, "rows": "2"}, "build", "k")
-    assert not stage_state.is_complete({**good, "skipped": {"x": "1"}}, "build", "k")
-    assert not stage_state.is_complete(["k"], "build", "k")
+    good = {"stage": "build", "key": "k", "rows_key": "r", "rows": 2, "sha256": "x",
+            "skipped": {"image_corrupt": 1}}
+
+    def complete(data, key="k", stage="build"):
+        return stage_state.is_complete(stage_state.parse_marker(stage, data), key)
+
+    assert complete(good)
+    assert not complete(good, "other")  # a marker from another key
+    assert not complete({**good, "key": None})
+    assert not complete({**good, "rows": "2"})
+    assert not complete({**good, "rows": True})  # JSON true is not a count
+    assert not complete({**good, "skipped": {"x": "1"}})
+    assert not complete({k: v for k, v in good.items() if k != "sha256"})  # partial
+    assert not complete(good, stage="score")  # another stage's marker
+    assert not complete(["k"])
+    old = {k: v for k, v in good.items() if k not in ("stage", "key")}  # before typed markers
+    assert complete({**old, "config_key": "k"})  # the build's key was "config_key"
 
 
 def test_merged_skips_sum_by_reason_and_keep_zero_counts():
-    markers = [{"skipped": {"too_long": 0}}, {"skipped": {"b": 2, "a": 1}}, {"skipped": {"b": 3}}]
+    markers = [dataclasses.replace(BUILT, skipped=s) for s in ({"too_long": 0}, {"b": 2, "a": 1}, {"b": 3})]
     assert stage_state.merge_skips(markers) == {"a": 1, "b": 5, "too_long": 0}
     assert list(stage_state.merge_skips(markers)) == ["a", "b", "too_long"]
     assert stage_state.merge_skips([]) == {}
 
 
 def test_bpo_marker_from_another_key_is_ignored(tmp_path):
-    marker = {"stage": "bpo", "key": "abc", "rows": 3, "sha256": "s", "skipped": {"rejected_empty": 1}}
-    stage_state.write_bpo_marker(tmp_path, "train", marker)
+    marker = stage_state.BpoMarker(part="train", key="abc", settings_key="k", rows=3, sha256="s",
+                                   skipped={"rejected_empty": 1}, unanswered={"id-1": ["image_missing", "x"]})
+    stage_state.write_bpo_marker(tmp_path, marker)
     assert stage_state.read_bpo_marker(tmp_path, "train", "abc") == marker
     assert stage_state.read_bpo_marker(tmp_path, "train", "other") is None
     assert stage_state.read_bpo_marker(tmp_path, "eval", "abc") is None
@@ -107,15 +126,15 @@ def clean(tmp_path_factory):
 
 
 def _markers(directory):
-    return {p.name[: -len(".json")]: json.loads(p.read_text())
+    return {p.name[: -len(".json")]: stage_state.parse_marker("build", json.loads(p.read_text()))
             for p in (directory / STATE_DIR).glob("*.arrow.json") if not p.name.startswith("score-")}
 
 
 def test_the_fixture_has_image_skips_in_some_shards_only(clean):
     _, out = clean
-    with_skips = [name for name, m in _markers(out).items() if m["skipped"]]
+    with_skips = [name for name, m in _markers(out).items() if m.skipped]
     assert with_skips and len(with_skips) < len(_markers(out))
-    counts = read_manifest(out)["counts"]
+    counts = manifest_json(out)["counts"]
     assert counts["skipped_by_stage"]["images"] == stage_state.merge_skips(_markers(out).values())
     assert sum(counts["skipped_by_stage"]["images"].values()) >= 2  # the two bad images' pairs
 
@@ -147,7 +166,7 @@ def test_skips_of_reused_shards_survive_a_resume(clean, tmp_path):
     config, reference = clean
     out = tmp_path / "copy"
     shutil.copytree(reference, out)
-    kept = {name for name, m in _markers(out).items() if m["skipped"]}
+    kept = {name for name, m in _markers(out).items() if m.skipped}
     for name in set(_markers(out)) - kept:
         (out / name).unlink()
     result = run_build(config, out, progress=False)
@@ -163,7 +182,7 @@ def test_a_build_marker_from_another_key_is_ignored(clean, tmp_path):
     shutil.copytree(reference, out)
     name = sorted(_markers(out))[0]
     marker = stage_state.read_marker(out, "build", name)
-    stage_state.write_marker(out, "build", name, {**marker, "config_key": "0" * 16, "skipped": {"bogus": 9}})
+    stage_state.record(out, dataclasses.replace(marker, key="0" * 16, skipped={"bogus": 9}), name)
     result = run_build(config, out, progress=False)
     assert result.shards_written == 1 and result.shards_reused == len(_markers(out)) - 1
     assert stage_state.read_marker(out, "build", name) == marker  # re-made, same marker
@@ -187,18 +206,36 @@ def test_score_resume_reports_the_clean_runs_reference(tmp_path):
     clean_dir = make_build(tmp_path / "clean", shard_rows=(4, 3), eval_rows=(2,), long_rows=(1,))
     with pytest.warns(UserWarning, match="SMOKE-TEST"):
         score_build(clean_dir, model, max_length=120, progress=False)
-    clean_ref = read_manifest(clean_dir)["reference"]
+    clean_ref = manifest_json(clean_dir)["reference"]
     assert clean_ref["skipped"] == {"too_long": 1}
 
     out = make_build(tmp_path / "resumed", shard_rows=(4, 3), eval_rows=(2,), long_rows=(1,))
     with pytest.warns(UserWarning, match="SMOKE-TEST"):
         score_build(out, model, max_length=120, progress=False)
-    manifest = read_manifest(out)
+    manifest = manifest_json(out)
     manifest["reference"] = None
     write_manifest(out, manifest)
     stage_state.marker_path(out, "score", "train-00001-of-00002.arrow").unlink()
     with pytest.warns(UserWarning, match="SMOKE-TEST"):
         stats = score_build(out, model, max_length=120, progress=False)
     assert stats["shards_scored"] == 1 and stats["skipped"] == {"too_long": 0}
-    assert read_manifest(out)["reference"] == clean_ref
+    assert manifest_json(out)["reference"] == clean_ref
     assert (out / "manifest.json").read_bytes() == (clean_dir / "manifest.json").read_bytes()
+
+
+def test_a_build_marker_written_before_typed_markers_is_reused(clean, tmp_path):
+    """Markers of an older version (the build's key under "config_key", keys in another
+    order) are read the same way: the shards are reused, not re-made."""
+    from mdpo_data.build.stage import run_build
+
+    config, reference = clean
+    out = tmp_path / "old"
+    shutil.copytree(reference, out)
+    for name in _markers(out):
+        path = stage_state.marker_path(out, "build", name)
+        data = json.loads(path.read_text())
+        data["config_key"] = data.pop("key")
+        path.write_text(json.dumps(data))
+    result = run_build(config, out, progress=False)
+    assert result.shards_written == 0 and result.shards_reused == len(_markers(out))
+    assert (out / "manifest.json").read_bytes() == (reference / "manifest.json").read_bytes()

@@ -16,7 +16,7 @@ from cli_helpers import folder_bytes, run_cli
 from mdpo_data.config.build import BuildConfig
 from mdpo_data.rejected.pipeline import Albumentations
 from mdpo_data.rejected.registry import SpecError, parse_spec
-from mdpo_data.format.manifest import read_manifest
+from cli_helpers import manifest_json
 from mdpo_data.format.schema import image_bytes
 from mdpo_data.format.shards import read_shard, shard_files
 
@@ -73,7 +73,7 @@ def test_build_records_the_pipeline_and_is_byte_identical(tmp_path):
     run_cli(*args, "--out", tmp_path / "a")
     run_cli(*args, "--workers", 2, "--out", tmp_path / "b")
     assert folder_bytes(tmp_path / "a") == folder_bytes(tmp_path / "b")
-    manifest = read_manifest(tmp_path / "a")
+    manifest = manifest_json(tmp_path / "a")
     record = manifest["rejected_image"]
     assert record["pipeline"] == path.read_text()
     strategy = parse_spec(f"albumentations:{path}")

@@ -11,7 +11,8 @@ from huggingface_hub import DatasetCard
 from mdpo_data.report import card
 from mdpo_data.report.card import render_card, resolve_license, size_category, uses_bpo, write_card
 from mdpo_data.format.integrity import IntegrityError
-from mdpo_data.format.manifest import ManifestError, read_manifest, write_manifest
+from mdpo_data.format.manifest import ManifestError, write_manifest
+from cli_helpers import manifest_json
 from mdpo_data.sources import LICENSES
 from card_fixtures import REAL_FINGERPRINT, write_build
 
@@ -63,7 +64,7 @@ def test_scored_card_describes_the_build(tmp_path):
     assert "source_datasets" not in meta  # the demo source is not on the Hub
     assert "demo" in meta["pretty_name"]
 
-    manifest = read_manifest(directory)
+    manifest = manifest_json(directory)
     assert manifest["command"] in text
     assert "shard_size: 3" in text  # the resolved config
     assert "| non_numeric_rating | 3 |" in text and "| tie | 5 |" in text
@@ -109,7 +110,7 @@ def test_silkie_card_inherits_no_license_and_cites_sources(tmp_path):
 
 def test_hostile_strings_keep_the_yaml_valid(tmp_path):
     directory = write_build(tmp_path / "b")
-    manifest = read_manifest(directory)
+    manifest = manifest_json(directory)
     spec = "crop: 'x' \"y\"\n---\n# not a title"
     manifest["rejected_image"]["spec"] = spec
     write_manifest(directory, manifest)

@@ -8,7 +8,8 @@ import math
 import pyarrow as pa
 
 from mdpo_data.format import schema
-from mdpo_data.format.manifest import read_manifest, write_manifest
+from mdpo_data.format.manifest import write_manifest
+from cli_helpers import manifest_json
 from mdpo_data.format.shards import sha256_file, write_shard
 from mdpo_data.report.validate import validate
 from card_fixtures import make_rows, write_build
@@ -68,7 +69,7 @@ def test_changed_missing_and_unlisted_shards(tmp_path):
     assert only(problems, "eval-00001-of-00002.arrow: present but not listed")
     assert only(problems, "eval-00001-of-00002.arrow: name does not fit")
     # a manifest whose hash matches new bytes but whose row count does not
-    manifest = read_manifest(directory)
+    manifest = manifest_json(directory)
     manifest["splits"]["train"][0]["sha256"] = sha256_file(directory / "train-00000-of-00002.arrow")
     manifest["splits"]["eval"] = []
     manifest["counts"]["written_by_split"].pop("eval")
@@ -85,7 +86,7 @@ def test_wrong_schema_names_the_columns(tmp_path):
     with pa.OSFile(str(directory / "train-00000-of-00001.arrow"), "wb") as sink:
         with pa.ipc.new_stream(sink, table.schema) as writer:
             writer.write_table(table)
-    manifest = read_manifest(directory)  # the manifest describes the foreign shard faithfully
+    manifest = manifest_json(directory)  # the manifest describes the foreign shard faithfully
     manifest["splits"]["train"][0]["sha256"] = sha256_file(directory / "train-00000-of-00001.arrow")
     write_manifest(directory, manifest)
     problems = validate(directory)
@@ -127,7 +128,7 @@ def test_bad_rows_name_the_shard_row_and_id(tmp_path):
 
 def test_unscored_manifest_with_reference_values(tmp_path):
     directory = write_build(tmp_path / "b")
-    manifest = read_manifest(directory)
+    manifest = manifest_json(directory)
     manifest["reference"] = None
     write_manifest(directory, manifest)
     problems = validate(directory)
@@ -137,7 +138,7 @@ def test_unscored_manifest_with_reference_values(tmp_path):
 
 def test_scorer_skips_must_match_the_manifest(tmp_path):
     directory = write_build(tmp_path / "b")
-    manifest = read_manifest(directory)
+    manifest = manifest_json(directory)
     manifest["reference"]["skipped"] = {"too_long": 0}
     write_manifest(directory, manifest)
     assert validate(directory) == ["1 row(s) have no reference log-probs, manifest reference.skipped counts 0"]

@@ -33,7 +33,7 @@ from mdpo_data.build.system_prompts import INTERNVL2_5, VICUNA_V1
 from mdpo_data.cli import main as mdpo_data
 from mdpo_data.demo import tiny
 from mdpo_data.format import schema, shards
-from mdpo_data.format.manifest import read_manifest
+from cli_helpers import manifest_json
 from mdpo_data.scoring.logprobs import decode_image
 from mdpo_train.cli import main as mdpo_train
 from mdpo_train.metrics import read_jsonl
@@ -190,7 +190,7 @@ def test_build_score_train_two_steps(built, tmp_path):
             if column in TOKENS:
                 assert row[TOKENS[column]] == len(ids), column
 
-    reference = read_manifest(data)["reference"]
+    reference = manifest_json(data)["reference"]
     assert reference["rows_scored"] == 4 and not any(reference["skipped"].values())
     steps = [r for r in read_jsonl(run / "metrics.jsonl") if r["split"] == "train"]
     assert [r["step"] for r in steps] == [1, 2]

@@ -10,7 +10,8 @@ from score_fixtures import load, make_build, manual_logp
 from mdpo_data.scoring import logprobs
 
 from mdpo_data.format import schema
-from mdpo_data.format.manifest import read_manifest, write_manifest
+from mdpo_data.format.manifest import write_manifest
+from cli_helpers import manifest_json
 from mdpo_data.scoring.stage import ScoreError, marker_path, score_build, unscored_rows
 from mdpo_data.format.shards import read_shard, shard_files, sha256_file
 from mdpo_data.demo.tiny import build_tiny_llava, build_tiny_qwen2_vl
@@ -69,7 +70,7 @@ def test_every_stored_value_equals_an_unbatched_forward(scored, llava_dir):
 
 def test_too_long_rows_keep_null_reference_and_are_counted(scored):
     build, stats = scored
-    manifest = read_manifest(build)
+    manifest = manifest_json(build)
     reference = manifest["reference"]
     assert stats["skipped"] == {"too_long": 1} and reference["skipped"] == {"too_long": 1}
     rows = {row["example_id"]: row for row in _all_rows(build)}
@@ -81,7 +82,7 @@ def test_too_long_rows_keep_null_reference_and_are_counted(scored):
 
 def test_manifest_reference_and_checksums(scored):
     build, _ = scored
-    manifest = read_manifest(build)
+    manifest = manifest_json(build)
     reference = manifest["reference"]
     assert reference["scored"] is True and reference["no_image_logps"] is True
     assert set(reference["columns"]) == set(schema.REFERENCE_COLUMNS)
@@ -97,7 +98,7 @@ def test_batch_size_recorded_and_peak_memory_reported(scored):
     from mdpo_data.report.card import render_card
 
     build, stats = scored
-    assert read_manifest(build)["reference"]["batch_size"] == stats["batch_size"] == 8  # CPU default
+    assert manifest_json(build)["reference"]["batch_size"] == stats["batch_size"] == 8  # CPU default
     assert stats["peak_memory_source"] == "peak RSS of the process"
     assert 0.05 < stats["peak_memory_gib"] < 64  # a Python process with torch loaded
     assert "Scored in micro-batches of 8 sequences" in render_card(build)
@@ -141,14 +142,14 @@ def test_resume_rescoring_only_unfinished_shards(llava_dir, tmp_path):
     from mdpo_data.format.shards import write_shard
 
     write_shard(bad, [rows])
-    manifest = read_manifest(build)  # built that way: the manifest vouches for the bad bytes
+    manifest = manifest_json(build)  # built that way: the manifest vouches for the bad bytes
     manifest["splits"]["train"][1]["sha256"], good_sha = sha256_file(bad), manifest["splits"]["train"][1]["sha256"]
     write_manifest(build, manifest)
     with pytest.raises(ScoreError, match="ex-0004.*images"):
         score_build(build, str(llava_dir), progress=False)
     first = build / "train-00000-of-00002.arrow"
     assert marker_path(build, first).is_file() and not marker_path(build, bad).is_file()
-    assert read_manifest(build)["reference"] is None  # the manifest is only written at the end
+    assert manifest_json(build)["reference"] is None  # the manifest is only written at the end
     first_bytes = first.read_bytes()
     bad.write_bytes(good_bytes)  # repaired (and its manifest entry with it)
     manifest["splits"]["train"][1]["sha256"] = good_sha
@@ -169,10 +170,10 @@ def test_other_fingerprint_needs_force(scored, llava_dir, tmp_path):
     shutil.copytree(build, copy)
     with pytest.raises(ScoreError, match="another reference fingerprint.*force"):
         score_build(copy, str(llava_dir), max_length=4096, no_image_logps=True, progress=False)
-    old = read_manifest(copy)["reference"]["fingerprint"]["key"]
+    old = manifest_json(copy)["reference"]["fingerprint"]["key"]
     stats = score_build(copy, str(llava_dir), max_length=4096, no_image_logps=True, progress=False,
                         force=True)
-    new = read_manifest(copy)["reference"]
+    new = manifest_json(copy)["reference"]
     assert stats["shards_scored"] == 3 and new["fingerprint"]["key"] != old
     assert new["fingerprint"]["max_length"] == 4096 and new["skipped"] == {"too_long": 0}
 
@@ -203,7 +204,7 @@ def test_markers_record_key_and_checksum(scored):
     for file in shard_files(build, "train"):
         marker = json.loads(marker_path(build, file).read_text())
         assert marker["sha256"] == sha256_file(file)
-        assert marker["key"] == read_manifest(build)["reference"]["fingerprint"]["key"]
+        assert marker["key"] == manifest_json(build)["reference"]["fingerprint"]["key"]
 
 
 @pytest.mark.slow

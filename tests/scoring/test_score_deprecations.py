@@ -9,7 +9,7 @@ import warnings
 import pytest
 from score_fixtures import make_build
 
-from mdpo_data.format.manifest import read_manifest
+from cli_helpers import manifest_json
 from mdpo_data.scoring.stage import score_build
 from mdpo_data.demo.tiny import build_tiny_llava, build_tiny_qwen2_vl
 
@@ -38,6 +38,6 @@ def test_scoring_uses_no_deprecated_transformers_api(build_model, reuse, method,
     finally:
         logging.getLogger("transformers").removeHandler(handler)
     assert stats["prefix_reuse"] is method
-    assert read_manifest(build)["reference"]["scored"]
+    assert manifest_json(build)["reference"]["scored"]
     deprecations = [m for m in messages if any(w in m.lower() for w in ("deprecat", "will be removed"))]
     assert not deprecations, deprecations

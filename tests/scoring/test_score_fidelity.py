@@ -14,7 +14,7 @@ from cli_helpers import run_cli
 from fixtures import make_mdpo_json
 
 from mdpo_data.demo.tiny import build_tiny_llava
-from mdpo_data.format.manifest import read_manifest
+from cli_helpers import manifest_json
 from mdpo_data.format.markers import read_marker
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*SMOKE-TEST.*")
@@ -51,13 +51,13 @@ def test_huge_text_is_too_long_untokenized_and_fallbacks_are_recorded(tiny, tmp_
     stats = dict(line.split(None, 1) for line in proc.stdout.splitlines() if line.strip().startswith("score:")
                  for line in [line.strip().removeprefix("score: ")])
     assert int(stats["responses_too_long_untokenized"]) == 3  # the whole row: its 3 sequences
-    reference = read_manifest(out)["reference"]
+    reference = manifest_json(out)["reference"]
     assert reference["skipped"] == {"too_long": 2}
     first = read_marker(out, "score", "train-00000-of-00002.arrow")
     second = read_marker(out, "score", "train-00001-of-00002.arrow")
-    assert first["method"] == "prefix-packed"  # the huge row never reached a batch
-    assert second["method"].startswith("plain in 1 of ") and "a sequence is longer than max_length" \
-        in second["method"] and "prefix-packed in " in second["method"]
+    assert first.method == "prefix-packed"  # the huge row never reached a batch
+    assert second.method.startswith("plain in 1 of ") and "a sequence is longer than max_length" \
+        in second.method and "prefix-packed in " in second.method
     card = (out / "README.md").read_text()
     assert "No rows were skipped" not in card
     assert "the reference scorer dropped 2 row(s)" in card
@@ -67,7 +67,7 @@ def test_huge_text_is_too_long_untokenized_and_fallbacks_are_recorded(tiny, tmp_
 def test_validate_refuses_a_build_whose_every_train_row_was_dropped(tiny, tmp_path):
     out = _build(tmp_path, tmp_path / "o", rows=3)
     _score(out, tiny, 20)
-    assert read_manifest(out)["reference"]["skipped"] == {"too_long": 3}
+    assert manifest_json(out)["reference"]["skipped"] == {"too_long": 3}
     proc = run_cli("validate", out, check=False)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert "the scorer dropped all 3 rows (longer than max_length 20)" in proc.stdout + proc.stderr

@@ -13,7 +13,7 @@ import pytest
 from cli_helpers import folder_bytes, rows_of, run_cli
 from fixtures import make_mdpo_json, make_rlaif_v_parquet, make_vlfeedback_jsonl
 
-from mdpo_data.format.manifest import read_manifest
+from cli_helpers import manifest_json
 
 
 def _build(*args, out, check=True):
@@ -30,7 +30,7 @@ def _pairs(path, images, out, n=50, check=True):
 
 
 def _skipped(out) -> dict:
-    return read_manifest(out)["counts"]["skipped"]
+    return manifest_json(out)["counts"]["skipped"]
 
 
 def _no_replacement_char(out):
@@ -47,7 +47,7 @@ def test_jsonl_line_that_is_not_utf8_is_a_counted_skip(tmp_path):
     built.data.write_bytes(b"\n".join(lines))
     _silkie(built, tmp_path / "o")
     assert _skipped(tmp_path / "o").get("invalid_utf8") == 1  # (silkie also skips rating ties)
-    assert read_manifest(tmp_path / "o")["counts"]["read"] == 6
+    assert manifest_json(tmp_path / "o")["counts"]["read"] == 6
     _no_replacement_char(tmp_path / "o")
 
 
@@ -97,7 +97,7 @@ def test_a_bom_keeps_the_first_row(tmp_path, layout):
         built.data.write_bytes(b"\xef\xbb\xbf" + built.data.read_bytes())
         _pairs(built.data, built.images, tmp_path / "o")
         first = built.records[0]["prompt"].split("<image>\n", 1)[1].split(" ASSISTANT:")[0]
-    manifest = read_manifest(tmp_path / "o")
+    manifest = manifest_json(tmp_path / "o")
     assert not {"malformed_json", "invalid_utf8"} & set(manifest["counts"]["skipped"])
     assert manifest["counts"]["read"] == 5
     assert first in json.dumps([r["prompt"] for r in rows_of(tmp_path / "o")], ensure_ascii=False)
@@ -109,7 +109,7 @@ def test_a_bom_on_a_pairs_jsonl(tmp_path):
     jsonl = tmp_path / "src" / "pairs.jsonl"
     jsonl.write_bytes(b"\xef\xbb\xbf" + "\n".join(json.dumps(r) for r in records).encode())
     _pairs(jsonl, built.images, tmp_path / "o")
-    assert read_manifest(tmp_path / "o")["counts"]["skipped"] == {}
+    assert manifest_json(tmp_path / "o")["counts"]["skipped"] == {}
     assert len(rows_of(tmp_path / "o")) == 4
 
 
@@ -143,11 +143,11 @@ def test_out_inside_source_path_is_never_read_back(tmp_path, source):
         args = ["--source", "silkie", "--source-path", built.root]
     out = built.root / "builds" / "o"
     _build(*args, "--n", 50, out=out)
-    first, counts = folder_bytes(out), read_manifest(out)["counts"]
+    first, counts = folder_bytes(out), manifest_json(out)["counts"]
     _build(*args, "--n", 50, out=out)  # a re-run: resumes, reads the same source rows
-    assert read_manifest(out)["counts"] == counts and folder_bytes(out) == first
+    assert manifest_json(out)["counts"] == counts and folder_bytes(out) == first
     _build(*args, "--n", 50, out=built.root / "o2")  # a second build beside the first
-    assert read_manifest(built.root / "o2")["counts"] == counts
+    assert manifest_json(built.root / "o2")["counts"] == counts
 
 
 def test_llava_instruct_array_bom_and_bad_bytes(tmp_path):

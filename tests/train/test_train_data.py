@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from mdpo_data.format import schema
-from mdpo_data.format.manifest import MANIFEST_NAME, read_manifest
+from mdpo_data.format.manifest import MANIFEST_NAME
+from cli_helpers import manifest_json
 from mdpo_data.format.shards import read_shard, shard_files, write_shard
 from mdpo_train.data import inspect_source, load_splits, local_micro_batches, make_batch, plan_epoch
 from mdpo_train.losses import CHOSEN, CHOSEN_REJECTED_IMAGE, REJECTED, SEQUENCES
@@ -129,7 +130,7 @@ def test_a_hub_export_trains_like_the_build_folder(demo, tmp_path):
     out = export_hub_folder(demo, tmp_path / "export", check=False)
     assert not shard_files(out, "train") and (out / "data").is_dir()
     source, problems = inspect_source(out)
-    assert not problems and source.fingerprint == read_manifest(demo)["reference"]["fingerprint"]
+    assert not problems and source.fingerprint == manifest_json(demo)["reference"]["fingerprint"]
     exported, built = load_splits(source, SEQUENCES), load_splits(inspect_source(demo)[0], SEQUENCES)
     assert exported["train"].column("example_id") == built["train"].column("example_id")
     assert exported["train"].column(schema.REF_CHOSEN) == built["train"].column(schema.REF_CHOSEN)

@@ -12,7 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 from mdpo_data.format import schema
-from mdpo_data.format.manifest import read_manifest, write_manifest
+from mdpo_data.format.manifest import write_manifest
+from cli_helpers import manifest_json
 from mdpo_data.format.shards import read_shard, sha256_file, write_shard
 from mdpo_train.checkpoint import STATE_FILE, checkpoint_dir
 from mdpo_train.cli import main
@@ -85,7 +86,7 @@ def test_5_a_corrupt_image_is_one_clear_error_and_a_rerun_is_not_blocked(demo, t
     write_shard(data / SHARD, [table.set_column(table.schema.get_field_index("images"),
                                                 table.schema.field("images"),
                                                 pa.array(cells, table.schema.field("images").type))])
-    manifest = read_manifest(data)  # a manifest that vouches for the bad bytes
+    manifest = manifest_json(data)  # a manifest that vouches for the bad bytes
     manifest["splits"]["train"][0]["sha256"] = sha256_file(data / SHARD)
     write_manifest(data, manifest)
     run = tmp_path / "run"

@@ -10,7 +10,8 @@ import torch
 
 from mdpo_data.format import schema
 from mdpo_data.format.folder import TRAIN_MARK
-from mdpo_data.format.manifest import read_manifest, write_manifest
+from mdpo_data.format.manifest import write_manifest
+from cli_helpers import manifest_json
 from mdpo_data.format.shards import read_shard, sha256_file, shard_files, write_shard
 from mdpo_train.checkpoint import list_checkpoints, read_state
 from mdpo_train.config import ConfigError, load_config
@@ -94,7 +95,7 @@ def _shift_stored(data, column, delta):
     write_shard(shard, [table.set_column(index, table.schema.field(column), pa.array(values, pa.float64()))])
     # as a scorer would have written them: the manifest vouches for the new bytes (else the
     # trainer's shard verification refuses the folder before anything else runs)
-    manifest = read_manifest(data)
+    manifest = manifest_json(data)
     for entry in manifest["splits"]["train"]:
         if entry["file"] == shard.name:
             entry["sha256"] = sha256_file(shard)
@@ -211,11 +212,12 @@ def test_two_ddp_processes_match_one_process_with_accumulation(demo, tmp_path):
 
 
 def test_data_scored_under_the_old_response_rule_is_refused(demo, tmp_path):
-    from mdpo_data.format.manifest import read_manifest, write_manifest
+    from mdpo_data.format.manifest import write_manifest
+    from cli_helpers import manifest_json
 
     old = tmp_path / "old"
     shutil.copytree(demo, old)
-    manifest = read_manifest(old)
+    manifest = manifest_json(old)
     del manifest["reference"]["fingerprint"]["response_rule"]  # scored before the rule was recorded
     write_manifest(old, manifest)
     options = {**BASE, "shards": str(old), "output_dir": str(tmp_path / "run")}

@@ -68,6 +68,7 @@ def test_qwen2_5_vl_scores_and_trains_packed_and_says_so(tmp_path, capsys):
     """Score then train on Qwen2.5-VL: both pack (the score stats and the run log say so), the
     trainer's start-up check finds packed = separate, and step 1's loss is 3 ln 2."""
     from mdpo_data.build.stage import run_build
+    from mdpo_data.config.runtime import Runtime
     from mdpo_data.config.build import BuildConfig
     from mdpo_data.demo.tiny import build_tiny_qwen2_5_vl
     from mdpo_data.scoring.stage import score_build
@@ -79,7 +80,7 @@ def test_qwen2_5_vl_scores_and_trains_packed_and_says_so(tmp_path, capsys):
     data = tmp_path / "data"
     with one_thread():
         run_build(BuildConfig(source="demo", n=8, rejected="crop:0-0.2", seed=0, eval_fraction=0.0),
-                  data, overwrite=True, progress=False)
+                  data, runtime=Runtime(overwrite=True), progress=False)
         stats = score_build(data, str(model), progress=False)
     assert stats["prefix_reuse"] is True and "M-RoPE" in stats["prefix_reuse_reason"], stats
     with one_thread():
