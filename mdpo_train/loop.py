@@ -417,6 +417,7 @@ class MDPORecipe:
             plot_metrics(self.output_dir / METRICS_FILE, self.output_dir / PLOT_FILE)
             write_model_card(self.output_dir, self.summary())
             for folder in (self.output_dir, *([self.output_dir / "merged"] if self.cfg.merge else [])):
+                output.list_weights(folder)  # last: what `mdpo-eval --adapter` checks before loading
                 output.share(folder)
         acc.wait_for_everyone()
         acc.end_training()

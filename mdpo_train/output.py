@@ -12,6 +12,7 @@ from pathlib import Path
 
 from mdpo_data.format import folder
 from mdpo_data.format.folder import TRAIN, FolderError, check_target, has_our_manifest, open_owned, write_owned
+from mdpo_data.format.integrity import WEIGHTS_FILE, weights_listing
 from mdpo_data.format.shards import SHARD_RE, umask_mode
 
 
@@ -55,6 +56,12 @@ def write_text(output_dir: str | Path, name: str, text: str) -> Path:
 def open_log(path: str | Path, mode: str):
     """Open a log in the run folder without following a symlink: "a" appends, "w" truncates."""
     return open_owned(Path(path).parent, path, mode)
+
+
+def list_weights(folder: str | Path) -> Path:
+    """Write FOLDER/weights.sha256.json: the sha256 of every weight and config file saved."""
+    folder = Path(folder)
+    return write_owned(folder, folder / WEIGHTS_FILE, weights_listing(folder))
 
 
 def share(output_dir: str | Path) -> None:

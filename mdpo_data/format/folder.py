@@ -67,7 +67,8 @@ TRAIN = Kind("mdpo-train output", files=(
     "adapter_model.safetensors", "model.safetensors", "config.json", "generation_config.json",
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
     "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json",
-    "processor_config.json", "preprocessor_config.json", "video_preprocessor_config.json"),
+    "processor_config.json", "preprocessor_config.json", "video_preprocessor_config.json",
+    "weights.sha256.json"),
     patterns=(re.compile(r"^model-\d{5}-of-\d{5}\.safetensors$"), re.compile(r"^.*\.safetensors\.index\.json$")),
     folders=("checkpoints", "merged", "logs"),
     bookkeeping=(TRAIN_MARK, "train_config.yaml", "metrics.jsonl"), mark=TRAIN_MARK)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -104,6 +105,50 @@ def _verify_export(directory: Path, manifest: Manifest, start: float) -> dict[st
     return {"shards": len(listed), "rows": sum(e.rows for e in listed),
             "bytes": sum((directory / e.file).stat().st_size for e in listed),
             "seconds": round(time.perf_counter() - start, 3), "export": True}
+
+
+# A trained run's weights: what `mdpo-train` lists when it saves them, and what a reader
+# (`mdpo-eval pope --adapter`) checks before it loads any of them.
+WEIGHTS_FILE = "weights.sha256.json"
+WEIGHT_NAME = re.compile(r"^(adapter_config\.json|adapter_model\.safetensors|config\.json|"
+                         r"model(-\d{5}-of-\d{5})?\.safetensors|.+\.safetensors\.index\.json)$")
+
+
+def weights_listing(folder: str | Path) -> bytes:
+    """WEIGHTS_FILE's bytes for the weight and config files in `folder` (sha256 each)."""
+    folder = Path(folder)
+    files = {p.name: sha256_file(p) for p in sorted(folder.iterdir())
+             if WEIGHT_NAME.match(p.name) and p.is_file() and not p.is_symlink()}
+    return (json.dumps({"files": files}, indent=2, sort_keys=True) + "\n").encode()
+
+
+def weights_problems(folder: str | Path) -> list[str]:
+    """Why the weights in a run folder must not be loaded (one line each; [] when they may):
+    pickled weights (never loaded), and, when the run listed them (`WEIGHTS_FILE`), any listed
+    file missing or changed, or a weight file added after the run."""
+    folder = Path(folder)
+    pickled = sorted(p.name for p in folder.glob("*.bin")) + sorted(p.name for p in folder.glob("*.pt"))
+    if pickled:
+        return [f"{folder / pickled[0]}: pickled weights are never loaded (they can run code); "
+                "save the adapter as safetensors"]
+    listing = folder / WEIGHTS_FILE
+    if not listing.exists():
+        return []  # an adapter not made by mdpo-train (or by an older one): nothing to compare
+    try:
+        files = dict(json.loads(listing.read_bytes())["files"])
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        return [f"{listing} is damaged ({error}); re-save the run or remove the file"]
+    problems = []
+    for name, digest in sorted(files.items()):
+        path = folder / name
+        if not path.is_file():
+            problems.append(f"{path}: listed in {WEIGHTS_FILE} but missing")
+        elif sha256_file(path) != digest:
+            problems.append(f"{path}: sha256 does not match {WEIGHTS_FILE} (changed after the run saved it)")
+    for path in sorted(folder.iterdir()):
+        if WEIGHT_NAME.match(path.name) and path.name not in files:
+            problems.append(f"{path}: not listed in {WEIGHTS_FILE} (added after the run)")
+    return problems
 
 
 def export_files(folder: str | Path) -> list[ExportFile]:

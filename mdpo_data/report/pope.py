@@ -137,7 +137,17 @@ def load_with_adapter(model_id_or_path: str, adapter: str | None, *, device: str
     if adapter:
         from peft import PeftModel
 
+        from mdpo_data.format.integrity import weights_problems
+
         if not (Path(adapter) / "adapter_config.json").is_file():
             raise ValueError(f"--adapter {adapter}: no adapter_config.json (an mdpo-train LoRA run folder?)")
-        model = PeftModel.from_pretrained(model, adapter).eval()
+        problems = weights_problems(adapter)
+        if problems:
+            raise ValueError(f"--adapter: {problems[0]}")
+        try:
+            model = PeftModel.from_pretrained(model, adapter).eval()
+        except Exception as error:  # noqa: BLE001 - peft/safetensors errors: one line, not a traceback
+            text = " ".join(str(error).split())[:240]
+            raise ValueError(f"--adapter {adapter}: cannot be applied to this model "
+                             f"({type(error).__name__}: {text})") from None
     return model, processor

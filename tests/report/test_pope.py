@@ -176,3 +176,32 @@ def test_pope_out_follows_the_ownership_rule(tmp_path, tiny_model_dir):
     (ours / "answers.jsonl").symlink_to(outside)
     result = pope_into(ours)
     assert result.exit_code != 0 and "symlink" in result.output and outside.read_text() == "keep"
+
+
+def test_an_adapter_is_verified_before_it_is_loaded(tmp_path, tiny_model_dir):
+    """A run's weights are checked against the sha256 list mdpo-train wrote last; pickled
+    weights are never loaded; a damaged file is one line, never a traceback."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForImageTextToText
+
+    from mdpo_data.format.integrity import WEIGHTS_FILE, weights_listing
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir)
+    lora = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    run = tmp_path / "run"
+    lora.save_pretrained(run)
+    (run / WEIGHTS_FILE).write_bytes(weights_listing(run))
+    pope.load_with_adapter(str(tiny_model_dir), str(run))  # intact: loads
+    weights = run / "adapter_model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    with pytest.raises(ValueError, match="adapter_model.safetensors: sha256 does not match"):
+        pope.load_with_adapter(str(tiny_model_dir), str(run))
+    (run / WEIGHTS_FILE).unlink()  # not listed (an adapter made elsewhere): loaded if it parses
+    weights.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="cannot be applied to this model") as caught:
+        pope.load_with_adapter(str(tiny_model_dir), str(run))
+    assert "\n" not in str(caught.value)
+    (run / "adapter_model.bin").write_bytes(b"pickle")
+    with pytest.raises(ValueError, match="pickled weights are never loaded"):
+        pope.load_with_adapter(str(tiny_model_dir), str(run))

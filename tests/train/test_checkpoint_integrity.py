@@ -155,6 +155,16 @@ def test_an_edited_data_position_is_refused_even_when_rehashed(demo, finished, t
     assert code != 0 and "the data position" in one_error(output) and STATE_FILE in output, output
 
 
+def test_the_run_lists_its_weights_for_readers(finished):
+    """weights.sha256.json (written last at save) lists the adapter; `mdpo-eval --adapter`
+    checks it before loading."""
+    from mdpo_data.format.integrity import WEIGHTS_FILE, weights_problems
+
+    listed = json.loads((finished / WEIGHTS_FILE).read_text())["files"]
+    assert {"adapter_model.safetensors", "adapter_config.json"} <= set(listed)
+    assert weights_problems(finished) == []
+
+
 def test_checkpoint_files_get_the_umask_mode(finished):
     """safetensors writes through a 0600 temp file; a run shared by a team stays readable."""
     expected = 0o666 & ~_umask()
