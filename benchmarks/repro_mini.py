@@ -197,23 +197,26 @@ def write_markdown(results: dict, path: Path, setup: str) -> None:
                     + "\n".join(lines) + "\n")
 
 
-def write_figure(results: dict, path: Path) -> None:
+def write_figure(results: dict, path: Path, metrics=METRICS, *, error: str = "std", zoom: bool = True,
+                 width: float = 11) -> None:
+    """One bar chart per metric: each run's mean with its `error` bar ("std" or "ci95"), the
+    reference dashed. `zoom`: a rate's axis starts 0.1 below the lowest bar."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     names = [k for k in results if k != "reference"]
-    fig, axes = plt.subplots(1, len(METRICS), figsize=(11, 3.2))
-    for ax, metric in zip(axes, METRICS):
+    fig, axes = plt.subplots(1, len(metrics), figsize=(width, 3.2))
+    for ax, metric in zip(axes, metrics):
         means = [results[n][metric]["mean"] for n in names]
-        stds = [results[n][metric]["std"] for n in names]
-        ax.bar(range(len(names)), means, yerr=stds, capsize=3,
+        errors = [results[n][metric][error] for n in names]
+        ax.bar(range(len(names)), means, yerr=errors, capsize=3,
                color=["#888", "#bbb", "#c33", "#e99", "#e99"][: len(names)])
         ax.axhline(results["reference"][metric], color="k", linestyle="--", linewidth=1, label="reference")
         ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
         ax.set_title(metric, fontsize=10)
-        if metric != "image_reliance":
+        if zoom and metric != "image_reliance":
             low = min(means + [results["reference"][metric]]) - 0.1
             ax.set_ylim(max(0.0, low), 1.0)
     axes[0].legend(fontsize=8)

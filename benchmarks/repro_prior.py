@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-import repro_mini  # noqa: E402  (the trainer loop and the accelerate reset are shared)
+import repro_mini  # noqa: E402  (the trainer loop, the accelerate reset and the figure are shared)
 
 RUNS = repro_mini.RUNS
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
@@ -206,25 +206,7 @@ def write_markdown(results: dict, path: Path, setup: str, metrics=HEADLINE, refe
 
 
 def write_figure(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = [k for k in results if k != "reference"]
-    fig, axes = plt.subplots(1, len(FIGURE), figsize=(14, 3.2))
-    for ax, metric in zip(axes, FIGURE):
-        means = [results[n][metric]["mean"] for n in names]
-        halves = [results[n][metric]["ci95"] for n in names]
-        ax.bar(range(len(names)), means, yerr=halves, capsize=3,
-               color=["#888", "#bbb", "#c33", "#e99", "#e99"][: len(names)])
-        ax.axhline(results["reference"][metric], color="k", linestyle="--", linewidth=1, label="reference")
-        ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
-        ax.set_title(metric, fontsize=10)
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    repro_mini.write_figure(results, path, FIGURE, error="ci95", zoom=False, width=14)
 
 
 def main(argv=None) -> None:
