@@ -409,6 +409,7 @@ class MDPORecipe:
         state = acc.get_state_dict(self.model)
         if acc.is_main_process:
             model.save_pretrained(self.output_dir, state_dict=state)
+            output.stable_adapter_config(self.output_dir)
             self.processor.save_pretrained(self.output_dir)
             if self.cfg.merge:
                 merged_dir = self.output_dir / "merged"

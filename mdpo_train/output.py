@@ -16,6 +16,9 @@ from mdpo_data.format.integrity import WEIGHTS_FILE, weights_listing
 from mdpo_data.format.shards import SHARD_RE, umask_mode
 
 
+SORTED_CONFIG_LISTS = ("target_modules", "modules_to_save", "exclude_modules", "trainable_token_indices")
+
+
 def problems(output_dir: str | None, shards: str | None) -> list[str]:
     """Why `output_dir` cannot be this run's folder (empty list: it can). Creates nothing."""
     if output_dir is None:
@@ -56,6 +59,21 @@ def write_text(output_dir: str | Path, name: str, text: str) -> Path:
 def open_log(path: str | Path, mode: str):
     """Open a log in the run folder without following a symlink: "a" appends, "w" truncates."""
     return open_owned(Path(path).parent, path, mode)
+
+
+def stable_adapter_config(folder: str | Path) -> None:
+    """peft writes the sets of its config (target_modules, ...) in hash order, which changes
+    with every process: sort them, so the same run gives the same adapter_config.json."""
+    import json
+
+    path = Path(folder) / "adapter_config.json"
+    if not path.is_file() or path.is_symlink():
+        return
+    config = json.loads(path.read_text())
+    for key, value in config.items():
+        if key in SORTED_CONFIG_LISTS and isinstance(value, list) and all(isinstance(v, str) for v in value):
+            config[key] = sorted(value)
+    write_owned(folder, path, json.dumps(config, indent=2, sort_keys=True).encode())
 
 
 def list_weights(folder: str | Path) -> Path:

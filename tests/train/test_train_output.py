@@ -52,3 +52,23 @@ def test_run_folder_is_marked_shared_and_never_written_over(tmp_path):
     result = train(data, out, "--max-steps", "2", "--resume", "latest")  # ours: may continue
     assert "not empty" not in result.output and "symlink" not in result.output
     assert digest(data) == before
+
+
+def test_the_same_run_writes_the_same_adapter_whatever_the_hash_seed(tmp_path):
+    """peft writes its config's sets (target_modules) in hash order, which changes with every
+    process; the run sorts them, so two processes give byte-identical adapter files."""
+    import subprocess
+    import sys
+
+    data = scored_demo(tmp_path / "data", n=8, eval_fraction=0.0)
+    outputs = []
+    for seed in ("1", "2"):
+        out = tmp_path / f"run{seed}"
+        env = {**os.environ, "PYTHONHASHSEED": seed, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+        proc = subprocess.run([sys.executable, "-m", "mdpo_train.cli", "--shards", str(data), "--output-dir",
+                               str(out), *FLAGS, "--max-steps", "1"], capture_output=True, text=True, env=env,
+                              timeout=600)
+        assert proc.returncode == 0, proc.stderr
+        outputs.append(out)
+    for name in ("adapter_config.json", "adapter_model.safetensors", "weights.sha256.json"):
+        assert (outputs[0] / name).read_bytes() == (outputs[1] / name).read_bytes(), name
