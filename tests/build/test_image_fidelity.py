@@ -101,6 +101,7 @@ def test_a_plain_8_bit_jpeg_keeps_its_bytes(tmp_path):
     assert {image_bytes(r["images"]) for r in rows_of(out)} <= originals
 
 
+@pytest.mark.slow
 def test_a_pipeline_drawing_over_max_pixels_is_a_counted_skip(tmp_path):
     A = pytest.importorskip("albumentations")
     pipeline = tmp_path / "up.yaml"

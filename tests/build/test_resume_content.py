@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from cli_helpers import folder_bytes, run_cli
 from fixtures import make_vlfeedback_jsonl
 
@@ -23,6 +25,7 @@ def edit_in_place(path) -> None:
     assert path.stat().st_size == stat.st_size and path.stat().st_mtime_ns == stat.st_mtime_ns
 
 
+@pytest.mark.slow
 def test_a_same_size_edit_with_the_old_mtime_rebuilds_its_shard(tmp_path):
     built = make_vlfeedback_jsonl(tmp_path / "src", rows=16, seed=4, images="folder")
     out = tmp_path / "out"

@@ -56,6 +56,7 @@ def test_a_local_model_is_known_by_its_config_not_its_folder_name(tiny_llava, tm
     assert system_prompts.model_family("llava-hf/llava-1.5-7b-hf") == "vicuna_v1"  # a Hub id: its name
 
 
+@pytest.mark.slow
 def test_build_with_a_local_ref_model_stores_its_familys_prompt(tiny_llava, tmp_path):
     ref = _with_config(shutil.copytree(tiny_llava, tmp_path / "ref"), text_name="lmsys/vicuna-7b-v1.5")
     out = tmp_path / "o"

@@ -65,6 +65,7 @@ def test_build_pipeline_yaml_is_refused_in_one_line(tmp_path, case):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(TRAIN_CASES))
 def test_train_config_yaml_is_refused_in_one_line(tmp_path, case):
     text, expected = TRAIN_CASES[case]

@@ -16,6 +16,17 @@ from mdpo_data.format.manifest import (
 )
 
 
+def stored() -> dict:
+    """A scored manifest as a build and score write it (in code: no model run)."""
+    manifest = Manifest(
+        format_version="1.1", command="mdpo-data build --out OUT", config={"n": 2, "source": "demo"},
+        counts=Counts(read=2, sampled=2, written=2, written_by_split={"train": 2}),
+        splits={"train": [ShardEntry(file="train-00000-of-00001.arrow", rows=2, sha256="0" * 64)]},
+        reference=Reference(scored=True, fingerprint=Fingerprint(model="m", key="k", dtype="float32",
+                                                                  extra={"weights": "sha256:1"})))
+    return json.loads(dumps(manifest))
+
+
 @pytest.fixture(scope="module")
 def scored(tmp_path_factory):
     out = tmp_path_factory.mktemp("manifest") / "demo"
@@ -24,6 +35,7 @@ def scored(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_a_scored_build_reads_back_typed_and_writes_out_byte_for_byte(scored):
     raw = (scored / "manifest.json").read_bytes()
     manifest = load_manifest(scored)
@@ -38,8 +50,8 @@ def test_a_scored_build_reads_back_typed_and_writes_out_byte_for_byte(scored):
     assert set(manifest.rejected_image.extra) == {"model_input", "clipped_share"}
 
 
-def test_fields_of_a_newer_minor_survive_a_rewrite(scored, tmp_path):
-    data = json.loads((scored / "manifest.json").read_bytes())
+def test_fields_of_a_newer_minor_survive_a_rewrite(tmp_path):
+    data = stored()
     data["format_version"] = "1.99"
     data["lineage"] = {"parent": "abc"}
     data["counts"]["dedup_dropped"] = 3
@@ -62,8 +74,8 @@ def test_fields_of_a_newer_minor_survive_a_rewrite(scored, tmp_path):
     (lambda d: d["splits"]["train"][0].update(file="../x.arrow"), "not a train shard name inside the folder"),
     (lambda d: d.update(format_version="2.0"), "written by a newer mdpo-data"),
 ])
-def test_a_malformed_manifest_is_one_error_naming_the_field(scored, tmp_path, edit, message):
-    data = json.loads((scored / "manifest.json").read_bytes())
+def test_a_malformed_manifest_is_one_error_naming_the_field(tmp_path, edit, message):
+    data = stored()
     edit(data)
     write_manifest(tmp_path, data)
     with pytest.raises(ManifestError) as caught:
@@ -80,10 +92,10 @@ def test_a_manifest_built_in_code_is_what_load_manifest_reads():
     assert "export" not in json.loads(dumps(manifest))  # only a Hub export lists its files
 
 
-def test_a_manifest_lacking_defaulted_fields_is_written_back_as_read(scored):
+def test_a_manifest_lacking_defaulted_fields_is_written_back_as_read():
     """An older or hand-written manifest: fields it lacks are not invented on a rewrite (a
     Hub export copies the build's manifest)."""
-    data = json.loads((scored / "manifest.json").read_bytes())
+    data = stored()
     del data["counts"]["skip_examples"], data["reference"]["batch_size"], data["rejected_response"]
     del data["reference"]["fingerprint"]["revision"], data["command"]
     assert json.loads(dumps(parse_manifest(data))) == data

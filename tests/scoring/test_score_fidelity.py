@@ -64,6 +64,7 @@ def test_huge_text_is_too_long_untokenized_and_fallbacks_are_recorded(tiny, tmp_
     assert run_cli("validate", out).returncode == 0
 
 
+@pytest.mark.slow
 def test_validate_refuses_a_build_whose_every_train_row_was_dropped(tiny, tmp_path):
     out = _build(tmp_path, tmp_path / "o", rows=3)
     _score(out, tiny, 20)

@@ -133,6 +133,7 @@ def test_deeply_nested_json_array_is_one_line(tmp_path):
     assert "nested too deeply" in errors[0] and built.data.name in errors[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("source", ["pairs", "silkie"])
 def test_out_inside_source_path_is_never_read_back(tmp_path, source):
     if source == "pairs":

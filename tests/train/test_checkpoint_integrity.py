@@ -178,6 +178,7 @@ def _umask() -> int:
     return current
 
 
+@pytest.mark.slow
 def test_a_full_disk_while_saving_a_checkpoint_is_one_line(demo, tmp_path):
     """RLIMIT_FSIZE makes every write past 20 kB fail (EFBIG), as a full disk does: the
     optimizer state (160 kB) cannot be written."""
