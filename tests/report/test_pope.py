@@ -205,3 +205,17 @@ def test_an_adapter_is_verified_before_it_is_loaded(tmp_path, tiny_model_dir):
     (run / "adapter_model.bin").write_bytes(b"pickle")
     with pytest.raises(ValueError, match="pickled weights are never loaded"):
         pope.load_with_adapter(str(tiny_model_dir), str(run))
+
+
+def test_demo_pope_refuses_a_linked_question_file_up_front(tmp_path):
+    """A demo_pope_*.json of ours that is a symlink is refused in one line before anything is
+    written, and its target is never created."""
+    ours = tmp_path / "ours"
+    assert CliRunner().invoke(main, ["demo-pope", "--out", str(ours), "--n", "2"]).exit_code == 0
+    target = tmp_path / "target.json"
+    (ours / "demo_pope_random.json").unlink()
+    (ours / "demo_pope_random.json").symlink_to(target)
+    result = CliRunner().invoke(main, ["demo-pope", "--out", str(ours), "--n", "2"])
+    assert result.exit_code != 0 and "symlink" in result.output
+    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit)
+    assert not target.exists()
