@@ -225,9 +225,15 @@ def _check_config(config: dict[str, Any]) -> None:
 
 def _check_entries(manifest: Manifest) -> None:
     """Shard entries name files of THIS folder (no paths), with a plausible hash and count."""
+    seen: set[str] = set()
     for split, entries in manifest.splits.items():
+        if split not in schema.SPLITS:
+            raise ManifestError(f"field splits.{split} is not a split ({', '.join(schema.SPLITS)})")
         for i, entry in enumerate(entries):
             where = f"splits.{split}[{i}]"
+            if entry.file in seen:
+                raise ManifestError(f"field {where}: the manifest lists the shard {entry.file} twice")
+            seen.add(entry.file)
             match = SHARD_RE.match(entry.file)
             if Path(entry.file).name != entry.file or not match or match["split"] != split:
                 raise ManifestError(f"field {where}.file {entry.file!r} is not a {split} shard "

@@ -61,6 +61,10 @@ def test_fields_of_a_newer_minor_survive_a_rewrite(scored, tmp_path):
     (lambda d: d["config"].update(n="many"), 'field config.n must be a whole number, got "many"'),
     (lambda d: d["splits"]["train"][0].update(file="../x.arrow"), "not a train shard name inside the folder"),
     (lambda d: d.update(format_version="2.0"), "written by a newer mdpo-data"),
+    # a split no reader reads would list shards nobody checks (a missing one passed validate)
+    (lambda d: d["splits"].update(test=[dict(d["splits"]["train"][0], file="test-00000-of-00001.arrow")]),
+     "field splits.test is not a split (train, eval)"),
+    (lambda d: d["splits"]["train"].append(dict(d["splits"]["train"][0])), "lists the shard train-00000-of-00002.arrow twice"),
 ])
 def test_a_malformed_manifest_is_one_error_naming_the_field(scored, tmp_path, edit, message):
     data = json.loads((scored / "manifest.json").read_bytes())
