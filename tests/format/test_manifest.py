@@ -64,6 +64,8 @@ def test_fields_of_a_newer_minor_survive_a_rewrite(scored, tmp_path):
     # a split no reader reads would list shards nobody checks (a missing one passed validate)
     (lambda d: d["splits"].update(test=[dict(d["splits"]["train"][0], file="test-00000-of-00001.arrow")]),
      "field splits.test is not a split (train, eval)"),
+    (lambda d: d["counts"]["skipped_by_stage"].update(images={"image_corrupt": -1}),
+     "field counts.skipped_by_stage.images.image_corrupt must be >= 0, got -1"),
     (lambda d: d["splits"]["train"].append(dict(d["splits"]["train"][0])), "lists the shard train-00000-of-00002.arrow twice"),
 ])
 def test_a_malformed_manifest_is_one_error_naming_the_field(scored, tmp_path, edit, message):
