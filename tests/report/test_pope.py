@@ -219,3 +219,20 @@ def test_demo_pope_refuses_a_linked_question_file_up_front(tmp_path):
     assert result.exit_code != 0 and "symlink" in result.output
     assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit)
     assert not target.exists()
+
+
+def test_a_damaged_weights_listing_is_one_line_never_a_crash(tmp_path):
+    """weights.sha256.json that is not a {"files": {name: sha256}} of the run's own weight
+    files (nested too deep for the parser, or naming a file outside the run) is refused."""
+    from mdpo_data.format.integrity import WEIGHTS_FILE, weights_problems
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "adapter_config.json").write_text("{}")
+    (run / WEIGHTS_FILE).write_text("[" * 100_000)
+    problems = weights_problems(run)
+    assert len(problems) == 1 and "is damaged" in problems[0]
+    (tmp_path / "outside.json").write_text("{}")
+    (run / WEIGHTS_FILE).write_text(json.dumps({"files": {"../outside.json": "0" * 64}}))
+    problems = weights_problems(run)
+    assert problems and "is damaged" in problems[0] and "../outside.json" in problems[0]
