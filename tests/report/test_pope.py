@@ -236,3 +236,10 @@ def test_a_damaged_weights_listing_is_one_line_never_a_crash(tmp_path):
     (run / WEIGHTS_FILE).write_text(json.dumps({"files": {"../outside.json": "0" * 64}}))
     problems = weights_problems(run)
     assert problems and "is damaged" in problems[0] and "../outside.json" in problems[0]
+
+
+def test_a_question_line_nested_too_deep_is_a_counted_error(tmp_path):
+    questions = tmp_path / "q.jsonl"
+    questions.write_text("[" * 100_000 + "\n")
+    items, errors = pope.read_questions(questions)
+    assert items == [] and errors == ["q.jsonl:1: not JSON (nested too deeply)"]

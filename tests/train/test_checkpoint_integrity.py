@@ -211,3 +211,9 @@ def test_checkpoint_json_nested_too_deep_is_one_line(tmp_path):
     (folder / STATE_FILE).write_text("[" * 100_000)
     with pytest.raises(ValueError, match="is damaged"):
         read_state(folder)
+
+
+def test_a_metrics_line_nested_too_deep_is_dropped_like_a_torn_one(tmp_path):
+    log = tmp_path / "metrics.jsonl"
+    log.write_text('{"step": 1}\n' + "[" * 100_000 + "\n")
+    assert read_jsonl(log) == [{"step": 1}]
