@@ -248,6 +248,8 @@ def _check_entries(manifest: Manifest) -> None:
                                 f"the export's data/ folder (e.g. data/{entry.split}-00000-of-00001.parquet)")
         if entry.rows < 0 or not _SHA256.match(entry.sha256):
             raise ManifestError(f"field export[{i}] needs rows >= 0 and a sha256 hex digest")
+    if manifest.scored and manifest.fingerprint is None:  # the trainer checks its model against it
+        raise ManifestError("field reference.fingerprint is missing: a scored build records its scorer")
     counts = {"counts": dataclasses.asdict(manifest.counts),
               "reference.skipped": manifest.reference.skipped if manifest.reference else {}}
     for name, value in _numbers(counts):
