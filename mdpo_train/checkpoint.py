@@ -219,7 +219,7 @@ def verify_checkpoint(path: str | Path) -> list[str]:
     except FileNotFoundError:
         return [f"{path}: no {CHECKSUMS_FILE} (it is written last): the checkpoint is incomplete "
                 f"or from an older mdpo-train; {hint}"]
-    except (OSError, ValueError, KeyError, TypeError) as error:
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as error:
         return [f"{path / CHECKSUMS_FILE} is damaged ({one_line(error)}); {hint}"]
     problems = []
     present = {p.name for p in path.iterdir() if p.name != CHECKSUMS_FILE}
@@ -271,7 +271,7 @@ def read_state(path: str | Path) -> tuple[Position, dict[str, Any]]:
         if not all(type(v) is int and v >= 0 for v in values) or position.optimizer_steps < 0:
             raise ValueError(f"position {state['position']} is not counts")
         return position, dict(state["config"])
-    except (OSError, ValueError, KeyError, TypeError) as error:
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as error:
         raise ValueError(f"{Path(path) / STATE_FILE} is damaged ({error}): resume from another "
                          "checkpoint") from None
 

@@ -90,7 +90,7 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     for line in Path(path).read_bytes().decode("utf-8", errors="replace").splitlines():
         try:
             record = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             continue
         if isinstance(record, dict):
             records.append(record)

@@ -35,7 +35,7 @@ class AnswerCache:
         for raw in data[:end].splitlines():
             try:
                 line = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError):
+            except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
                 continue
             if (isinstance(line, dict) and all(line.get(k) == v for k, v in self.ident.items())
                     and isinstance(line.get("text"), str) and isinstance(line.get("finished"), bool)):

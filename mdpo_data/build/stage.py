@@ -42,6 +42,7 @@ from mdpo_data.build.sampling import draw, split_eval
 from mdpo_data.build.seeds import example_seed
 from mdpo_data.format.shards import SHARD_RE, sha256_file, shard_name, write_bytes_atomic, write_shard
 from mdpo_data.format.markers import BuildMarker, drop_markers, read_json, read_marker
+from mdpo_data.format.integrity import stream_rows
 from mdpo_data.build.resume import images_unchanged
 from mdpo_data.build.worker import Task, make_example, worker_init
 
@@ -148,11 +149,14 @@ def rows_fingerprint(tasks: list[Task]) -> str:
 def _finished(directory: Path, name: str, key: str, rows_key: str) -> BuildMarker | None:
     """The marker of a shard a previous run completed from these rows with this config, if
     the file still holds the bytes its latest writer (build, or score after it) recorded. A
-    torn or foreign marker counts as no marker (the shard is re-made)."""
+    torn or foreign marker, or one whose row count is not the shard's, counts as no marker (the
+    shard is re-made)."""
     marker = read_marker(directory, "build", name)
     if not stage_state.is_complete(marker, key) or marker.rows_key != rows_key:
         return None
-    return marker if stage_state.vouched_sha256(directory, name) else None
+    if not stage_state.vouched_sha256(directory, name):
+        return None
+    return marker if stream_rows(directory / name) == marker.rows else None
 
 
 _TEMP = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]+\.tmp$")

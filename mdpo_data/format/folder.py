@@ -134,10 +134,13 @@ def is_ours(directory: str | Path) -> bool:
 
 
 def refuse_links(directory: str | Path, kind: Kind = DATA) -> None:
-    """One-line refusal when a name of ours in `kind` (or an entry of its bookkeeping folders,
-    two levels down) is a symlink: we never read, write or delete through one."""
+    """One-line refusal when a name of ours in `kind` (listed or matching its patterns, or an
+    entry of its bookkeeping folders, two levels down) is a symlink: we never read, write or
+    delete through one."""
     directory = Path(directory)
     paths = [directory / name for name in (*kind.files, *kind.bookkeeping, *kind.folders)]
+    if kind.patterns and _real_dir(directory):
+        paths += [p for p in directory.iterdir() if any(r.match(p.name) for r in kind.patterns)]
     for folder in kind.folders:
         root = directory / folder
         if _real_dir(root):

@@ -136,8 +136,12 @@ def weights_problems(folder: str | Path) -> list[str]:
         return []  # an adapter not made by mdpo-train (or by an older one): nothing to compare
     try:
         files = dict(json.loads(listing.read_bytes())["files"])
-    except (OSError, ValueError, KeyError, TypeError) as error:
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as error:
         return [f"{listing} is damaged ({error}); re-save the run or remove the file"]
+    foreign = sorted(str(name) for name in files if not WEIGHT_NAME.match(str(name)))
+    if foreign:  # only the run's own weight files are listed (never a path out of it)
+        return [f"{listing} is damaged (it lists {foreign[0]!r}, not a weight file of the run); "
+                "re-save the run or remove the file"]
     problems = []
     for name, digest in sorted(files.items()):
         path = folder / name

@@ -225,9 +225,15 @@ def _check_config(config: dict[str, Any]) -> None:
 
 def _check_entries(manifest: Manifest) -> None:
     """Shard entries name files of THIS folder (no paths), with a plausible hash and count."""
+    seen: set[str] = set()
     for split, entries in manifest.splits.items():
+        if split not in schema.SPLITS:
+            raise ManifestError(f"field splits.{split} is not a split ({', '.join(schema.SPLITS)})")
         for i, entry in enumerate(entries):
             where = f"splits.{split}[{i}]"
+            if entry.file in seen:
+                raise ManifestError(f"field {where}: the manifest lists the shard {entry.file} twice")
+            seen.add(entry.file)
             match = SHARD_RE.match(entry.file)
             if Path(entry.file).name != entry.file or not match or match["split"] != split:
                 raise ManifestError(f"field {where}.file {entry.file!r} is not a {split} shard "
@@ -242,9 +248,20 @@ def _check_entries(manifest: Manifest) -> None:
                                 f"the export's data/ folder (e.g. data/{entry.split}-00000-of-00001.parquet)")
         if entry.rows < 0 or not _SHA256.match(entry.sha256):
             raise ManifestError(f"field export[{i}] needs rows >= 0 and a sha256 hex digest")
-    for name, value in dataclasses.asdict(manifest.counts).items():
-        if isinstance(value, int) and value < 0:
-            raise ManifestError(f"field counts.{name} must be >= 0, got {value}")
+    if manifest.scored and manifest.fingerprint is None:  # the trainer checks its model against it
+        raise ManifestError("field reference.fingerprint is missing: a scored build records its scorer")
+    counts = {"counts": dataclasses.asdict(manifest.counts),
+              "reference.skipped": manifest.reference.skipped if manifest.reference else {}}
+    for name, value in _numbers(counts):
+        if value < 0:
+            raise ManifestError(f"field {name} must be >= 0, got {value}")
+
+
+def _numbers(value: Any, path: str = "") -> list[tuple[str, int]]:
+    """(path, n) of every whole number in nested counts (skipped by reason, by stage, ...)."""
+    if isinstance(value, dict):
+        return [item for k, v in value.items() for item in _numbers(v, f"{path}.{k}" if path else k)]
+    return [(path, value)] if isinstance(value, int) and not isinstance(value, bool) else []
 
 
 def parse_manifest(data: Any) -> Manifest:

@@ -94,9 +94,11 @@ def parse_marker(stage: str, data: Any) -> Marker | None:
     data = {_OLD_NAMES.get(k, k) if _OLD_NAMES.get(k) not in data else k: v
             for k, v in data.items() if k != "stage"}
     try:
-        return from_json(MARKERS[stage], data)
+        marker = from_json(MARKERS[stage], data)
     except TypeProblem:
         return None
+    counts = [marker.rows, *marker.skipped.values()]
+    return marker if min(counts) >= 0 else None  # a hand-edited count below zero: not done
 
 
 def marker_bytes(marker: Marker) -> bytes:

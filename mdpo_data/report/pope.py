@@ -54,6 +54,8 @@ def parse_line(line: str) -> Question:
         item = json.loads(line)
     except json.JSONDecodeError as error:
         raise ValueError(f"not JSON ({error.msg})") from None
+    except RecursionError:
+        raise ValueError("not JSON (nested too deeply)") from None
     if not isinstance(item, dict):
         raise ValueError("not a JSON object")
     missing = [f for f in FIELDS if f not in item]

@@ -160,8 +160,12 @@ def _foreign_files(target: Path) -> list[str]:
 
 
 def _check_out(directory: Path, out: Path) -> None:
-    """Refuse an `out` inside or above the build, or a non-empty folder that is not exactly an
-    old export of ours (our manifest.json, README.md and data/*.parquet, nothing else)."""
+    """Refuse an `out` that is a symlink, inside or above the build, or a non-empty folder that
+    is not exactly an old export of ours (our manifest.json, README.md and data/*.parquet,
+    nothing else)."""
+    if out.is_symlink():  # the swap renames OUT: it would delete the export through the link
+        raise PublishError(f"--dry-run folder {out} is a symlink; an export is swapped in by "
+                           f"renaming the folder: give the folder itself ({out.resolve()})")
     source, target = directory.resolve(), out.resolve()
     here = Path.cwd().resolve()
     if target == here or target in here.parents:  # replacing it would move the shell's folder

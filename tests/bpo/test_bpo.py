@@ -488,3 +488,12 @@ def test_shipped_bpo_pipeline_is_valid():
     assert parse_response_strategy(config.rejected_response).resolved == "weaken:900"
     assert options["ref_model"] == "llava-hf/llava-1.5-7b-hf" and options["dtype"] == "bfloat16"
     assert config.image_root is None  # a per-machine path: the user supplies it
+
+
+def test_a_cache_line_nested_too_deep_is_skipped(tmp_path):
+    from mdpo_data.bpo.cache import AnswerCache
+
+    path = tmp_path / "bpo-x.jsonl"
+    good = {"strategy": "s", "id": "a", "text": "t", "finished": True}
+    path.write_bytes(json.dumps(good).encode() + b"\n" + b"[" * 100_000 + b"\n")
+    assert AnswerCache(path, {"strategy": "s"}).load() == {"a": good}

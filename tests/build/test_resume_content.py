@@ -40,3 +40,19 @@ def test_a_same_size_edit_with_the_old_mtime_rebuilds_its_shard(tmp_path):
     fresh = tmp_path / "fresh"
     run_cli("build", "--source-path", built.root, "--out", fresh, *ARGS)
     assert folder_bytes(out) == folder_bytes(fresh) != before
+
+
+def test_a_marker_whose_row_count_was_edited_remakes_its_shard(tmp_path):
+    """A build marker is trusted only for the rows its shard holds: a hand-edited `rows` re-makes
+    the shard instead of writing a wrong count into manifest.json."""
+    import json
+
+    out = tmp_path / "out"
+    run_cli("build", "--source", "demo", "--n", 8, "--out", out, "--quiet")
+    before = folder_bytes(out)
+    marker = out / ".state" / "train-00000-of-00001.arrow.json"
+    data = json.loads(marker.read_bytes())
+    marker.write_text(json.dumps({**data, "rows": 3}))
+    run_cli("build", "--source", "demo", "--n", 8, "--out", out, "--quiet")
+    assert folder_bytes(out) == before
+    assert run_cli("validate", out, check=False).returncode == 0

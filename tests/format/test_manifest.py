@@ -73,6 +73,14 @@ def test_fields_of_a_newer_minor_survive_a_rewrite(tmp_path):
     (lambda d: d["config"].update(n="many"), 'field config.n must be a whole number, got "many"'),
     (lambda d: d["splits"]["train"][0].update(file="../x.arrow"), "not a train shard name inside the folder"),
     (lambda d: d.update(format_version="2.0"), "written by a newer mdpo-data"),
+    # a split no reader reads would list shards nobody checks (a missing one passed validate)
+    (lambda d: d["splits"].update(test=[dict(d["splits"]["train"][0], file="test-00000-of-00001.arrow")]),
+     "field splits.test is not a split (train, eval)"),
+    # without it, mdpo-train --model X trained any model on the reference log-probs, unchecked
+    (lambda d: d["reference"].update(fingerprint=None), "field reference.fingerprint is missing"),
+    (lambda d: d["counts"]["skipped_by_stage"].update(images={"image_corrupt": -1}),
+     "field counts.skipped_by_stage.images.image_corrupt must be >= 0, got -1"),
+    (lambda d: d["splits"]["train"].append(dict(d["splits"]["train"][0])), "lists the shard train-00000-of-00002.arrow twice"),
 ])
 def test_a_malformed_manifest_is_one_error_naming_the_field(tmp_path, edit, message):
     data = stored()

@@ -79,6 +79,8 @@ def test_completion_needs_the_stage_key_and_well_formed_counts():
     assert not complete({**good, "rows": "2"})
     assert not complete({**good, "rows": True})  # JSON true is not a count
     assert not complete({**good, "skipped": {"x": "1"}})
+    assert not complete({**good, "rows": -1})  # a count below zero is not a count
+    assert not complete({**good, "skipped": {"x": -2}})  # (it was merged into the manifest)
     assert not complete({k: v for k, v in good.items() if k != "sha256"})  # partial
     assert not complete(good, stage="score")  # another stage's marker
     assert not complete(["k"])

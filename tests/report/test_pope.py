@@ -205,3 +205,41 @@ def test_an_adapter_is_verified_before_it_is_loaded(tmp_path, tiny_model_dir):
     (run / "adapter_model.bin").write_bytes(b"pickle")
     with pytest.raises(ValueError, match="pickled weights are never loaded"):
         pope.load_with_adapter(str(tiny_model_dir), str(run))
+
+
+def test_demo_pope_refuses_a_linked_question_file_up_front(tmp_path):
+    """A demo_pope_*.json of ours that is a symlink is refused in one line before anything is
+    written, and its target is never created."""
+    ours = tmp_path / "ours"
+    assert CliRunner().invoke(main, ["demo-pope", "--out", str(ours), "--n", "2"]).exit_code == 0
+    target = tmp_path / "target.json"
+    (ours / "demo_pope_random.json").unlink()
+    (ours / "demo_pope_random.json").symlink_to(target)
+    result = CliRunner().invoke(main, ["demo-pope", "--out", str(ours), "--n", "2"])
+    assert result.exit_code != 0 and "symlink" in result.output
+    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit)
+    assert not target.exists()
+
+
+def test_a_damaged_weights_listing_is_one_line_never_a_crash(tmp_path):
+    """weights.sha256.json that is not a {"files": {name: sha256}} of the run's own weight
+    files (nested too deep for the parser, or naming a file outside the run) is refused."""
+    from mdpo_data.format.integrity import WEIGHTS_FILE, weights_problems
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "adapter_config.json").write_text("{}")
+    (run / WEIGHTS_FILE).write_text("[" * 100_000)
+    problems = weights_problems(run)
+    assert len(problems) == 1 and "is damaged" in problems[0]
+    (tmp_path / "outside.json").write_text("{}")
+    (run / WEIGHTS_FILE).write_text(json.dumps({"files": {"../outside.json": "0" * 64}}))
+    problems = weights_problems(run)
+    assert problems and "is damaged" in problems[0] and "../outside.json" in problems[0]
+
+
+def test_a_question_line_nested_too_deep_is_a_counted_error(tmp_path):
+    questions = tmp_path / "q.jsonl"
+    questions.write_text("[" * 100_000 + "\n")
+    items, errors = pope.read_questions(questions)
+    assert items == [] and errors == ["q.jsonl:1: not JSON (nested too deeply)"]

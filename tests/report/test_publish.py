@@ -175,6 +175,20 @@ def test_the_current_folder_is_never_the_export_and_relative_names_stage_beside_
     assert sorted(p.name for p in work.iterdir()) == ["hub"]
 
 
+def test_a_linked_export_folder_is_refused_and_its_target_kept(tmp_path):
+    """`--dry-run LINK` (a symlink to an old export) is refused in one line: the swap would
+    rename the link and delete the export's files through it."""
+    build = write_build(tmp_path / "build", scored=False, n_eval=0)
+    real = export_hub_folder(build, tmp_path / "hub")
+    before = files(real)
+    link = tmp_path / "link"
+    link.symlink_to(real, target_is_directory=True)
+    with pytest.raises(PublishError, match="symlink"):
+        export_hub_folder(build, link)
+    assert link.is_symlink() and files(real) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["build", "hub", "link"]
+
+
 def test_push_checks_before_touching_the_network(tmp_path):
     smoke = write_build(tmp_path / "smoke")  # scored by the tiny random-weight model
     with pytest.raises(PublishError, match="smoke-test model"):

@@ -197,3 +197,24 @@ def test_a_full_disk_while_saving_a_checkpoint_is_one_line(demo, tmp_path):
     errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
     assert len(errors) == 1 and "cannot write checkpoint" in errors[0], result.stderr
     assert not list((run / "checkpoints").glob("*.tmp")) if (run / "checkpoints").exists() else True
+
+
+def test_checkpoint_json_nested_too_deep_is_one_line(tmp_path):
+    """A checksums.json or trainer_state.json nested deeper than the JSON parser goes is
+    damaged, in one line, never a RecursionError traceback."""
+    from mdpo_train.checkpoint import read_state, verify_checkpoint
+
+    folder = tmp_path / "checkpoint-1"
+    folder.mkdir()
+    (folder / CHECKSUMS_FILE).write_text("[" * 100_000)
+    problems = verify_checkpoint(folder)
+    assert len(problems) == 1 and "is damaged" in problems[0]
+    (folder / STATE_FILE).write_text("[" * 100_000)
+    with pytest.raises(ValueError, match="is damaged"):
+        read_state(folder)
+
+
+def test_a_metrics_line_nested_too_deep_is_dropped_like_a_torn_one(tmp_path):
+    log = tmp_path / "metrics.jsonl"
+    log.write_text('{"step": 1}\n' + "[" * 100_000 + "\n")
+    assert read_jsonl(log) == [{"step": 1}]
