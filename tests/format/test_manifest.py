@@ -80,7 +80,7 @@ def test_fields_of_a_newer_minor_survive_a_rewrite(tmp_path):
     (lambda d: d["reference"].update(fingerprint=None), "field reference.fingerprint is missing"),
     (lambda d: d["counts"]["skipped_by_stage"].update(images={"image_corrupt": -1}),
      "field counts.skipped_by_stage.images.image_corrupt must be >= 0, got -1"),
-    (lambda d: d["splits"]["train"].append(dict(d["splits"]["train"][0])), "lists the shard train-00000-of-00002.arrow twice"),
+    (lambda d: d["splits"]["train"].append(dict(d["splits"]["train"][0])), "lists the shard train-00000-of-00001.arrow twice"),
 ])
 def test_a_malformed_manifest_is_one_error_naming_the_field(tmp_path, edit, message):
     data = stored()
