@@ -205,6 +205,7 @@ def check_target(directory: str | Path, what: str = "--out", kind: Kind = DATA) 
             raise FolderError(f"{what} {directory} holds an {found.name}, not an {kind.name}: "
                               "pick an empty or new folder")
         refuse_links(directory, kind)
+        _refuse_odd_state(directory, kind, what)
         data = directory / "data"
         if kind is DATA and data.is_dir() and any(EXPORT_SHARD_RE.match(p.name) for p in data.iterdir()):
             raise FolderError(f"{what} {directory} holds a Hub export's data/*.parquet, which "
@@ -232,6 +233,18 @@ def claim(directory: str | Path, kind: Kind) -> Path:
         tag = kind.name.split()[0]  # "mdpo-train", "mdpo-eval"
         write_owned(directory, directory / kind.mark, json.dumps({"kind": tag}).encode())
     return directory
+
+
+def _refuse_odd_state(directory: Path, kind: Kind, what: str) -> None:
+    """A folder (or anything not a file) where we keep a state file: writing it would fail
+    half-way through the work, so say so before any."""
+    state = directory / STATE_DIR
+    if kind is not DATA or not _real_dir(state):
+        return
+    for entry in sorted(state.iterdir()):
+        if _STATE_ENTRY.match(entry.name) and not entry.is_symlink() and not entry.is_file():
+            raise FolderError(f"{what} {directory}: {entry} is not a file, where mdpo-data keeps one "
+                              "of its state files; remove it (or pick another folder)")
 
 
 def create(directory: str | Path, what: str = "--out") -> Path:

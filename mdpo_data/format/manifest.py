@@ -250,6 +250,11 @@ def _check_entries(manifest: Manifest) -> None:
             raise ManifestError(f"field export[{i}] needs rows >= 0 and a sha256 hex digest")
     if manifest.scored and manifest.fingerprint is None:  # the trainer checks its model against it
         raise ManifestError("field reference.fingerprint is missing: a scored build records its scorer")
+    if manifest.reference and (manifest.reference.rows_scored or 0) < 0:
+        raise ManifestError(f"field reference.rows_scored must be >= 0, got {manifest.reference.rows_scored}")
+    if manifest.fingerprint and manifest.fingerprint.max_length is not None and manifest.fingerprint.max_length < 1:
+        raise ManifestError("field reference.fingerprint.max_length must be >= 1, got "
+                            f"{manifest.fingerprint.max_length}")
     counts = {"counts": dataclasses.asdict(manifest.counts),
               "reference.skipped": manifest.reference.skipped if manifest.reference else {}}
     for name, value in _numbers(counts):

@@ -78,6 +78,9 @@ def test_fields_of_a_newer_minor_survive_a_rewrite(tmp_path):
      "field splits.test is not a split (train, eval)"),
     # without it, mdpo-train --model X trained any model on the reference log-probs, unchecked
     (lambda d: d["reference"].update(fingerprint=None), "field reference.fingerprint is missing"),
+    (lambda d: d["reference"].update(rows_scored=-1), "field reference.rows_scored must be >= 0, got -1"),
+    (lambda d: d["reference"]["fingerprint"].update(max_length=0),
+     "field reference.fingerprint.max_length must be >= 1, got 0"),
     (lambda d: d["counts"]["skipped_by_stage"].update(images={"image_corrupt": -1}),
      "field counts.skipped_by_stage.images.image_corrupt must be >= 0, got -1"),
     (lambda d: d["splits"]["train"].append(dict(d["splits"]["train"][0])), "lists the shard train-00000-of-00001.arrow twice"),

@@ -241,3 +241,22 @@ def test_a_build_marker_written_before_typed_markers_is_reused(clean, tmp_path):
     result = run_build(config, out, progress=False)
     assert result.shards_written == 0 and result.shards_reused == len(_markers(out))
     assert (out / "manifest.json").read_bytes() == (reference / "manifest.json").read_bytes()
+
+
+def test_a_folder_where_a_marker_belongs_is_one_line_before_any_work(clean, tmp_path):
+    """A directory in place of a marker file would make the rebuild fail half-way (the marker
+    write); the build says so first and changes nothing."""
+    from mdpo_data.build.stage import run_build
+    from mdpo_data.format.folder import FolderError
+
+    config, reference = clean
+    out = tmp_path / "odd"
+    shutil.copytree(reference, out)
+    name = sorted(_markers(out))[0]
+    marker = stage_state.marker_path(out, "build", name)
+    marker.unlink()
+    marker.mkdir()
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    with pytest.raises(FolderError, match="is not a file, where mdpo-data keeps one of its state files"):
+        run_build(config, out, progress=False)
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
