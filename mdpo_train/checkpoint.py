@@ -23,7 +23,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from mdpo_data.format.shards import sha256_file, umask_mode
+from mdpo_data.format.integrity import file_hashes, listing_problems
+from mdpo_data.format.shards import umask_mode
 from mdpo_train.data import DataError
 
 CHECKPOINTS = "checkpoints"
@@ -198,9 +199,12 @@ def one_line(error: BaseException) -> str:
 
 
 # ------------------------------------------------------------------ integrity
+def _listed(name: str) -> bool:
+    return name != CHECKSUMS_FILE
+
+
 def write_checksums(folder: Path, global_step: int) -> None:
-    files = {p.name: sha256_file(p) for p in sorted(folder.iterdir())
-             if p.is_file() and p.name != CHECKSUMS_FILE}
+    files = file_hashes(folder, _listed)
     text = json.dumps({"global_step": global_step, "files": files}, indent=2, sort_keys=True)
     (folder / CHECKSUMS_FILE).write_text(text + "\n")
 
@@ -221,16 +225,7 @@ def verify_checkpoint(path: str | Path) -> list[str]:
                 f"or from an older mdpo-train; {hint}"]
     except (OSError, ValueError, KeyError, TypeError, RecursionError) as error:
         return [f"{path / CHECKSUMS_FILE} is damaged ({one_line(error)}); {hint}"]
-    problems = []
-    present = {p.name for p in path.iterdir() if p.name != CHECKSUMS_FILE}
-    for name, digest in sorted(files.items()):
-        if name not in present:
-            problems.append(f"{path / name}: listed in {CHECKSUMS_FILE} but missing; {hint}")
-        elif not (path / name).is_file() or sha256_file(path / name) != digest:
-            problems.append(f"{path / name}: sha256 does not match {CHECKSUMS_FILE} (changed after "
-                            f"the save); {hint}")
-    for name in sorted(present - set(files)):
-        problems.append(f"{path / name}: not listed in {CHECKSUMS_FILE} (added after the save); {hint}")
+    problems = listing_problems(path, files, CHECKSUMS_FILE, _listed, f"; {hint}")
     for required in (STATE_FILE, TRAINABLE_FILE, SCHEDULER_FILE, RNG_FILE.format(0)):
         if required not in files:
             problems.append(f"{path}: {required} is not in {CHECKSUMS_FILE}; {hint}")

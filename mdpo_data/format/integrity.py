@@ -14,6 +14,7 @@ import hashlib
 import json
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -114,11 +115,35 @@ WEIGHT_NAME = re.compile(r"^(adapter_config\.json|adapter_model\.safetensors|con
                          r"model(-\d{5}-of-\d{5})?\.safetensors|.+\.safetensors\.index\.json)$")
 
 
+def file_hashes(folder: str | Path, owned: Callable[[str], bool]) -> dict[str, str]:
+    """{name: sha256} of the regular files in `folder` whose name `owned` accepts: what a
+    listing written last in a folder (checkpoints, trained weights) records."""
+    return {p.name: sha256_file(p) for p in sorted(Path(folder).iterdir())
+            if owned(p.name) and p.is_file() and not p.is_symlink()}
+
+
+def listing_problems(folder: str | Path, files: dict[str, str], listing: str,
+                     owned: Callable[[str], bool], hint: str = "") -> list[str]:
+    """Every way `folder` differs from a `listing` of its files (one line each, `hint` appended):
+    a listed file missing or changed, or an `owned` file added. A listed name that is not an
+    entry of the folder (a path out of it) is "missing", never read."""
+    folder = Path(folder)
+    present = {p.name for p in folder.iterdir() if owned(p.name)}
+    problems = []
+    for name, digest in sorted(files.items()):
+        path = folder / name
+        if name not in present:
+            problems.append(f"{path}: listed in {listing} but missing{hint}")
+        elif not path.is_file() or path.is_symlink() or sha256_file(path) != digest:
+            problems.append(f"{path}: sha256 does not match {listing} (changed after the save){hint}")
+    for name in sorted(present - set(files)):
+        problems.append(f"{folder / name}: not listed in {listing} (added after the save){hint}")
+    return problems
+
+
 def weights_listing(folder: str | Path) -> bytes:
     """WEIGHTS_FILE's bytes for the weight and config files in `folder` (sha256 each)."""
-    folder = Path(folder)
-    files = {p.name: sha256_file(p) for p in sorted(folder.iterdir())
-             if WEIGHT_NAME.match(p.name) and p.is_file() and not p.is_symlink()}
+    files = file_hashes(folder, lambda name: bool(WEIGHT_NAME.match(name)))
     return (json.dumps({"files": files}, indent=2, sort_keys=True) + "\n").encode()
 
 
@@ -142,17 +167,7 @@ def weights_problems(folder: str | Path) -> list[str]:
     if foreign:  # only the run's own weight files are listed (never a path out of it)
         return [f"{listing} is damaged (it lists {foreign[0]!r}, not a weight file of the run); "
                 "re-save the run or remove the file"]
-    problems = []
-    for name, digest in sorted(files.items()):
-        path = folder / name
-        if not path.is_file():
-            problems.append(f"{path}: listed in {WEIGHTS_FILE} but missing")
-        elif sha256_file(path) != digest:
-            problems.append(f"{path}: sha256 does not match {WEIGHTS_FILE} (changed after the run saved it)")
-    for path in sorted(folder.iterdir()):
-        if WEIGHT_NAME.match(path.name) and path.name not in files:
-            problems.append(f"{path}: not listed in {WEIGHTS_FILE} (added after the run)")
-    return problems
+    return listing_problems(folder, files, WEIGHTS_FILE, lambda name: bool(WEIGHT_NAME.match(name)))
 
 
 def export_files(folder: str | Path) -> list[ExportFile]:
